@@ -1,0 +1,90 @@
+"""The two ways a LISA model comes to be.
+
+* `build_lisa_from_llava`: training init from a LLaVA base plus SAM weights — `[SEG]` is added to the
+  tokenizer, the embeddings are resized and the `[SEG]` projection is fresh.
+* `load_lisa`: a trained LISA folder, restored exactly — nothing is re-initialised, and a folder whose weights
+  do not cover the model (or hold weights the model does not have) is an error, not a silent re-randomisation.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from tokenizers import AddedToken
+from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+from model.lisa import LisaConfig, LisaForCausalLM
+from model.processing import SEG_TOKEN, LisaProcessor
+from model.sam import load_sam
+
+
+def add_seg_token(tokenizer, seg_token: str = SEG_TOKEN) -> int:
+    """Adds `[SEG]` as a special token and returns its id.
+
+    Raises if it does not encode to exactly that one id: with some LLaMA-2 tokenizers the original's
+    `tokenizer("[SEG]")` gave a leading space piece first, so every mask was read from the wrong position.
+    """
+    tokenizer.add_tokens([AddedToken(seg_token, special=True, normalized=False)], special_tokens=True)
+    seg_token_id = tokenizer.convert_tokens_to_ids(seg_token)
+    encoded = tokenizer(seg_token, add_special_tokens=False).input_ids
+    if encoded != [seg_token_id]:
+        raise ValueError(f"{seg_token!r} encodes to {encoded}, not to the single id {seg_token_id}")
+    return seg_token_id
+
+
+def build_lisa_from_llava(
+    llava_path: str,
+    sam_path: str,
+    conv_type: str = "llava_1_5",
+    dtype: torch.dtype | None = None,
+    **config_kwargs,
+) -> tuple[LisaForCausalLM, LisaProcessor]:
+    """A LISA model to train, from a LLaVA base (llava-hf layout) and SAM weights.
+
+    Args:
+        llava_path: hub id or folder of a `LlavaForConditionalGeneration`, e.g. `llava-hf/llava-1.5-7b-hf`.
+        sam_path: a `SamModel` folder or hub id, or a `sam_vit_h_4b8939.pth`-style file in the original layout.
+        conv_type: conversation format (`model.conversation.CHAT_TEMPLATES`).
+        config_kwargs: `LisaConfig` fields (`out_dim`, loss weights).
+    """
+    llava_processor = AutoProcessor.from_pretrained(llava_path)
+    seg_token_id = add_seg_token(llava_processor.tokenizer)
+    llava = LlavaForConditionalGeneration.from_pretrained(llava_path, dtype=dtype)
+    llava.resize_token_embeddings(len(llava_processor.tokenizer))
+    sam = load_sam(sam_path, dtype=dtype)
+
+    config = LisaConfig(
+        llava_config=llava.config, sam_config=sam.config, seg_token_id=seg_token_id, **config_kwargs
+    )
+    model = LisaForCausalLM(config, llava=llava, sam=sam)
+    if dtype is not None:
+        model.text_hidden_fcs.to(dtype)
+    processor = LisaProcessor(llava_processor, sam_image_size=config.sam_config.vision_config.image_size)
+    processor.set_chat_template(conv_type)
+    return model, processor
+
+
+def load_lisa(path: str, dtype: torch.dtype | None = None, **kwargs) -> tuple[LisaForCausalLM, LisaProcessor]:
+    """A trained LISA folder (ours, as written by `save_pretrained`): model and processor.
+
+    Args:
+        path: the folder.
+        dtype: weights' dtype (default: as saved).
+        kwargs: passed to `from_pretrained` — `LisaConfig` overrides such as loss weights, or
+            `quantization_config` / `device_map`.
+    """
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise FileNotFoundError(f"{path}: no config.json, not a LISA folder")
+    model, info = LisaForCausalLM.from_pretrained(path, dtype=dtype, output_loading_info=True, **kwargs)
+    problems = {k: info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys") if info.get(k)}
+    if problems:
+        details = "; ".join(f"{k}: {sorted(map(str, v))}" for k, v in problems.items())
+        raise ValueError(f"{path}: the weights do not match the LISA model ({details})")
+    return model, LisaProcessor.from_pretrained(path)
+
+
+def save_lisa(model: LisaForCausalLM, processor: LisaProcessor, path: str) -> None:
+    """Writes one self-contained folder: weights, config, tokenizer, image processor, chat template."""
+    model.save_pretrained(path)
+    processor.save_pretrained(path)

@@ -1,0 +1,47 @@
+"""Conversation formats, as Jinja chat templates.
+
+Each assistant turn, with its end-of-turn token, sits inside a `{% generation %}` block: the tokenizer's
+`apply_chat_template(..., return_assistant_tokens_mask=True)` then marks exactly the tokens a model is trained
+to produce. A prompt for generation ends with the assistant prefix (`add_generation_prompt=True`).
+
+* `llava_1_5` — the llava-1.5 (llava-hf) format: `USER: <image>\\n{q} ASSISTANT: {a}</s>`.
+* `llava_v1` — the original LISA default: the Vicuna v1 system prompt, then the same turns.
+* `llava_llama_2` — the LLaMA-2 chat format of the original's `llava_llama_2`.
+"""
+
+LLAVA_V1_SYSTEM = (
+    "A chat between a curious human and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the human's questions."
+)
+LLAMA_2_SYSTEM = (
+    "You are a helpful language and vision assistant. You are able to understand the visual content that the "
+    "user provides, and assist the user with a variety of tasks using natural language."
+)
+
+_VICUNA_TURNS = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{{ message['content'] + ' ' }}"
+    "{% elif message['role'] == 'user' %}{{ 'USER: ' + message['content'] + ' ' }}"
+    "{% else %}{{ 'ASSISTANT: ' }}{% generation %}{{ message['content'] + eos_token }}{% endgeneration %}"
+    "{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
+
+CHAT_TEMPLATES = {
+    "llava_1_5": "{{ bos_token }}" + _VICUNA_TURNS,
+    "llava_v1": (
+        "{{ bos_token }}{% if messages[0]['role'] != 'system' %}{{ \"" + LLAVA_V1_SYSTEM + " \" }}{% endif %}"
+        + _VICUNA_TURNS
+    ),
+    "llava_llama_2": (
+        "{% if messages[0]['role'] == 'system' %}"
+        "{% set system = messages[0]['content'] %}{% set messages = messages[1:] %}"
+        "{% else %}{% set system = \"" + LLAMA_2_SYSTEM + "\" %}{% endif %}"
+        "{% for message in messages %}"
+        "{% if message['role'] == 'user' %}{{ bos_token + '[INST] ' }}"
+        "{% if loop.first %}{{ '<<SYS>>\\n' + system + '\\n<</SYS>>\\n\\n' }}{% endif %}"
+        "{{ message['content'] + ' [/INST]' }}"
+        "{% else %}{{ ' ' }}{% generation %}{{ message['content'] + ' ' + eos_token }}{% endgeneration %}"
+        "{% endif %}{% endfor %}"
+    ),
+}

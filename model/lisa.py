@@ -1,0 +1,329 @@
+"""LISA: a LLaVA model whose `[SEG]` tokens prompt SAM's mask decoder.
+
+The language model answers; for every `[SEG]` in the answer, the last-layer (post-norm) hidden state at the
+position *before* it — the position whose logits predict `[SEG]` — is projected by `text_hidden_fcs` to a
+256-d sparse prompt of SAM's mask decoder, which turns it into one mask (reference/lisa.md §2.4-2.5).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from huggingface_hub.dataclasses import strict
+from torch import nn
+from transformers import LlavaConfig, LlavaForConditionalGeneration, PreTrainedModel, SamConfig, SamModel
+from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.utils import ModelOutput
+
+from model.losses import mask_bce_loss, mask_dice_loss
+from model.processing import IGNORE_INDEX, postprocess_masks
+
+
+@strict
+class LisaConfig(PreTrainedConfig):
+    r"""
+    llava_config: the multimodal LLM (`LlavaConfig`: CLIP tower, projector, language model).
+    sam_config: the segmentation model (`SamConfig`).
+    seg_token_id: id of `[SEG]` in the tokenizer saved beside the model.
+    out_dim: width of SAM's prompt embeddings, the output of `text_hidden_fcs`.
+    ce_loss_weight, bce_loss_weight, dice_loss_weight: LISA's loss weights (1.0, 2.0, 0.5).
+    """
+
+    model_type = "lisa"
+    sub_configs_defaults = {
+        "llava_config": SubConfigSpec(config_class=LlavaConfig),
+        "sam_config": SubConfigSpec(config_class=SamConfig),
+    }
+
+    llava_config: dict | PreTrainedConfig | None = None
+    sam_config: dict | PreTrainedConfig | None = None
+    seg_token_id: int | None = None
+    out_dim: int = 256
+    ce_loss_weight: float = 1.0
+    bce_loss_weight: float = 2.0
+    dice_loss_weight: float = 0.5
+
+
+@dataclass
+class LisaOutput(ModelOutput):
+    """
+    loss: `ce_loss_weight * ce_loss + mask_loss`, present when labels or masks are given.
+    mask_loss: `bce_loss_weight * mask_bce_loss + dice_loss_weight * mask_dice_loss`.
+    logits: (R, L, vocab) language-model logits.
+    pred_masks: per image, (n_i, H_i, W_i) float32 mask logits at the original resolution, one per `[SEG]`.
+    """
+
+    loss: torch.Tensor | None = None
+    ce_loss: torch.Tensor | None = None
+    mask_bce_loss: torch.Tensor | None = None
+    mask_dice_loss: torch.Tensor | None = None
+    mask_loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    pred_masks: list[torch.Tensor] | None = None
+
+
+@dataclass
+class LisaPrediction:
+    """What the model generated for one prompt: the new ids and one boolean (H, W) mask per `[SEG]`, in order."""
+
+    token_ids: list[int]
+    masks: list[torch.Tensor]
+
+
+class LisaForCausalLM(PreTrainedModel):
+    config_class = LisaConfig
+    base_model_prefix = "lisa"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _no_split_modules = ["LlamaDecoderLayer", "CLIPEncoderLayer", "SamVisionLayer"]
+
+    def __init__(self, config: LisaConfig, llava: LlavaForConditionalGeneration | None = None, sam: SamModel | None = None):
+        """`llava` and `sam`, when given, are used as they are (training init from pretrained parts)."""
+        super().__init__(config)
+        self.llava = llava if llava is not None else LlavaForConditionalGeneration(config.llava_config)
+        self.sam = sam if sam is not None else SamModel(config.sam_config)
+        hidden_size = config.llava_config.text_config.hidden_size
+        self.text_hidden_fcs = nn.Sequential(
+            nn.Linear(hidden_size, hidden_size),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden_size, config.out_dim),
+            nn.Dropout(0.0),
+        )
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # Only the projection is LISA's own; LLaVA and SAM initialise their modules themselves.
+        if module in (self.text_hidden_fcs[0], self.text_hidden_fcs[2]):
+            module.reset_parameters()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.llava.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.llava.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.llava.get_output_embeddings()
+
+    @property
+    def sam_image_size(self) -> int:
+        return self.config.sam_config.vision_config.image_size
+
+    # ------------------------------------------------------------------------------------------ SAM side
+    def embed_images(self, sam_pixel_values: torch.Tensor) -> torch.Tensor:
+        """SAM image embeddings, once per image.
+
+        Args:
+            sam_pixel_values: (N, 3, S, S) SAM-preprocessed images.
+
+        Returns:
+            (N, C, s, s) embeddings (256 x 64 x 64 for the released SAM). Without gradient unless the image
+            encoder has been made trainable (a research option; frozen in LISA's recipe).
+        """
+        encoder = self.sam.vision_encoder
+        trainable = torch.is_grad_enabled() and any(p.requires_grad for p in encoder.parameters())
+        with torch.set_grad_enabled(trainable):
+            return encoder(sam_pixel_values.to(self.sam.dtype)).last_hidden_state
+
+    def decode_masks(
+        self,
+        image_embeddings: torch.Tensor,
+        queries: torch.Tensor,
+        resized_size: tuple[int, int],
+        original_size: tuple[int, int],
+    ) -> torch.Tensor:
+        """Masks of one image, one per `[SEG]` query.
+
+        Args:
+            image_embeddings: (C, s, s) SAM embedding of the image.
+            queries: (n, out_dim) projected `[SEG]` hidden states.
+
+        Returns:
+            (n, H, W) float32 mask logits at the original size.
+        """
+        if queries.shape[0] == 0:
+            return queries.new_zeros((0, *original_size), dtype=torch.float32)
+        dense = self.sam.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
+        low_res, _ = self.sam.mask_decoder(
+            image_embeddings=image_embeddings[None],
+            image_positional_embeddings=self.sam.get_image_wide_positional_embeddings(),
+            # Every [SEG] of the image is one entry of SAM's point batch: [1, n, 1, out_dim].
+            sparse_prompt_embeddings=queries[None, :, None, :].to(image_embeddings.dtype),
+            dense_prompt_embeddings=dense.expand(1, -1, *image_embeddings.shape[-2:]),
+            multimask_output=False,
+        )
+        return postprocess_masks(low_res[0, :, 0], self.sam_image_size, resized_size, original_size)
+
+    # ---------------------------------------------------------------------------------------- LLM side
+    def query_positions(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Where mask queries are read: the position immediately before each `[SEG]`.
+
+        Returns:
+            (R, L) bool, True at the positions whose hidden states become mask queries.
+        """
+        is_seg = input_ids == self.config.seg_token_id
+        if attention_mask is not None:
+            is_seg &= attention_mask.bool()
+        positions = torch.zeros_like(is_seg)
+        positions[:, :-1] = is_seg[:, 1:]
+        return positions
+
+    def _language_forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor, image_index: torch.Tensor
+    ) -> torch.Tensor:
+        """Last-layer, post-norm hidden states (R, L, h). CLIP runs once per image, not once per row."""
+        llava = self.llava.model
+        image_features = llava.get_image_features(pixel_values=pixel_values.to(self.llava.dtype)).pooler_output
+        per_row = [image_features[i] for i in image_index.tolist()]
+        outputs = llava(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            mm_encoder_outputs={"image": BaseModelOutputWithPooling(pooler_output=per_row)},
+            use_cache=False,
+        )
+        return outputs.last_hidden_state
+
+    # ------------------------------------------------------------------------------------------ forward
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor,
+        pixel_values: torch.Tensor,
+        sam_pixel_values: torch.Tensor,
+        image_index: torch.LongTensor,
+        resized_sizes: torch.LongTensor,
+        original_sizes: torch.LongTensor,
+        labels: torch.LongTensor | None = None,
+        masks: list[torch.Tensor] | None = None,
+        sample_ids: list[str] | None = None,
+    ) -> LisaOutput:
+        r"""Training and teacher-forced forward: all conversations are given in full.
+
+        Args:
+            input_ids: (R, L) token ids of R conversations, image tokens expanded.
+            attention_mask: (R, L) 1 on tokens, 0 on padding.
+            pixel_values: (N, 3, h, w) CLIP pixel values of N images.
+            sam_pixel_values: (N, 3, S, S) SAM pixel values of the same images.
+            image_index: (R,) the image of each conversation.
+            resized_sizes, original_sizes: (N, 2) image sizes inside SAM's input and originally.
+            labels: (R, L) next-token targets, `IGNORE_INDEX` where no loss is taken; adds `ce_loss`.
+            masks: per image, (n_i, H_i, W_i) ground truth, one per `[SEG]` of its conversations in row
+                order; adds the mask losses.
+            sample_ids: names used in error messages.
+        """
+        hidden_states = self._language_forward(input_ids, attention_mask, pixel_values, image_index)
+        logits = self.llava.lm_head(hidden_states)
+
+        query_mask = self.query_positions(input_ids, attention_mask)
+        queries = self.text_hidden_fcs(hidden_states[query_mask])  # (total [SEG], out_dim), row-major order
+        query_images = image_index[query_mask.nonzero()[:, 0]]
+
+        image_embeddings = self.embed_images(sam_pixel_values)
+        pred_masks = [
+            self.decode_masks(image_embeddings[i], queries[query_images == i], resized_sizes[i].tolist(), original_sizes[i].tolist())
+            for i in range(sam_pixel_values.shape[0])
+        ]
+
+        output = LisaOutput(logits=logits, pred_masks=pred_masks)
+        losses = []
+        if labels is not None:
+            output.ce_loss = causal_lm_loss(logits, labels)
+            losses.append(self.config.ce_loss_weight * output.ce_loss)
+        if masks is not None:
+            self._check_mask_counts(pred_masks, masks, sample_ids)
+            pred = torch.cat([p.flatten(1) for p in pred_masks])
+            target = torch.cat([m.flatten(1) for m in masks]).to(pred)
+            output.mask_bce_loss = mask_bce_loss(pred, target)
+            output.mask_dice_loss = mask_dice_loss(pred, target)
+            output.mask_loss = (
+                self.config.bce_loss_weight * output.mask_bce_loss + self.config.dice_loss_weight * output.mask_dice_loss
+            )
+            losses.append(output.mask_loss)
+        if losses:
+            output.loss = sum(losses)
+        return output
+
+    @staticmethod
+    def _check_mask_counts(pred_masks: list[torch.Tensor], masks: list[torch.Tensor], sample_ids: list[str] | None) -> None:
+        if len(pred_masks) != len(masks):
+            raise ValueError(f"{len(masks)} ground-truth mask sets for {len(pred_masks)} images")
+        for i, (pred, target) in enumerate(zip(pred_masks, masks)):
+            if pred.shape != target.shape:
+                name = sample_ids[i] if sample_ids else f"image {i}"
+                raise ValueError(
+                    f"{name}: {pred.shape[0]} [SEG] tokens in its conversations but {target.shape[0]} ground-truth "
+                    f"masks (mask shape {tuple(target.shape[1:])}, image {tuple(pred.shape[1:])})"
+                )
+
+    # --------------------------------------------------------------------------------------- generation
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor,
+        pixel_values: torch.Tensor,
+        sam_pixel_values: torch.Tensor,
+        resized_sizes: torch.LongTensor,
+        original_sizes: torch.LongTensor,
+        max_new_tokens: int = 512,
+        **generate_kwargs,
+    ) -> list[LisaPrediction]:
+        """Answers B prompts (left-padded), one image each, with the KV cache on.
+
+        The hidden states `[SEG]` needs are collected while generating: the first step yields the prompt's,
+        each later step the one of the token it consumed, so no second pass over the sequence is run.
+
+        Args:
+            input_ids: (B, L) prompts ending with the assistant prefix, left padded.
+            pixel_values, sam_pixel_values, resized_sizes, original_sizes: row b's image (see `forward`).
+            generate_kwargs: passed to `LlavaForConditionalGeneration.generate` (greedy by default).
+
+        Returns:
+            per prompt: the generated ids (cut after the end-of-turn token) and one (H, W) bool mask per `[SEG]`.
+        """
+        prompt_length = input_ids.shape[1]
+        generate_kwargs.setdefault("do_sample", False)
+        out = self.llava.generate(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            pixel_values=pixel_values.to(self.llava.dtype),
+            max_new_tokens=max_new_tokens,
+            use_cache=True,
+            output_hidden_states=True,
+            return_dict_in_generate=True,
+            **generate_kwargs,
+        )
+        # hidden_states[step][-1] is the post-norm last layer: (B, L_prompt, h) at step 0, (B, 1, h) later.
+        hidden_states = torch.cat([step[-1] for step in out.hidden_states], dim=1)
+        new_tokens = out.sequences[:, prompt_length:]
+        image_embeddings = self.embed_images(sam_pixel_values)
+        eos_ids = self.llava.generation_config.eos_token_id
+        eos_ids = set(eos_ids if isinstance(eos_ids, list) else [eos_ids])
+
+        results = []
+        for b, tokens in enumerate(new_tokens.tolist()):
+            end = next((j + 1 for j, t in enumerate(tokens) if t in eos_ids), len(tokens))
+            tokens = tokens[:end]
+            # [SEG] generated at new position j sits at prompt_length + j; its query is the position before.
+            positions = [prompt_length + j - 1 for j, t in enumerate(tokens) if t == self.config.seg_token_id]
+            queries = self.text_hidden_fcs(hidden_states[b, positions])
+            logits = self.decode_masks(image_embeddings[b], queries, resized_sizes[b].tolist(), original_sizes[b].tolist())
+            results.append(LisaPrediction(token_ids=tokens, masks=list(logits > 0)))
+        return results
+
+
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy, mean over labelled tokens of the batch.
+
+    Args:
+        logits: (R, L, V); labels: (R, L) with `IGNORE_INDEX` where no loss is taken.
+    """
+    shifted_logits = logits[:, :-1].flatten(0, 1).float()
+    shifted_labels = labels[:, 1:].flatten().to(logits.device)
+    if (shifted_labels == IGNORE_INDEX).all():
+        return shifted_logits.sum() * 0.0  # keeps the graph connected for DeepSpeed
+    return F.cross_entropy(shifted_logits, shifted_labels, ignore_index=IGNORE_INDEX)

@@ -1,0 +1,280 @@
+"""Pre- and post-processing shared by training, evaluation and chat.
+
+Two image paths feed LISA (reference/lisa.md §2.6):
+  * the CLIP path, through the base model's own image processor (resize + centre crop + CLIP mean/std);
+  * the SAM path: longest side resized to SAM's input size, SAM mean/std on the 0-255 scale, zero pad
+    bottom/right to a square. The resized size is kept so predicted masks can be cropped back.
+
+Text goes through a chat template whose assistant turns are wrapped in ``{% generation %}`` blocks, so the
+tokenizer itself reports which tokens are answer tokens (the only ones that carry a training label).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+from transformers import AutoProcessor, LlavaProcessor
+
+from model.conversation import CHAT_TEMPLATES
+
+SAM_PIXEL_MEAN = (123.675, 116.28, 103.53)
+SAM_PIXEL_STD = (58.395, 57.12, 57.375)
+IGNORE_INDEX = -100
+SEG_TOKEN = "[SEG]"
+PROCESSOR_CONFIG_NAME = "lisa_processor.json"
+
+
+class ImageError(ValueError):
+    """An image file that is missing or cannot be decoded."""
+
+
+def load_image(path: str | os.PathLike) -> np.ndarray:
+    """Reads an image file as RGB.
+
+    Grayscale, palette and RGBA files are converted (alpha dropped) so both image paths see three channels.
+
+    Returns:
+        `np.ndarray` of shape (H, W, 3), dtype uint8.
+    """
+    try:
+        with Image.open(path) as image:
+            image.load()  # decode now, so a truncated file fails here and not later in a worker
+            return np.asarray(image.convert("RGB"))
+    except FileNotFoundError:
+        raise ImageError(f"{path}: image file not found") from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+        raise ImageError(f"{path}: cannot read image ({error})") from None
+
+
+def sam_resized_size(height: int, width: int, image_size: int) -> tuple[int, int]:
+    """Size of an image whose longest side is scaled to `image_size` (segment-anything's rounding)."""
+    scale = image_size / max(height, width)
+    return int(height * scale + 0.5), int(width * scale + 0.5)
+
+
+def preprocess_sam(image: np.ndarray, image_size: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """SAM input for one RGB image.
+
+    Args:
+        image: (H, W, 3) uint8.
+        image_size: SAM's square input size (1024 for the released SAM).
+
+    Returns:
+        pixel values of shape (3, image_size, image_size), float32, zero outside the resized image, and
+        the resized (h', w') before padding.
+    """
+    resized_h, resized_w = sam_resized_size(image.shape[0], image.shape[1], image_size)
+    # PIL bilinear, as the original's ResizeLongestSide (torchvision on a PIL image) did.
+    resized = np.asarray(Image.fromarray(image).resize((resized_w, resized_h), Image.BILINEAR))
+    pixels = torch.from_numpy(resized).permute(2, 0, 1).float()
+    mean = torch.tensor(SAM_PIXEL_MEAN).view(3, 1, 1)
+    std = torch.tensor(SAM_PIXEL_STD).view(3, 1, 1)
+    pixels = (pixels - mean) / std
+    # Pad after normalisation, so the padding is zero in normalised space, as in segment-anything.
+    pixels = F.pad(pixels, (0, image_size - resized_w, 0, image_size - resized_h))
+    return pixels, (resized_h, resized_w)
+
+
+def postprocess_masks(
+    low_res_logits: torch.Tensor,
+    image_size: int,
+    resized_size: tuple[int, int],
+    original_size: tuple[int, int],
+) -> torch.Tensor:
+    """Mask logits of SAM's decoder back to the original image.
+
+    Args:
+        low_res_logits: (n, h, w) decoder logits (256 x 256 for the released SAM).
+        image_size: SAM's square input size.
+        resized_size: (h', w') of the image inside the padded SAM input.
+        original_size: (H, W) of the original image.
+
+    Returns:
+        (n, H, W) float32 logits; a pixel belongs to the mask where the logit is > 0.
+    """
+    masks = low_res_logits.float().unsqueeze(1)
+    masks = F.interpolate(masks, (image_size, image_size), mode="bilinear", align_corners=False)
+    masks = masks[..., : resized_size[0], : resized_size[1]]
+    masks = F.interpolate(masks, tuple(original_size), mode="bilinear", align_corners=False)
+    return masks.squeeze(1)
+
+
+class LisaProcessor:
+    """Turns images and chat messages into LISA model inputs, and back.
+
+    Wraps the base model's `LlavaProcessor` (tokenizer, CLIP image processor, chat template) and adds the
+    SAM path. Saved beside the model weights; `from_pretrained` of the same folder restores it.
+    """
+
+    def __init__(self, llava_processor: LlavaProcessor, sam_image_size: int, seg_token: str = SEG_TOKEN):
+        self.llava_processor = llava_processor
+        self.tokenizer = llava_processor.tokenizer
+        self.image_processor = llava_processor.image_processor
+        self.sam_image_size = sam_image_size
+        self.seg_token = seg_token
+        self.seg_token_id = self.tokenizer.convert_tokens_to_ids(seg_token)
+        self.image_token_id = llava_processor.image_token_id
+        if self.tokenizer.pad_token_id is None:
+            # LLaMA tokenizers ship without a pad token; LISA pads with <unk>.
+            self.tokenizer.pad_token = self.tokenizer.unk_token
+        if self.chat_template is None:
+            raise ValueError("The processor has no chat template; pass one of " + ", ".join(CHAT_TEMPLATES))
+
+    # ----------------------------------------------------------------------------------------- persistence
+    @classmethod
+    def from_pretrained(cls, path: str, **kwargs: Any) -> "LisaProcessor":
+        llava_processor = AutoProcessor.from_pretrained(path, **kwargs)
+        config_file = os.path.join(path, PROCESSOR_CONFIG_NAME)
+        if not os.path.isfile(config_file):
+            raise FileNotFoundError(f"{config_file}: not a LISA folder (no {PROCESSOR_CONFIG_NAME})")
+        with open(config_file) as f:
+            config = json.load(f)
+        return cls(llava_processor, sam_image_size=config["sam_image_size"], seg_token=config["seg_token"])
+
+    def save_pretrained(self, path: str) -> None:
+        self.llava_processor.save_pretrained(path)
+        with open(os.path.join(path, PROCESSOR_CONFIG_NAME), "w") as f:
+            json.dump({"sam_image_size": self.sam_image_size, "seg_token": self.seg_token}, f, indent=2)
+
+    # ------------------------------------------------------------------------------------------------ text
+    @property
+    def chat_template(self) -> str | None:
+        return self.llava_processor.chat_template
+
+    def set_chat_template(self, conv_type: str) -> None:
+        """Selects one of the conversation formats of `model.conversation.CHAT_TEMPLATES`."""
+        if conv_type not in CHAT_TEMPLATES:
+            raise ValueError(f"unknown conv_type {conv_type!r}; choose from {', '.join(CHAT_TEMPLATES)}")
+        self.llava_processor.chat_template = CHAT_TEMPLATES[conv_type]
+
+    @property
+    def image_seq_length(self) -> int:
+        """Number of image tokens one `<image>` placeholder stands for (576 for llava-1.5, 256 for LISA v1)."""
+        crop = self.image_processor.crop_size
+        count = (crop["height"] // self.llava_processor.patch_size) * (crop["width"] // self.llava_processor.patch_size)
+        count += self.llava_processor.num_additional_image_tokens
+        if self.llava_processor.vision_feature_select_strategy == "default":
+            count -= 1
+        return count
+
+    def encode_conversation(
+        self, messages: list[dict[str, str]], add_generation_prompt: bool = False
+    ) -> tuple[list[int], list[int]]:
+        """Tokenizes one conversation.
+
+        Args:
+            messages: chat messages `{"role": "user"|"assistant"|"system", "content": str}`; the image is the
+                literal `<image>` in a user message.
+            add_generation_prompt: end with the assistant prefix, for generation.
+
+        Returns:
+            `input_ids` with each `<image>` expanded to `image_seq_length` image tokens, and `labels`: the
+            same ids on assistant answers and their end-of-turn token, `IGNORE_INDEX` everywhere else.
+        """
+        encoded = self.tokenizer.apply_chat_template(
+            messages,
+            chat_template=self.chat_template,
+            add_generation_prompt=add_generation_prompt,
+            tokenize=True,
+            return_dict=True,
+            return_assistant_tokens_mask=True,
+        )
+        input_ids, labels = [], []
+        for token, is_answer in zip(encoded["input_ids"], encoded["assistant_masks"]):
+            if token == self.image_token_id:
+                input_ids += [token] * self.image_seq_length
+                labels += [IGNORE_INDEX] * self.image_seq_length
+            else:
+                input_ids.append(token)
+                labels.append(token if is_answer else IGNORE_INDEX)
+        return input_ids, labels
+
+    def decode_answer(self, token_ids: list[int] | torch.Tensor) -> str:
+        """Text of generated ids, cut at the end-of-turn token, keeping `[SEG]`."""
+        token_ids = [int(t) for t in token_ids]
+        if self.tokenizer.eos_token_id in token_ids:
+            token_ids = token_ids[: token_ids.index(self.tokenizer.eos_token_id)]
+        token_ids = [t for t in token_ids if t != self.tokenizer.pad_token_id]
+        return self.tokenizer.decode(token_ids, skip_special_tokens=False).strip()
+
+    # ---------------------------------------------------------------------------------------------- images
+    def preprocess_clip(self, image: np.ndarray) -> torch.Tensor:
+        """(H, W, 3) uint8 -> (3, h, w) float32 CLIP pixel values."""
+        return self.image_processor(images=image, return_tensors="pt")["pixel_values"][0]
+
+    def preprocess_sam(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
+        return preprocess_sam(image, self.sam_image_size)
+
+    # ----------------------------------------------------------------------------------------------- batch
+    def process_sample(
+        self,
+        image: np.ndarray,
+        conversations: list[list[dict[str, str]]],
+        masks: np.ndarray | None = None,
+        sample_id: str = "",
+        add_generation_prompt: bool = False,
+    ) -> dict[str, Any]:
+        """One image with the conversations about it.
+
+        Args:
+            image: (H, W, 3) uint8 RGB.
+            conversations: chat message lists, each mentioning `<image>` once.
+            masks: (n, H, W) bool, one per `[SEG]` in the conversations, in order; None for no masks.
+            sample_id: a name for error messages (usually the image path).
+
+        Returns:
+            an item for `collate`.
+        """
+        height, width = image.shape[:2]
+        if masks is None:
+            masks = np.zeros((0, height, width), dtype=bool)
+        if masks.shape[1:] != (height, width):
+            raise ValueError(f"{sample_id}: masks of shape {masks.shape} for an image of size {(height, width)}")
+        sam_pixel_values, resized_size = self.preprocess_sam(image)
+        encoded = [self.encode_conversation(c, add_generation_prompt) for c in conversations]
+        return {
+            "sample_id": sample_id,
+            "pixel_values": self.preprocess_clip(image),
+            "sam_pixel_values": sam_pixel_values,
+            "resized_size": resized_size,
+            "original_size": (height, width),
+            "input_ids": [ids for ids, _ in encoded],
+            "labels": [labels for _, labels in encoded],
+            "masks": torch.from_numpy(np.ascontiguousarray(masks, dtype=bool)),
+        }
+
+    def collate(self, items: list[dict[str, Any]], padding_side: str = "right") -> dict[str, Any]:
+        """Batches `process_sample` items; the keys are `LisaForCausalLM.forward`'s arguments.
+
+        Rows are the conversations of all items, item by item; `image_index[r]` is the item of row r.
+        Use left padding for generation, right padding for training.
+        """
+        rows = [(ids, labels, i) for i, item in enumerate(items) for ids, labels in zip(item["input_ids"], item["labels"])]
+        length = max(len(ids) for ids, _, _ in rows)
+        pad_id = self.tokenizer.pad_token_id
+        input_ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
+        labels = torch.full((len(rows), length), IGNORE_INDEX, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
+        for r, (ids, row_labels, _) in enumerate(rows):
+            span = slice(length - len(ids), length) if padding_side == "left" else slice(0, len(ids))
+            input_ids[r, span] = torch.tensor(ids)
+            labels[r, span] = torch.tensor(row_labels)
+            attention_mask[r, span] = 1
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "labels": labels,
+            "pixel_values": torch.stack([item["pixel_values"] for item in items]),
+            "sam_pixel_values": torch.stack([item["sam_pixel_values"] for item in items]),
+            "image_index": torch.tensor([i for _, _, i in rows], dtype=torch.long),
+            "resized_sizes": torch.tensor([item["resized_size"] for item in items], dtype=torch.long),
+            "original_sizes": torch.tensor([item["original_size"] for item in items], dtype=torch.long),
+            "masks": [item["masks"] for item in items],
+            "sample_ids": [item["sample_id"] for item in items],
+        }
