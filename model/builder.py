@@ -81,6 +81,10 @@ def load_lisa(path: str, dtype: torch.dtype | None = None, **kwargs) -> tuple[Li
     if problems:
         details = "; ".join(f"{k}: {sorted(map(str, v))}" for k, v in problems.items())
         raise ValueError(f"{path}: the weights do not match the LISA model ({details})")
+    if dtype is not None and "quantization_config" not in kwargs:
+        # LLaVA builds its CLIP tower and language model from their own sub-configs, which keep the saved
+        # dtype; one cast makes the whole model uniform.
+        model.to(dtype)
     return model, LisaProcessor.from_pretrained(path)
 
 

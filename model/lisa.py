@@ -18,7 +18,7 @@ from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import ModelOutput
 
-from model.losses import mask_bce_loss, mask_dice_loss
+from model.losses import dice_per_mask, mean_over_masks, sigmoid_ce_per_mask
 from model.processing import IGNORE_INDEX, postprocess_masks
 
 
@@ -235,10 +235,9 @@ class LisaForCausalLM(PreTrainedModel):
             losses.append(self.config.ce_loss_weight * output.ce_loss)
         if masks is not None:
             self._check_mask_counts(pred_masks, masks, sample_ids)
-            pred = torch.cat([p.flatten(1) for p in pred_masks])
-            target = torch.cat([m.flatten(1) for m in masks]).to(pred)
-            output.mask_bce_loss = mask_bce_loss(pred, target)
-            output.mask_dice_loss = mask_dice_loss(pred, target)
+            pairs = [(pred, target.to(pred)) for pred, target in zip(pred_masks, masks)]
+            output.mask_bce_loss = mean_over_masks(torch.cat([sigmoid_ce_per_mask(p, t) for p, t in pairs]))
+            output.mask_dice_loss = mean_over_masks(torch.cat([dice_per_mask(p, t) for p, t in pairs]))
             output.mask_loss = (
                 self.config.bce_loss_weight * output.mask_bce_loss + self.config.dice_loss_weight * output.mask_dice_loss
             )

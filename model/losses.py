@@ -2,7 +2,8 @@
 
 The original computes, per image, the sum of per-mask losses divided by the image's mask count, multiplies
 that back by the count, sums over images and divides by the batch's mask count: a plain average over all
-masks of the micro-batch, which is what these functions compute directly.
+masks of the micro-batch. So the functions here return one value per mask and `mean_over_masks` averages
+them; images of different sizes simply contribute their masks' values.
 """
 
 import torch
@@ -13,24 +14,33 @@ DICE_EPS = 1e-6
 COUNT_EPS = 1e-8
 
 
-def mask_bce_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Sigmoid cross-entropy, mean over pixels of each mask, then mean over masks.
+def sigmoid_ce_per_mask(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Sigmoid cross-entropy averaged over the pixels of each mask.
 
     Args:
-        logits, targets: (n, P) mask logits and {0, 1} targets, one flattened mask per row.
+        logits, targets: (n, H, W) mask logits and {0, 1} targets.
+
+    Returns:
+        (n,) losses.
     """
-    per_mask = F.binary_cross_entropy_with_logits(logits.float(), targets.float(), reduction="none").mean(1)
-    return per_mask.sum() / (per_mask.shape[0] + COUNT_EPS)
+    return F.binary_cross_entropy_with_logits(logits.float(), targets.float(), reduction="none").flatten(1).mean(1)
 
 
-def mask_dice_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """1 - Dice per mask (LISA's scale 1000 and eps 1e-6), mean over masks.
+def dice_per_mask(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """1 - Dice of each mask, with LISA's scale 1000 and eps 1e-6.
 
     Args:
-        logits, targets: (n, P) mask logits and {0, 1} targets, one flattened mask per row.
+        logits, targets: (n, H, W) mask logits and {0, 1} targets.
+
+    Returns:
+        (n,) losses.
     """
-    probs, targets = logits.float().sigmoid(), targets.float()
+    probs, targets = logits.float().sigmoid().flatten(1), targets.float().flatten(1)
     numerator = 2 * (probs / DICE_SCALE * targets).sum(1)
     denominator = (probs / DICE_SCALE).sum(1) + (targets / DICE_SCALE).sum(1)
-    per_mask = 1 - (numerator + DICE_EPS) / (denominator + DICE_EPS)
+    return 1 - (numerator + DICE_EPS) / (denominator + DICE_EPS)
+
+
+def mean_over_masks(per_mask: torch.Tensor) -> torch.Tensor:
+    """Average over all masks of the batch; 0 (still in the graph) when there are none."""
     return per_mask.sum() / (per_mask.shape[0] + COUNT_EPS)

@@ -71,7 +71,7 @@ def preprocess_sam(image: np.ndarray, image_size: int) -> tuple[torch.Tensor, tu
     """
     resized_h, resized_w = sam_resized_size(image.shape[0], image.shape[1], image_size)
     # PIL bilinear, as the original's ResizeLongestSide (torchvision on a PIL image) did.
-    resized = np.asarray(Image.fromarray(image).resize((resized_w, resized_h), Image.BILINEAR))
+    resized = np.array(Image.fromarray(image).resize((resized_w, resized_h), Image.BILINEAR))
     pixels = torch.from_numpy(resized).permute(2, 0, 1).float()
     mean = torch.tensor(SAM_PIXEL_MEAN).view(3, 1, 1)
     std = torch.tensor(SAM_PIXEL_STD).view(3, 1, 1)
@@ -225,16 +225,15 @@ class LisaProcessor:
         Args:
             image: (H, W, 3) uint8 RGB.
             conversations: chat message lists, each mentioning `<image>` once.
-            masks: (n, H, W) bool, one per `[SEG]` in the conversations, in order; None for no masks.
+            masks: (n, H, W) bool, one per `[SEG]` in the conversations, in order; None when there is no ground
+                truth (inference). A training sample without targets (VQA) passes an empty (0, H, W) array.
             sample_id: a name for error messages (usually the image path).
 
         Returns:
             an item for `collate`.
         """
         height, width = image.shape[:2]
-        if masks is None:
-            masks = np.zeros((0, height, width), dtype=bool)
-        if masks.shape[1:] != (height, width):
+        if masks is not None and masks.shape[1:] != (height, width):
             raise ValueError(f"{sample_id}: masks of shape {masks.shape} for an image of size {(height, width)}")
         sam_pixel_values, resized_size = self.preprocess_sam(image)
         encoded = [self.encode_conversation(c, add_generation_prompt) for c in conversations]
@@ -246,15 +245,17 @@ class LisaProcessor:
             "original_size": (height, width),
             "input_ids": [ids for ids, _ in encoded],
             "labels": [labels for _, labels in encoded],
-            "masks": torch.from_numpy(np.ascontiguousarray(masks, dtype=bool)),
+            "masks": None if masks is None else torch.from_numpy(np.ascontiguousarray(masks, dtype=bool)),
         }
 
     def collate(self, items: list[dict[str, Any]], padding_side: str = "right") -> dict[str, Any]:
         """Batches `process_sample` items; the keys are `LisaForCausalLM.forward`'s arguments.
 
         Rows are the conversations of all items, item by item; `image_index[r]` is the item of row r.
-        Use left padding for generation, right padding for training.
+        Use left padding for generation, right padding for training. `masks` is None when no item has any.
         """
+        if any(item["masks"] is None for item in items) and not all(item["masks"] is None for item in items):
+            raise ValueError("a batch mixes samples with and without ground-truth masks: " + ", ".join(i["sample_id"] for i in items))
         rows = [(ids, labels, i) for i, item in enumerate(items) for ids, labels in zip(item["input_ids"], item["labels"])]
         length = max(len(ids) for ids, _, _ in rows)
         pad_id = self.tokenizer.pad_token_id
@@ -275,6 +276,6 @@ class LisaProcessor:
             "image_index": torch.tensor([i for _, _, i in rows], dtype=torch.long),
             "resized_sizes": torch.tensor([item["resized_size"] for item in items], dtype=torch.long),
             "original_sizes": torch.tensor([item["original_size"] for item in items], dtype=torch.long),
-            "masks": [item["masks"] for item in items],
+            "masks": None if items[0]["masks"] is None else [item["masks"] for item in items],
             "sample_ids": [item["sample_id"] for item in items],
         }
