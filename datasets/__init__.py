@@ -1,0 +1,31 @@
+"""LISA's data: the four training families read from their real on-disk layouts, their mixture, the
+validation splits, the batch collator and a toy corpus in the same layouts (reference/lisa.md §3).
+
+This folder shadows the Hugging Face `datasets` package when scripts run from the repository root; nothing
+here uses that package.
+"""
+
+from datasets.collate import LisaCollator
+from datasets.common import SampleError, Sample, ValSample
+from datasets.hybrid import HybridDataset, build_val_dataset
+from datasets.reason_seg import ReasonSegDataset, ReasonSegValDataset, get_mask_from_json
+from datasets.refer_seg import ReferSegDataset, ReferSegValDataset, decode_segmentation
+from datasets.sem_seg import SemSegDataset
+from datasets.vqa import VQADataset
+
+__all__ = [
+    "HybridDataset",
+    "LisaCollator",
+    "ReasonSegDataset",
+    "ReasonSegValDataset",
+    "ReferSegDataset",
+    "ReferSegValDataset",
+    "Sample",
+    "SampleError",
+    "SemSegDataset",
+    "VQADataset",
+    "ValSample",
+    "build_val_dataset",
+    "decode_segmentation",
+    "get_mask_from_json",
+]

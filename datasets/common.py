@@ -1,0 +1,112 @@
+"""What every data set yields, how bad input is reported, and the small readers they share."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from model.processing import ImageError, load_image
+
+logger = logging.getLogger(__name__)
+
+
+class SampleError(ValueError):
+    """A sample that cannot be used: a missing or unreadable file, or an annotation that yields no valid mask.
+
+    `path` names the offending file. The exception can be rebuilt from its message alone, which is what
+    `torch.utils.data.DataLoader` does when it re-raises an error of a worker in the main process.
+    """
+
+    def __init__(self, path: str | os.PathLike, reason: str | None = None):
+        self.path = os.fspath(path)
+        self.reason = reason
+        super().__init__(self.path if reason is None else f"{self.path}: {reason}")
+
+    def __reduce__(self):
+        return type(self), (self.path, self.reason)
+
+
+@dataclass
+class Sample:
+    """One training image with the conversations about it.
+
+    sample_id: `"{dataset}/{image name}"`.
+    image: (H, W, 3) uint8 RGB.
+    conversations: lists of chat messages `{"role": "user"|"assistant", "content": str}`; the first user
+        message of each contains `<image>` once.
+    masks: (n, H, W) bool, one per `[SEG]` across the conversations in order; n = 0 for text-only answers.
+    queries: what each conversation asks about (class name, referring sentence, ReasonSeg text, VQA question).
+    skipped: files of bad samples skipped before this one was drawn (training resamples on bad input).
+    """
+
+    sample_id: str
+    image: np.ndarray
+    conversations: list[list[dict[str, str]]]
+    masks: np.ndarray
+    queries: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ValSample(Sample):
+    """A validation image: one teacher-forced conversation per query.
+
+    gt: (n, H, W) uint8 ground truth per query: 1 target, 0 background, 255 ignored by the metric.
+    is_sentence: per query, True for a long (sentence) query, False for a short phrase (ReasonSeg's flag;
+        always False for referring expressions).
+    """
+
+    gt: np.ndarray = None
+    is_sentence: list[bool] = field(default_factory=list)
+
+
+def read_image(path: str) -> np.ndarray:
+    """(H, W, 3) uint8 RGB image; a missing or undecodable file raises `SampleError` naming it."""
+    try:
+        return load_image(path)
+    except ImageError as error:
+        raise SampleError(path, str(error).removeprefix(f"{path}: ")) from None
+
+
+def read_json(path: str) -> object:
+    """Parses a JSON file as UTF-8, falling back to cp1252 (some ReasonSeg files are cp1252-encoded)."""
+    if not os.path.isfile(path):
+        raise SampleError(path, "file not found")
+    with open(path, "rb") as f:
+        raw = f.read()
+    for encoding in ("utf-8", "cp1252"):
+        try:
+            return json.loads(raw.decode(encoding))
+        except UnicodeDecodeError:
+            continue
+        except json.JSONDecodeError as error:
+            raise SampleError(path, f"invalid JSON ({error})") from None
+    raise SampleError(path, "neither UTF-8 nor cp1252 text")
+
+
+def check_size(path: str, mask_size: tuple[int, int], image: np.ndarray, image_path: str) -> None:
+    """Refuses an annotation whose size differs from its image's: its mask would be silently misplaced."""
+    if tuple(mask_size) != image.shape[:2]:
+        raise SampleError(path, f"annotation size {tuple(mask_size)} differs from {image_path} {image.shape[:2]}")
+
+
+def sample_rng(*keys: int) -> np.random.Generator:
+    """A generator fixed by integer keys such as (seed, epoch, index, attempt): independent of global state,
+    so a sample is reproduced in any worker, on any rank, after a resume."""
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(k) for k in keys])))
+
+
+def choose_up_to(rng: np.random.Generator, count: int, k: int) -> list[int]:
+    """Up to `k` distinct indices of `range(count)` without replacement (all of them, in order, if count <= k)."""
+    if count <= k:
+        return list(range(count))
+    return rng.choice(count, size=k, replace=False).tolist()
+
+
+def split_names(spec: str) -> list[str]:
+    """`"a||b||c"` -> ["a", "b", "c"], the original's syntax for data set lists."""
+    return [name for name in spec.split("||") if name]

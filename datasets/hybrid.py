@@ -1,0 +1,117 @@
+"""The training mixture of LISA's four data families, and the validation data sets by name
+(reference/lisa.md §3.5, §4.5)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from datasets.common import SampleError, Sample, sample_rng, split_names
+from datasets.reason_seg import ReasonSegDataset, ReasonSegValDataset
+from datasets.refer_seg import ReferSegDataset, ReferSegValDataset
+from datasets.sem_seg import SemSegDataset
+from datasets.vqa import VQADataset
+
+logger = logging.getLogger(__name__)
+
+FAMILIES = ("sem_seg", "refer_seg", "vqa", "reason_seg")
+
+
+def parse_rates(sample_rates: str | Sequence[float], count: int) -> np.ndarray:
+    """"9,3,3,1" or [9, 3, 3, 1] -> probabilities summing to 1 (one per family)."""
+    rates = [float(r) for r in sample_rates.split(",")] if isinstance(sample_rates, str) else [float(r) for r in sample_rates]
+    if len(rates) != count or min(rates) < 0 or sum(rates) <= 0:
+        raise ValueError(f"sample_rates {sample_rates!r}: need {count} non-negative rates, not all zero")
+    rates = np.asarray(rates)
+    return rates / rates.sum()
+
+
+class HybridDataset(torch.utils.data.Dataset):
+    """LISA's training data: each item draws a family by `sample_rates`, then a sample of that family.
+
+    `__len__` is `samples_per_epoch`. Item `index` is a pure function of (seed, epoch, index): the random
+    generator is derived from them, not from global state, so workers, ranks and resumed runs see the same
+    data at the same position. Call `set_epoch` (as with `DistributedSampler`) to draw new data each epoch.
+
+    A sample whose files are bad is skipped with a warning naming the file and replaced by a fresh draw
+    (the next attempt's generator); `num_skipped` counts skips in this process and each returned `Sample`
+    lists the files skipped before it, so a training loop can total them across workers.
+    """
+
+    max_attempts = 100
+
+    def __init__(
+        self,
+        dataset_dir: str,
+        samples_per_epoch: int = 500 * 8 * 2 * 10,
+        num_classes_per_sample: int = 3,
+        dataset: str = "sem_seg||refer_seg||vqa||reason_seg",
+        sample_rates: str | Sequence[float] = "9,3,3,1",
+        sem_seg_data: str = "ade20k||cocostuff||pascal_part||paco_lvis||mapillary",
+        refer_seg_data: str = "refclef||refcoco||refcoco+||refcocog",
+        vqa_data: str = "llava_instruct_150k",
+        reason_seg_data: str = "ReasonSeg|train",
+        explanatory: float = 0.1,
+        seed: int = 0,
+    ):
+        builders = {
+            "sem_seg": lambda: SemSegDataset(dataset_dir, sem_seg_data, num_classes_per_sample),
+            "refer_seg": lambda: ReferSegDataset(dataset_dir, refer_seg_data, num_classes_per_sample),
+            "vqa": lambda: VQADataset(dataset_dir, vqa_data),
+            "reason_seg": lambda: ReasonSegDataset(dataset_dir, reason_seg_data, num_classes_per_sample, explanatory),
+        }
+        self.family_names = split_names(dataset)
+        unknown = [n for n in self.family_names if n not in builders]
+        if unknown:
+            raise ValueError(f"unknown data families {unknown}; choose from {', '.join(FAMILIES)}")
+        self.families = [builders[name]() for name in self.family_names]
+        self.rates = parse_rates(sample_rates, len(self.families))
+        self.samples_per_epoch = samples_per_epoch
+        self.seed = seed
+        self.epoch = 0
+        self.num_skipped = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.samples_per_epoch
+
+    def family_of(self, index: int, attempt: int = 0) -> int:
+        """Which family item `index` draws on a given attempt (the first draw of its generator)."""
+        return int(sample_rng(self.seed, self.epoch, index, attempt).choice(len(self.families), p=self.rates))
+
+    def __getitem__(self, index: int) -> Sample:
+        skipped = []
+        for attempt in range(self.max_attempts):
+            rng = sample_rng(self.seed, self.epoch, index, attempt)
+            family = self.families[rng.choice(len(self.families), p=self.rates)]
+            try:
+                sample = family.sample(rng)
+            except SampleError as error:
+                self.num_skipped += 1
+                skipped.append(error.path)
+                logger.warning("skipping a bad sample (%d skipped so far in this process): %s", self.num_skipped, error)
+                continue
+            sample.skipped = skipped
+            return sample
+        raise RuntimeError(f"{self.max_attempts} bad samples in a row at index {index}; last: {skipped[-1]}")
+
+
+def build_val_dataset(dataset_dir: str, name: str, all_texts: bool = False) -> ReasonSegValDataset | ReferSegValDataset:
+    """A validation data set by the original's names: "ReasonSeg|val", "ReasonSeg|test" (2 parts) or a
+    referring split "refcoco|unc|val", "refcocog|umd|test", "grefcoco|unc|val" (3 parts).
+
+    `__getitem__` returns a `ValSample` or raises `SampleError` for a bad file, for the caller to count.
+    `all_texts` (ReasonSeg) scores every text of an image instead of only the first.
+    """
+    parts = name.split("|")
+    if len(parts) == 2:
+        return ReasonSegValDataset(dataset_dir, name, all_texts=all_texts)
+    if len(parts) == 3:
+        return ReferSegValDataset(dataset_dir, name)
+    raise ValueError(f"validation data set {name!r}: expected 'ReasonSeg|split' or 'dataset|splitBy|split'")
+

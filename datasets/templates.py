@@ -1,0 +1,64 @@
+"""LISA's question and answer templates (reference/lisa.md §3.2, §4.5), and the messages built from them."""
+
+from __future__ import annotations
+
+import numpy as np
+
+IMAGE_PLACEHOLDER = "<image>"
+
+SHORT_QUESTION_LIST = [
+    IMAGE_PLACEHOLDER + "\n" + "Can you segment the {class_name} in this image?",
+    IMAGE_PLACEHOLDER + "\n" + "Please segment the {class_name} in this image.",
+    IMAGE_PLACEHOLDER + "\n" + "What is {class_name} in this image? Please respond with segmentation mask.",
+    IMAGE_PLACEHOLDER + "\n" + "What is {class_name} in this image? Please output segmentation mask.",
+]
+
+LONG_QUESTION_LIST = [
+    IMAGE_PLACEHOLDER + "\n" + "{sent} Please respond with segmentation mask.",
+    IMAGE_PLACEHOLDER + "\n" + "{sent} Please output segmentation mask.",
+]
+
+EXPLANATORY_QUESTION_LIST = [
+    "Please output segmentation mask and explain why.",
+    "Please output segmentation mask and explain the reason.",
+    "Please output segmentation mask and give some explanation.",
+]
+
+ANSWER_LIST = [
+    "It is [SEG].",
+    "Sure, [SEG].",
+    "Sure, it is [SEG].",
+    "Sure, the segmentation result is [SEG].",
+    "[SEG].",
+]
+
+# Validation is teacher-forced with these exact prompts (the leading space is the original's).
+VAL_SHORT_QUESTION = IMAGE_PLACEHOLDER + "\n What is {text} in this image? Please output segmentation mask."
+VAL_LONG_QUESTION = IMAGE_PLACEHOLDER + "\n {text} Please output segmentation mask."
+VAL_ANSWER = "[SEG]."
+
+
+def turn(question: str, answer: str) -> list[dict[str, str]]:
+    """A one-round conversation."""
+    return [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+
+
+def short_question(rng: np.random.Generator, class_name: str) -> str:
+    """A random short question about a class name or phrase, lower-cased as in the original."""
+    return SHORT_QUESTION_LIST[rng.integers(len(SHORT_QUESTION_LIST))].format(class_name=class_name.lower())
+
+
+def long_question(rng: np.random.Generator, sentence: str) -> str:
+    """A random long question around a sentence, inserted as-is."""
+    return LONG_QUESTION_LIST[rng.integers(len(LONG_QUESTION_LIST))].format(sent=sentence)
+
+
+def seg_answer(rng: np.random.Generator) -> str:
+    """A random answer with one `[SEG]`."""
+    return ANSWER_LIST[rng.integers(len(ANSWER_LIST))]
+
+
+def val_conversation(text: str, is_sentence: bool) -> list[dict[str, str]]:
+    """The original's teacher-forced validation conversation for one query."""
+    question = (VAL_LONG_QUESTION if is_sentence else VAL_SHORT_QUESTION).format(text=text)
+    return turn(question, VAL_ANSWER)

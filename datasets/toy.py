@@ -1,0 +1,516 @@
+"""A toy corpus of coloured shapes, written in every real LISA data layout.
+
+    python -m datasets.toy --out DIR [--seed S]
+
+Each image shows 2-4 non-overlapping shapes of distinct kinds (circle, square, triangle, star) and distinct
+colours (red, green, blue, yellow) on a grey background, 64-96 px a side. The same scenes are written as
+ReasonSeg (train/val/test, short and long queries, ignore regions, several polygons per target, float
+coordinates, explanatory answers), refCLEF / refCOCO / refCOCO+ / refCOCOg pickles and gRefCOCO json with
+polygon and RLE segmentations (multi-object and no-target expressions), ADE20K, COCO-Stuff, Mapillary v2.0,
+PACO-LVIS, PASCAL-Part and LLaVA-Instruct, so `--dataset_dir DIR` works unchanged for every loader.
+
+`generate` also returns the generator's own ground truth (`ToyTruth`): for every sample id the loaders
+produce, the mask of every query, computed while drawing and independently of the loaders.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+from PIL import Image
+from pycocotools import mask as mask_utils
+from tqdm import tqdm
+
+from datasets.class_names import ADE20K_CLASSES, COCOSTUFF_CLASSES
+
+KINDS = ("circle", "square", "triangle", "star")
+COLOURS = {"red": (215, 40, 35), "green": (40, 165, 60), "blue": (35, 75, 215), "yellow": (235, 205, 35)}
+# (short phrase, long sentence) naming a shape by reasoning about its kind or colour.
+KIND_REASONS = {
+    "circle": ("the round shape", "Which shape in this picture is round and has no corners?"),
+    "square": ("the shape with four corners", "Which shape in this picture has four corners?"),
+    "triangle": ("the shape with three corners", "Which shape in this picture has three corners?"),
+    "star": ("the shape with five points", "Which shape in this picture has five points?"),
+}
+COLOUR_REASONS = {
+    "red": ("the shape coloured like fire", "Which shape has the colour of fire?"),
+    "green": ("the shape coloured like grass", "Which shape is coloured like grass?"),
+    "blue": ("the shape coloured like the sky", "Which shape has the colour of the sky?"),
+    "yellow": ("the shape coloured like the sun", "Which shape is coloured like the sun?"),
+}
+POSITIONS = {  # word -> (axis, sign): the shape whose centre is extreme along the axis
+    "leftmost": (0, 1), "rightmost": (0, -1), "topmost": (1, 1), "bottommost": (1, -1),
+}
+# Class names of each label-map / COCO data set for the four kinds.
+ADE20K_NAMES = {"circle": "ball", "square": "box", "triangle": "tent", "star": "flag"}
+COCOSTUFF_NAMES = {"circle": "sports ball", "square": "book", "triangle": "tent", "star": "kite"}
+COCOSTUFF_BACKGROUND = "wall-other"  # a "-" class: LISA ignores it
+MAPILLARY_LABELS = [*(k.capitalize() for k in KINDS), "Unlabeled"]
+MAPILLARY_COLOURS = [(220, 20, 60), (0, 170, 30), (0, 60, 100), (250, 170, 30), (0, 0, 0)]
+PACO_OBJECTS = {"circle": "circle", "square": "square_(shape)", "triangle": "triangle", "star": "star_(shape)"}
+PARTS = ("top", "bottom")
+
+
+@dataclass
+class Shape:
+    kind: str
+    colour: str
+    cx: float
+    cy: float
+    r: float
+
+    def polygon(self) -> np.ndarray:
+        """(k, 2) float vertices (x, y)."""
+        if self.kind == "square":
+            s = self.r * 0.8
+            corners = [(-s, -s), (s, -s), (s, s), (-s, s)]
+        elif self.kind == "triangle":
+            corners = [(0, -self.r), (self.r * 0.95, self.r * 0.75), (-self.r * 0.95, self.r * 0.75)]
+        elif self.kind == "star":
+            angles = -np.pi / 2 + np.arange(10) * np.pi / 5
+            radii = np.where(np.arange(10) % 2 == 0, self.r, self.r * 0.45)
+            corners = np.stack([radii * np.cos(angles), radii * np.sin(angles)], 1)
+        else:
+            angles = np.arange(20) * 2 * np.pi / 20
+            corners = np.stack([self.r * np.cos(angles), self.r * np.sin(angles)], 1)
+        return np.asarray(corners, dtype=np.float64) + (self.cx, self.cy)
+
+
+@dataclass
+class Scene:
+    height: int
+    width: int
+    background: tuple[int, int, int]
+    shapes: list[Shape]
+
+    def extreme(self, word: str) -> Shape:
+        axis, sign = POSITIONS[word]
+        return min(self.shapes, key=lambda s: sign * (s.cx, s.cy)[axis])
+
+
+@dataclass
+class ToyTruth:
+    """The generator's ground truth: `masks[sample_id][query]` is the (H, W) mask of a query (bool, or uint8
+    {0,1,255} for ReasonSeg), `vqa[sample_id]` the expected chat messages, `explanations[image file]`."""
+
+    masks: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    vqa: dict[str, list[dict[str, str]]] = field(default_factory=dict)
+    explanations: dict[str, str] = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------------------------- drawing
+def random_scene(rng: np.random.Generator, count: int | None = None) -> Scene:
+    """2-4 shapes of distinct kinds and colours, 3 px apart, with distinct centre coordinates so that
+    "leftmost" etc. are unambiguous."""
+    height, width = (int(v) for v in rng.integers(64, 97, size=2))
+    count = int(rng.integers(2, 5)) if count is None else count
+    while True:
+        kinds = rng.permutation(KINDS)[:count]
+        colours = rng.permutation(list(COLOURS))[:count]
+        shapes = []
+        for kind, colour in zip(kinds, colours):
+            r = float(rng.uniform(8, 13))
+            for _ in range(50):
+                cx, cy = float(rng.uniform(r + 1, width - r - 1)), float(rng.uniform(r + 1, height - r - 1))
+                if all(np.hypot(cx - s.cx, cy - s.cy) > r + s.r + 3 and abs(cx - s.cx) > 3 and abs(cy - s.cy) > 3 for s in shapes):
+                    shapes.append(Shape(str(kind), str(colour), cx, cy, r))
+                    break
+        if len(shapes) == count:
+            grey = int(rng.integers(150, 200))
+            return Scene(height, width, (grey, grey, grey), shapes)
+
+
+def cv2_mask(height: int, width: int, polygon: np.ndarray) -> np.ndarray:
+    """The ReasonSeg rasterization: coordinates truncated, 1-px outline plus fill."""
+    mask = np.zeros((height, width), dtype=np.uint8)
+    points = np.trunc(polygon).astype(np.int32)[None]
+    cv2.polylines(mask, points, True, 1, 1)
+    cv2.fillPoly(mask, points, 1)
+    return mask.astype(bool)
+
+
+def coco_polygon_mask(height: int, width: int, flat: list[float]) -> np.ndarray:
+    return mask_utils.decode(mask_utils.frPyObjects([flat], height, width)).any(axis=2)
+
+
+def paint(scene: Scene, masks: list[np.ndarray], rng: np.random.Generator, colours: list[tuple] | None = None) -> np.ndarray:
+    """(H, W, 3) uint8: the background with mild noise, each mask filled with its shape's colour."""
+    image = np.empty((scene.height, scene.width, 3), dtype=np.float32)
+    image[:] = scene.background
+    image += rng.normal(0, 4, size=image.shape)
+    colours = colours or [COLOURS[s.colour] for s in scene.shapes]
+    for mask, colour in zip(masks, colours):
+        image[mask] = colour
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def save_jpg(path: str, image: np.ndarray) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.fromarray(image).save(path, quality=95)
+
+
+def save_png(path: str, label: np.ndarray, palette: list[int] | None = None) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    image = Image.fromarray(label.astype(np.uint8), mode="L")
+    if palette is not None:
+        image = image.convert("P")
+        image.putpalette(palette)
+    image.save(path)
+
+
+def write_json(path: str, data: object) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(data, f)
+
+
+def flat_polygon(shape: Shape) -> list[float]:
+    return [round(float(v), 2) for v in shape.polygon().ravel()]
+
+
+def compressed_rle(mask: np.ndarray) -> dict:
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
+def uncompressed_rle(mask: np.ndarray) -> dict:
+    """COCO's uncompressed RLE: column-major run lengths, starting with a run of zeros."""
+    flat = mask.ravel(order="F").astype(np.int8)
+    changes = np.flatnonzero(np.diff(np.concatenate([[0], flat, [1 - flat[-1]]]))) if len(flat) else []
+    counts = np.diff(np.concatenate([[0], changes])).tolist()
+    return {"size": list(mask.shape), "counts": counts}
+
+
+# ------------------------------------------------------------------------------------------------- text
+def descriptions(scene: Scene, shape: Shape, positional: bool = True) -> list[tuple[str, str]]:
+    """(short phrase, long sentence) pairs that single out `shape` in `scene`."""
+    pairs = [
+        (f"the {shape.colour} {shape.kind}", f"Can you find the {shape.colour} {shape.kind} in this picture?"),
+        (f"the {shape.kind}", f"Where is the {shape.kind} in this picture?"),
+        (f"the {shape.colour} shape", f"Which shape in this picture is {shape.colour}?"),
+        KIND_REASONS[shape.kind],
+        COLOUR_REASONS[shape.colour],
+    ]
+    if positional:
+        for word in POSITIONS:
+            if scene.extreme(word) is shape:
+                pairs.append((f"the {word} shape", f"Which shape is the {word} one in this picture?"))
+    return pairs
+
+
+def explanation(shape: Shape) -> str:
+    return f"The {shape.colour} {shape.kind} is {KIND_REASONS[shape.kind][0][4:]} and is {COLOUR_REASONS[shape.colour][0][10:]}."
+
+
+# ---------------------------------------------------------------------------------------------- writers
+class ToyWriter:
+    def __init__(self, out: str, seed: int):
+        self.out = out
+        self.seed = seed
+        self.truth = ToyTruth()
+
+    def rng(self, name: str) -> np.random.Generator:
+        # One stream per data set, so changing one data set leaves the others as they were.
+        return np.random.default_rng([self.seed, *name.encode()])
+
+    def path(self, *parts: str) -> str:
+        return os.path.join(self.out, *parts)
+
+    # ReasonSeg ------------------------------------------------------------------------------------------
+    def reason_seg(self, counts: dict[str, int]) -> None:
+        rng = self.rng("reason_seg")
+        explanatory = []
+        for split, count in counts.items():
+            for i in range(count):
+                stem = f"toy_{split}_{i:04d}"
+                scene = random_scene(rng)
+                target = scene.shapes[int(rng.integers(len(scene.shapes)))]
+                others = [s for s in scene.shapes if s is not target]
+                shapes_json, target_mask = [], np.zeros((scene.height, scene.width), dtype=bool)
+                if target.kind == "square" and rng.random() < 0.5:
+                    # Several polygons for one target: the square as two rectangles with a 2 px gap.
+                    s = target.r * 0.8
+                    halves = [
+                        np.array([(-s, -s), (-1, -s), (-1, s), (-s, s)]) + (target.cx, target.cy),
+                        np.array([(1, -s), (s, -s), (s, s), (1, s)]) + (target.cx, target.cy),
+                    ]
+                else:
+                    halves = [target.polygon()]
+                for polygon in halves:
+                    shapes_json.append({"label": "target", "points": polygon.round(3).tolist(), "shape_type": "polygon"})
+                    target_mask |= cv2_mask(scene.height, scene.width, polygon)
+                ignore_mask = np.zeros_like(target_mask)
+                if others and rng.random() < 0.4:
+                    # An ignore region: another shape the annotator left out of the evaluation.
+                    polygon = others[0].polygon()
+                    shapes_json.append({"label": "ignore", "points": polygon.round(3).tolist(), "shape_type": "polygon"})
+                    ignore_mask |= cv2_mask(scene.height, scene.width, polygon)
+                if rng.random() < 0.3:
+                    # A small ignore patch inside the target: smaller polygons are painted last and win.
+                    d = target.r * 0.3
+                    polygon = np.array([(-d, -d), (d, -d), (d, d), (-d, d)]) + (target.cx + 0.5, target.cy + 0.5)
+                    shapes_json.append({"label": "Ignore_occluded", "points": polygon.round(3).tolist(), "shape_type": "polygon"})
+                    ignore_mask |= cv2_mask(scene.height, scene.width, polygon)
+                if rng.random() < 0.3:
+                    # A "flag" polygon over the whole image: the original skips these.
+                    w, h = scene.width - 1, scene.height - 1
+                    shapes_json.append({"label": "flag", "points": [[0, 0], [w, 0], [w, h], [0, h]], "shape_type": "polygon"})
+                rng.shuffle(shapes_json)
+
+                is_sentence = bool(rng.random() < 0.5)
+                pairs = descriptions(scene, target)
+                chosen = [pairs[j] for j in rng.permutation(len(pairs))[: int(rng.integers(1, 6))]]
+                texts = [long if is_sentence else short for short, long in chosen]
+                write_json(self.path("reason_seg", "ReasonSeg", split, f"{stem}.json"), {"text": texts, "is_sentence": is_sentence, "shapes": shapes_json})
+                masks = [cv2_mask(scene.height, scene.width, s.polygon()) for s in others]
+                colours = [COLOURS[s.colour] for s in others] + [COLOURS[target.colour]]
+                save_jpg(self.path("reason_seg", "ReasonSeg", split, f"{stem}.jpg"), paint(scene, masks + [target_mask], rng, colours))
+
+                gt = target_mask.astype(np.uint8)
+                gt[ignore_mask] = 255
+                self.truth.masks[f"reason_seg/{split}/{stem}"] = {text: gt for text in texts}
+                if split == "train" and rng.random() < 0.5:
+                    explanatory.append({"image": f"{stem}.jpg", "query": texts[0], "outputs": explanation(target)})
+                    self.truth.explanations[f"{stem}.jpg"] = explanation(target)
+        write_json(self.path("reason_seg", "ReasonSeg", "explanatory", "train.json"), explanatory)
+
+    # Referring segmentation -----------------------------------------------------------------------------
+    def refer_seg(self, name: str, splits: dict[str, int], split_by: str, first_image_id: int) -> None:
+        rng = self.rng(name)
+        grefs = name == "grefcoco"
+        images, annotations, refs = [], [], []
+        image_id, ann_id, ref_id, sent_id = first_image_id, 1, 1, 1
+        for split, count in splits.items():
+            for _ in range(count):
+                scene = random_scene(rng)
+                h, w = scene.height, scene.width
+                if name == "refclef":
+                    file_name = f"{image_id % 100:02d}/images/{image_id}.jpg"
+                    image_path = self.path("refer_seg", "images", "saiapr_tc-12", file_name)
+                else:
+                    file_name = f"COCO_train2014_{image_id:012d}.jpg"
+                    image_path = self.path("refer_seg", "images", "mscoco", "images", "train2014", file_name)
+                masks, ann_ids = [], []
+                for k, shape in enumerate(scene.shapes):
+                    flat = flat_polygon(shape)
+                    style = (k + image_id) % 3
+                    if style == 0:
+                        segmentation, mask = [flat], coco_polygon_mask(h, w, flat)
+                    else:
+                        mask = cv2_mask(h, w, shape.polygon())
+                        segmentation = compressed_rle(mask) if style == 1 else uncompressed_rle(mask)
+                    ys, xs = np.nonzero(mask)
+                    annotations.append({
+                        "id": ann_id, "image_id": image_id, "category_id": KINDS.index(shape.kind) + 1,
+                        "segmentation": segmentation, "area": int(mask.sum()), "iscrowd": int(style != 0),
+                        "bbox": [int(xs.min()), int(ys.min()), int(np.ptp(xs)) + 1, int(np.ptp(ys)) + 1],
+                    })
+                    masks.append(mask)
+                    ann_ids.append(ann_id)
+                    ann_id += 1
+                images.append({"id": image_id, "file_name": file_name, "height": h, "width": w})
+                save_jpg(image_path, paint(scene, masks, rng))
+
+                truth = self.truth.masks.setdefault(f"{name}/{os.path.splitext(os.path.basename(file_name))[0]}", {})
+                expressions = []  # (ann_id or list, sentences, mask)
+                for k, shape in enumerate(scene.shapes):
+                    pairs = descriptions(scene, shape, positional=name != "refcoco+")  # refCOCO+ bans location words
+                    # Referring expressions are bare noun phrases ("red circle"); refCOCOg's are longer.
+                    shorts = [short.removeprefix("the ") for short, _ in pairs]
+                    if name == "refcocog":
+                        shorts = [f"a {short} in the picture" for short in shorts]
+                    chosen = [shorts[j] for j in rng.permutation(len(shorts))[: int(rng.integers(1, 4))]]
+                    expressions.append(([ann_ids[k]] if grefs else ann_ids[k], chosen, masks[k]))
+                if grefs:
+                    a, b = rng.permutation(len(scene.shapes))[:2]
+                    sa, sb = scene.shapes[a], scene.shapes[b]
+                    expressions.append(([ann_ids[a], ann_ids[b]], [f"{sa.colour} {sa.kind} and {sb.colour} {sb.kind}"], masks[a] | masks[b]))
+                    absent = next(f"{c} {sa.kind}" for c in COLOURS if c != sa.colour)
+                    expressions.append(([-1], [absent], np.zeros((h, w), dtype=bool)))
+                for target, sentences, mask in expressions:
+                    ref = {
+                        "ref_id": ref_id, "image_id": image_id, "ann_id": target, "split": split,
+                        "file_name": file_name, "sent_ids": list(range(sent_id, sent_id + len(sentences))),
+                        "sentences": [{"raw": s, "sent": s, "tokens": s.split(), "sent_id": sent_id + j} for j, s in enumerate(sentences)],
+                        "category_id": [1] if grefs else 1,
+                    }
+                    if grefs:
+                        ref["no_target"] = target == [-1]
+                    refs.append(ref)
+                    truth.update({s: mask for s in sentences})
+                    ref_id += 1
+                    sent_id += len(sentences)
+                image_id += 1
+        folder = self.path("refer_seg", name)
+        categories = [{"id": i + 1, "name": kind, "supercategory": "shape"} for i, kind in enumerate(KINDS)]
+        write_json(os.path.join(folder, "instances.json"), {"images": images, "annotations": annotations, "categories": categories})
+        if grefs:
+            write_json(os.path.join(folder, f"grefs({split_by}).json"), refs)
+        else:
+            with open(os.path.join(folder, f"refs({split_by}).p"), "wb") as f:
+                pickle.dump(refs, f, protocol=2)
+
+    # Label maps -----------------------------------------------------------------------------------------
+    def label_maps(self, name: str, count: int) -> None:
+        rng = self.rng(name)
+        for i in range(count):
+            scene = random_scene(rng)
+            masks = [cv2_mask(scene.height, scene.width, s.polygon()) for s in scene.shapes]
+            image = paint(scene, masks, rng)
+            truth = {}
+            if name == "ade20k":
+                background = 1 if i % 2 else 0  # "wall" or "other" (0, ignored)
+                label = np.full((scene.height, scene.width), background)
+                if background:
+                    truth["wall"] = np.ones_like(masks[0])
+                values = {k: ADE20K_CLASSES.index(n) + 1 for k, n in ADE20K_NAMES.items()}
+                names = ADE20K_NAMES
+                stem = f"ADE_train_{i + 1:08d}"
+                image_path = self.path("ade20k", "images", "training", f"{stem}.jpg")
+                label_path = self.path("ade20k", "annotations", "training", f"{stem}.png")
+            elif name == "cocostuff":
+                label = np.full((scene.height, scene.width), COCOSTUFF_CLASSES.index(COCOSTUFF_BACKGROUND))
+                label[:2] = 255  # an unlabeled strip
+                values = {k: COCOSTUFF_CLASSES.index(n) for k, n in COCOSTUFF_NAMES.items()}
+                names = COCOSTUFF_NAMES
+                stem = f"{100001 + i:012d}"
+                image_path = self.path("coco", "train2017", f"{stem}.jpg")
+                label_path = self.path("cocostuff", "train2017", f"{stem}.png")
+            else:
+                label = np.full((scene.height, scene.width), len(MAPILLARY_LABELS) - 1)
+                values = {k: KINDS.index(k) for k in KINDS}
+                names = {k: k for k in KINDS}
+                stem = f"toy{i:06d}"
+                image_path = self.path("mapillary", "training", "images", f"{stem}.jpg")
+                label_path = self.path("mapillary", "training", "v2.0", "labels", f"{stem}.png")
+            for shape, mask in zip(scene.shapes, masks):
+                label[mask] = values[shape.kind]
+                truth[names[shape.kind]] = mask
+            if name == "mapillary":
+                truth["unlabeled"] = label == len(MAPILLARY_LABELS) - 1
+            save_jpg(image_path, image)
+            # Mapillary's labels are palette PNGs coloured as in the config.
+            save_png(label_path, label, [c for colour in MAPILLARY_COLOURS for c in colour] if name == "mapillary" else None)
+            self.truth.masks[f"{name}/{stem}"] = truth
+        if name == "mapillary":
+            labels = [
+                {"name": f"toy--{n.lower()}", "readable": n, "color": list(c), "instances": True, "evaluate": True}
+                for n, c in zip(MAPILLARY_LABELS, MAPILLARY_COLOURS)
+            ]
+            write_json(self.path("mapillary", "config_v2.0.json"), {"labels": labels, "version": "2.0", "mapping": "public"})
+            for split in ("validation", "testing"):
+                os.makedirs(self.path("mapillary", split, "images"), exist_ok=True)
+
+    # COCO-format part data ------------------------------------------------------------------------------
+    def parts(self, name: str, count: int) -> None:
+        rng = self.rng(name)
+        paco = name == "paco_lvis"
+        categories, category_ids = [], {}
+        for kind in KINDS:
+            obj = PACO_OBJECTS[kind] if paco else kind
+            entries = ([obj] if paco else []) + [f"{obj}:{part}" for part in PARTS]
+            for entry in entries:
+                category_ids[entry] = len(categories) + 1
+                categories.append({"id": len(categories) + 1, "name": entry, "supercategory": "shape"})
+        images, annotations = [], []
+        for i in range(count):
+            scene = random_scene(rng)
+            h, w = scene.height, scene.width
+            image_id = 200001 + i if paco else i + 1
+            if paco:
+                file_name = f"train2017/{image_id:012d}.jpg"
+                image_path = self.path("coco", file_name)
+            else:
+                file_name = f"2008_{image_id:06d}.jpg"
+                image_path = self.path("vlpart", "pascal_part", "VOCdevkit", "VOC2010", "JPEGImages", file_name)
+            masks, truth = [], {}
+            for shape in scene.shapes:
+                flat = flat_polygon(shape)
+                mask = coco_polygon_mask(h, w, flat)
+                masks.append(mask)
+                obj = PACO_OBJECTS[shape.kind] if paco else shape.kind
+                if paco:
+                    annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": category_ids[obj], "segmentation": [flat], "area": int(mask.sum()), "iscrowd": 0})
+                    truth[shape.kind] = mask
+                part = PARTS[int(rng.integers(2))]
+                rows = np.arange(h)[:, None] < shape.cy
+                part_mask = mask & (rows if part == "top" else ~rows)
+                annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": category_ids[f"{obj}:{part}"], "segmentation": compressed_rle(part_mask), "area": int(part_mask.sum()), "iscrowd": 0})
+                truth[f"{shape.kind} {part}"] = truth[f"the {part} of the {shape.kind}"] = part_mask
+            images.append({"id": image_id, "file_name": file_name, "height": h, "width": w})
+            save_jpg(image_path, paint(scene, masks, rng))
+            self.truth.masks[f"{name}/{os.path.splitext(os.path.basename(file_name))[0]}"] = truth
+        json_path = self.path("vlpart", "paco", "annotations", "paco_lvis_v1_train.json") if paco else self.path("vlpart", "pascal_part", "train.json")
+        write_json(json_path, {"images": images, "annotations": annotations, "categories": categories})
+
+    # VQA ------------------------------------------------------------------------------------------------
+    def vqa(self, count: int) -> None:
+        rng = self.rng("vqa")
+        items = []
+        for i in range(count):
+            scene = random_scene(rng)
+            stem = f"{300001 + i:012d}"
+            masks = [cv2_mask(scene.height, scene.width, s.polygon()) for s in scene.shapes]
+            save_jpg(self.path("coco", "train2017", f"{stem}.jpg"), paint(scene, masks, rng))
+            listing = ", ".join(f"a {s.colour} {s.kind}" for s in scene.shapes)
+            shape = scene.shapes[int(rng.integers(len(scene.shapes)))]
+            word = str(rng.choice(list(POSITIONS)))
+            extreme = scene.extreme(word)
+            rounds = [
+                ("How many shapes are in this image?", f"There are {len(scene.shapes)} shapes: {listing}."),
+                (f"What colour is the {shape.kind}?", f"The {shape.kind} is {shape.colour}."),
+                (f"Which shape is the {word} one?", f"The {word} shape is the {extreme.colour} {extreme.kind}."),
+            ][: int(rng.integers(1, 4))]
+            question = rounds[0][0]
+            first = f"<image>\n{question}" if rng.random() < 0.5 else f"{question}\n<image>"
+            conversations = []
+            for j, (q, a) in enumerate(rounds):
+                conversations += [{"from": "human", "value": first if j == 0 else q}, {"from": "gpt", "value": a}]
+            items.append({"id": stem, "image": f"{stem}.jpg", "conversations": conversations})
+            messages = [{"role": "user", "content": f"<image>\n{question}"}, {"role": "assistant", "content": rounds[0][1]}]
+            for q, a in rounds[1:]:
+                messages += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+            self.truth.vqa[f"llava_instruct_150k/{stem}"] = messages
+        write_json(self.path("llava_dataset", "llava_instruct_150k.json"), items)
+
+
+def generate(out: str, seed: int = 0, progress: bool = False) -> ToyTruth:
+    """Writes the toy corpus under `out` and returns its ground truth."""
+    writer = ToyWriter(out, seed)
+    unc = {"train": 12, "val": 6, "testA": 4, "testB": 4}
+    jobs = [
+        lambda: writer.reason_seg({"train": 40, "val": 100, "test": 60}),
+        lambda: writer.refer_seg("refclef", unc, "unc", 1),
+        lambda: writer.refer_seg("refcoco", unc, "unc", 1001),
+        lambda: writer.refer_seg("refcoco+", unc, "unc", 2001),
+        lambda: writer.refer_seg("refcocog", {"train": 12, "val": 6, "test": 6}, "umd", 3001),
+        lambda: writer.refer_seg("grefcoco", unc, "unc", 4001),
+        lambda: writer.label_maps("ade20k", 20),
+        lambda: writer.label_maps("cocostuff", 20),
+        lambda: writer.label_maps("mapillary", 20),
+        lambda: writer.parts("paco_lvis", 20),
+        lambda: writer.parts("pascal_part", 20),
+        lambda: writer.vqa(30),
+    ]
+    for job in tqdm(jobs, desc="toy corpus", disable=not progress):
+        job()
+    return writer.truth
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, help="folder to write the corpus into (the --dataset_dir of the scripts)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the scenes")
+    args = parser.parse_args()
+    generate(args.out, args.seed, progress=True)
+    print(f"toy corpus written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
