@@ -1,0 +1,90 @@
+"""gIoU / cIoU of a LISA model (or of saved masks) on ReasonSeg val/test or a referring split.
+
+    python eval_reasonseg.py --version DIR --dataset_dir ./dataset --split val
+    torchrun --nproc_per_node 2 eval_reasonseg.py --version DIR --split test --batch_size 8 --output test.json
+    python eval_reasonseg.py --pred_dir MASKS --split val          # saved masks, no model
+    python eval_reasonseg.py --version DIR --dataset_dir ./dataset --val_dataset "refcoco|unc|val"
+
+Metrics as the original (reference/lisa.md §6); results do not depend on --batch_size or the process count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+
+from datasets.hybrid import build_val_dataset
+from model.conversation import CHAT_TEMPLATES
+from model.evaluation import MODES, evaluate
+from model.loading import PRECISIONS, load_for_inference
+from utils.evaluation import PredictionFiles, init_distributed, run_evaluation
+from utils.metrics import format_table
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", help="trained LISA folder (not needed with --pred_dir)")
+    parser.add_argument("--dataset_dir", default="./dataset", help="data root holding reason_seg/ (and refer_seg/)")
+    parser.add_argument("--split", default="val", choices=["val", "test"], help="ReasonSeg split to score")
+    parser.add_argument(
+        "--val_dataset",
+        help='score another split instead: "ReasonSeg|val", a referring split "refcoco|unc|val", '
+        '"refcocog|umd|test", or gRefCOCO "grefcoco|unc|val" (adds no-target accuracy)',
+    )
+    parser.add_argument(
+        "--mode", default="generate", choices=MODES,
+        help="generate: the model answers and must emit [SEG] (none = empty mask); teacher: the original's "
+        'validation, answer "[SEG]." given',
+    )
+    parser.add_argument("--all_texts", action="store_true", help="score every text of a ReasonSeg image, not only the first")
+    parser.add_argument("--batch_size", type=int, default=1, help="images per forward pass / generation batch")
+    parser.add_argument("--workers", type=int, default=2, help="processes reading samples (0: read in this process)")
+    parser.add_argument("--pred_dir", help="score saved masks PRED_DIR/{stem}.png (nonzero = foreground); no model is loaded")
+    parser.add_argument("--output", help="write the figures (fractions) and per-sample IoUs to this JSON file")
+    parser.add_argument("--precision", default="bf16", choices=list(PRECISIONS), help="model weights' precision")
+    parser.add_argument("--max_new_tokens", type=int, default=128, help="generation budget per answer (generate mode)")
+    parser.add_argument("--conv_type", choices=list(CHAT_TEMPLATES), help="conversation format (default: the model folder's)")
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=0, help="set by the deepspeed launcher; unused")
+    args = parser.parse_args(argv)
+    if args.pred_dir is None and args.version is None:
+        parser.error("give --version (a model to run) or --pred_dir (saved masks to score)")
+    if args.batch_size < 1:
+        parser.error("--batch_size must be >= 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    rank, _ = init_distributed()
+    name = args.val_dataset or f"ReasonSeg|{args.split}"
+    dataset = build_val_dataset(args.dataset_dir, name, all_texts=args.all_texts)
+
+    if args.pred_dir is not None:
+        predictions = PredictionFiles(args.pred_dir)
+        report = run_evaluation(dataset, predictions, batch_size=args.batch_size, workers=args.workers, description="files")
+        source = args.pred_dir
+    else:
+        model, processor = load_for_inference(args.version, args.precision, conv_type=args.conv_type)
+        report = evaluate(
+            model, processor, dataset, mode=args.mode, batch_size=args.batch_size,
+            max_new_tokens=args.max_new_tokens, workers=args.workers,
+        )
+        source = f"{args.version} ({args.mode})"
+
+    if rank != 0:
+        return
+    if report.skipped:
+        print(f"{len(report.skipped)} unreadable sample(s) skipped:\n  " + "\n  ".join(report.skipped))
+    if args.pred_dir is not None and predictions.problems:
+        print(f"{len(predictions.problems)} prediction(s) missing or unusable on rank 0, scored as empty masks")
+    print(format_table(report.summary, title=f"{name}: {source}"))
+    if args.output:
+        with open(args.output, "w") as f:
+            json.dump(report.summary, f, indent=2)
+        print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""Scoring a LISA model on validation samples (ReasonSeg, referring splits): `evaluate` is what
+`eval_reasonseg.py` runs and what training calls for its per-epoch validation.
+
+Samples are `datasets.common.ValSample`-like (see `utils.evaluation`): each conversation is the original's
+validation prompt followed by the answer "[SEG].".
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from model.inference import answer, move_batch
+from model.lisa import LisaForCausalLM
+from model.processing import LisaProcessor
+from utils.evaluation import EvalReport, Predictor, run_evaluation
+
+MODES = ("generate", "teacher")
+FORWARD_INPUTS = (
+    "input_ids", "attention_mask", "pixel_values", "sam_pixel_values", "image_index", "resized_sizes", "original_sizes",
+)
+
+
+def teacher_predictor(model: LisaForCausalLM, processor: LisaProcessor) -> Predictor:
+    """The original's protocol: the answer "[SEG]." is given, its `[SEG]` is decoded by one forward pass.
+
+    It never checks that the model would emit `[SEG]` itself; `generate_predictor` does.
+    """
+
+    @torch.no_grad()
+    def predict(samples: list[Any]) -> list[list[np.ndarray]]:
+        items = [processor.process_sample(s.image, s.conversations, sample_id=s.sample_id) for s in samples]
+        batch = processor.collate(items, padding_side="right")
+        inputs = move_batch({k: batch[k] for k in FORWARD_INPUTS}, model.device, model.dtype)
+        pred_masks = model(**inputs).pred_masks  # per image (n_i, H, W) logits, one per conversation
+        return [list((logits > 0).cpu().numpy()) for logits in pred_masks]
+
+    return predict
+
+
+def generate_predictor(model: LisaForCausalLM, processor: LisaProcessor, max_new_tokens: int) -> Predictor:
+    """The model answers the validation prompt itself; the first `[SEG]`'s mask is the prediction, and an
+    answer without `[SEG]` predicts an empty mask."""
+
+    def predict(samples: list[Any]) -> list[list[np.ndarray]]:
+        # One generation row per query; the prompt is the conversation without its "[SEG]." answer.
+        rows = [(s, c[:-1]) for s in samples for c in s.conversations]
+        answers = answer(model, processor, [s.image for s, _ in rows], [c for _, c in rows], max_new_tokens=max_new_tokens)
+        masks = [
+            a.masks[0].numpy() if a.masks else np.zeros(s.image.shape[:2], dtype=bool) for (s, _), a in zip(rows, answers)
+        ]
+        per_sample, start = [], 0
+        for s in samples:
+            per_sample.append(masks[start : start + len(s.conversations)])
+            start += len(s.conversations)
+        return per_sample
+
+    return predict
+
+
+def evaluate(
+    model: LisaForCausalLM,
+    processor: LisaProcessor,
+    dataset: Any,
+    mode: str = "teacher",
+    batch_size: int = 1,
+    max_new_tokens: int = 128,
+    workers: int = 0,
+    progress: bool = True,
+) -> EvalReport:
+    """gIoU / cIoU of `model` on a validation data set (e.g. `datasets.reason_seg.ReasonSegValDataset`).
+
+    Distributed runs split the samples by rank and every rank gets the whole data set's report. The model is
+    put in eval mode for the run and back in its previous mode afterwards.
+
+    Args:
+        mode: "teacher" (the original's validation, answer "[SEG]." given) or "generate".
+        batch_size: images per forward pass / generation batch.
+        max_new_tokens: generation budget per answer ("generate" only).
+        workers: processes reading samples.
+
+    Returns:
+        `EvalReport`: `summary["giou"]`, `summary["ciou"]` (fractions), by query length, per sample.
+    """
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
+    predict = teacher_predictor(model, processor) if mode == "teacher" else generate_predictor(model, processor, max_new_tokens)
+    was_training = model.training
+    model.eval()
+    try:
+        return run_evaluation(dataset, predict, batch_size=batch_size, workers=workers, progress=progress, description=mode)
+    finally:
+        model.train(was_training)

@@ -1,0 +1,87 @@
+"""Builders shared by the inference and evaluation tests: a tiny model that emits `[SEG]` on cue, and
+ReasonSeg folders in the real on-disk format."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import torch
+from PIL import Image
+
+from model.builder import load_lisa, save_lisa
+
+
+def write_seg_emitter(lisa_dir: str, out_dir: str, after_seg: str | None = ".") -> str:
+    """A copy of the tiny LISA whose greedy answer is fixed: `[SEG]` first, then `after_seg`, then `[SEG]`
+    again, ... (`after_seg=None`: end of turn right after the first `[SEG]`, i.e. exactly one mask).
+
+    A random tiny model almost never emits `[SEG]`, so mask writing could not be tested deterministically.
+    Here every decoder layer adds nothing (o_proj and down_proj are zero), so the last hidden state depends
+    only on the current token; all tokens share one embedding v except `[SEG]` (u, orthogonal to v), and
+    the output head scores `[SEG]` by v and the follow-up token by u. SAM stays random, so masks still
+    depend on the image.
+    """
+    model, processor = load_lisa(lisa_dir)
+    tokenizer = processor.tokenizer
+    seg = processor.seg_token_id
+    follow = tokenizer.eos_token_id if after_seg is None else tokenizer.convert_tokens_to_ids(after_seg)
+    language_model = model.llava.model.language_model
+    with torch.no_grad():
+        for layer in language_model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        embed = model.get_input_embeddings().weight
+        hidden = embed.shape[1]
+        v = torch.ones(hidden)
+        u = torch.tensor([(-1.0) ** i for i in range(hidden)])
+        embed.copy_(v.expand_as(embed))
+        embed[seg] = u
+        head = model.get_output_embeddings().weight
+        head.zero_()
+        head[seg] = v
+        head[follow] = u
+    save_lisa(model, processor, out_dir)
+    return out_dir
+
+
+def write_reason_seg(root: str, split: str, items: list[dict]) -> str:
+    """Writes `root/reason_seg/ReasonSeg/{split}/{name}.jpg + .json` for each item
+    `{"name", "size": (h, w), "texts", "is_sentence", "shapes": [(label, points)], "seed"}`; returns `root`."""
+    folder = os.path.join(root, "reason_seg", "ReasonSeg", split)
+    os.makedirs(folder, exist_ok=True)
+    for item in items:
+        h, w = item["size"]
+        pixels = np.random.default_rng(item.get("seed", 0)).integers(0, 256, (h, w, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(os.path.join(folder, item["name"] + ".jpg"))
+        anno = {
+            "text": item["texts"],
+            "is_sentence": item["is_sentence"],
+            "shapes": [{"label": label, "points": points} for label, points in item["shapes"]],
+        }
+        with open(os.path.join(folder, item["name"] + ".json"), "w") as f:
+            json.dump(anno, f)
+    return root
+
+
+def reason_seg_items(count: int, seed: int = 0) -> list[dict]:
+    """`count` random samples, alternating short and long queries, each with a target and an ignore region."""
+    rng = np.random.default_rng(seed)
+    items = []
+    for i in range(count):
+        h, w = int(rng.integers(24, 60)), int(rng.integers(24, 60))
+        x0, y0 = int(rng.integers(0, w // 2)), int(rng.integers(0, h // 2))
+        x1, y1 = int(rng.integers(w // 2, w)), int(rng.integers(h // 2, h))
+        items.append({
+            "name": f"img{i:03d}",
+            "size": (h, w),
+            "texts": [f"the red object number {i}", f"another wording {i}"],
+            "is_sentence": i % 2 == 1,
+            "shapes": [
+                ("target", [[x0, y0], [x1, y0], [x1, y1], [x0, y1]]),
+                ("ignore", [[0, 0], [w // 4, 0], [w // 4, h // 4]]),
+            ],
+            "seed": i,
+        })
+    return items
