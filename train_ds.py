@@ -1,0 +1,279 @@
+"""Train LISA with DeepSpeed (ZeRO-2) and LoRA — LISA's recipe (reference/lisa.md §4).
+
+    deepspeed train_ds.py --version llava-hf/llava-1.5-7b-hf --vision_pretrained sam_vit_h_4b8939.pth \\
+        --dataset_dir ./dataset --exp_name lisa-7b
+    torchrun --standalone --nproc_per_node 2 train_ds.py ...
+
+`--version` is a LLaVA base (llava-hf layout) or a trained LISA folder (fine-tuning: nothing is re-initialised,
+the loss weights come from the flags). Logs, TensorBoard events and checkpoints go to
+`<log_base_dir>/<exp_name>/`; `ckpt_model/` there holds the last checkpoint (`latest`, for `--auto_resume`) and
+the one with the best validation gIoU (`best`). `merge_lora_weights.py` turns either into a LISA folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import deepspeed
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Sampler
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from datasets.collate import LisaCollator
+from datasets.hybrid import HybridDataset, build_val_dataset
+from model.conversation import CHAT_TEMPLATES
+from model.evaluation import evaluate
+from model.inference import move_batch
+from model.peft_setup import count_parameters, load_for_training, setup_trainable
+from utils.checkpoint import read_best, read_pointer, save_checkpoint
+from utils.deepspeed_config import deepspeed_config
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+LOSS_TERMS = ("loss", "ce_loss", "mask_bce_loss", "mask_dice_loss", "mask_loss")
+TRAIN_ARGS_FILE = "train_args.json"  # beside the checkpoints: what merge_lora_weights.py needs to rebuild the model
+
+
+def add_switch(parser: argparse.ArgumentParser, name: str, default: bool, help: str) -> None:
+    """`--name` turns an option on and `--no_name` off (several of the original's switches could not be turned off)."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(f"--{name}", dest=name, action="store_true", help=f"{help} (default: {'on' if default else 'off'})")
+    group.add_argument(f"--no_{name}", dest=name, action="store_false", help=f"turn off --{name}")
+    parser.set_defaults(**{name: default})
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    model = parser.add_argument_group("model")
+    model.add_argument("--version", default="llava-hf/llava-1.5-7b-hf",
+                       help="LLaVA base (hub id or folder, llava-hf layout) or a trained LISA folder to fine-tune")
+    model.add_argument("--vision_pretrained", default="facebook/sam-vit-huge",
+                       help="SAM weights: sam_vit_h_4b8939.pth (original layout), a SamModel folder or hub id; "
+                            "unused when --version is a LISA folder")
+    model.add_argument("--conv_type", default=None, choices=sorted(CHAT_TEMPLATES),
+                       help="conversation format (default: llava_1_5 for a LLaVA base, the folder's own for LISA)")
+    model.add_argument("--out_dim", type=int, default=256,
+                       help="width of SAM's prompt embeddings, the [SEG] projection's output (LLaVA base only)")
+    model.add_argument("--precision", default="bf16", choices=sorted(DTYPES), help="training precision")
+    add_switch(model, "gradient_checkpointing", True, "recompute activations in the backward pass to save memory")
+
+    lora = parser.add_argument_group("trainable parameters (LoRA on the language model; lm_head, embed_tokens, "
+                                      "SAM mask decoder and [SEG] projection in full)")
+    lora.add_argument("--lora_r", type=int, default=8, help="LoRA rank")
+    lora.add_argument("--lora_alpha", type=int, default=16, help="LoRA scaling numerator (scale = alpha / r)")
+    lora.add_argument("--lora_dropout", type=float, default=0.05, help="dropout on the LoRA input")
+    lora.add_argument("--lora_target_modules", default="q_proj,v_proj",
+                      help="comma-separated linear names of the *language model* that get LoRA")
+    add_switch(lora, "train_sam_encoder", False,
+               "research option: also train SAM's image encoder in full (frozen in LISA's recipe)")
+
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset_dir", default="./dataset", help="root of all data sets")
+    data.add_argument("--dataset", default="sem_seg||refer_seg||vqa||reason_seg", help="data families, '||'-separated")
+    data.add_argument("--sample_rates", default="9,3,3,1", help="relative sampling rate of each family in --dataset")
+    data.add_argument("--sem_seg_data", default="ade20k||cocostuff||pascal_part||paco_lvis||mapillary",
+                      help="semantic segmentation data sets")
+    data.add_argument("--refer_seg_data", default="refclef||refcoco||refcoco+||refcocog", help="referring data sets")
+    data.add_argument("--vqa_data", default="llava_instruct_150k", help="VQA data (LLaVA-Instruct json name)")
+    data.add_argument("--reason_seg_data", default="ReasonSeg|train", help="ReasonSeg splits, 'name|split[_split]'")
+    data.add_argument("--val_dataset", default="ReasonSeg|val",
+                      help="validation set: 'ReasonSeg|val' or a referring split such as 'refcoco|unc|val'")
+    data.add_argument("--explanatory", type=float, default=0.1,
+                      help="probability that a ReasonSeg sample with an explanation asks for it")
+    data.add_argument("--num_classes_per_sample", type=int, default=3,
+                      help="conversations (classes/expressions) per sem-seg or referring image")
+    data.add_argument("--workers", type=int, default=4, help="data loader worker processes per rank")
+
+    optim = parser.add_argument_group("optimisation")
+    optim.add_argument("--lr", type=float, default=3e-4, help="peak learning rate")
+    optim.add_argument("--beta1", type=float, default=0.9, help="AdamW beta1")
+    optim.add_argument("--beta2", type=float, default=0.95, help="AdamW beta2")
+    optim.add_argument("--warmup_steps", type=int, default=100, help="linear warmup steps, then linear decay to 0")
+    optim.add_argument("--epochs", type=int, default=10, help="epochs (validation and a checkpoint after each)")
+    optim.add_argument("--steps_per_epoch", type=int, default=500, help="optimizer steps per epoch")
+    optim.add_argument("--batch_size", type=int, default=2, help="images per micro-batch per process")
+    optim.add_argument("--grad_accumulation_steps", type=int, default=10, help="micro-batches per optimizer step")
+    optim.add_argument("--ce_loss_weight", type=float, default=1.0, help="weight of the text cross-entropy")
+    optim.add_argument("--bce_loss_weight", type=float, default=2.0, help="weight of the mask BCE")
+    optim.add_argument("--dice_loss_weight", type=float, default=0.5, help="weight of the mask Dice loss")
+    optim.add_argument("--seed", type=int, default=0, help="seed of the data order, new weights and dropout")
+
+    run = parser.add_argument_group("run")
+    run.add_argument("--exp_name", default="lisa", help="run name: logs and checkpoints in <log_base_dir>/<exp_name>")
+    run.add_argument("--log_base_dir", default="./runs", help="parent folder of runs")
+    run.add_argument("--save_steps", type=int, default=0,
+                     help="also checkpoint every N optimizer steps (0: only after each epoch)")
+    add_switch(run, "auto_resume", True, "continue from <run>/ckpt_model if it holds a checkpoint")
+    add_switch(run, "eval", True, "validate after each epoch (--no_eval: never, and keep every epoch as best)")
+    add_switch(run, "eval_only", False, "only validate --version and exit")
+    run.add_argument("--val_mode", default="teacher", choices=("teacher", "generate"),
+                     help="teacher: the original's teacher-forced answer '[SEG].'; generate: the model must emit [SEG]")
+    run.add_argument("--val_batch_size", type=int, default=1, help="validation images per batch per process")
+    run.add_argument("--local_rank", type=int, default=-1, help=argparse.SUPPRESS)  # passed by the deepspeed launcher
+    return parser.parse_args(argv)
+
+
+class RangeSampler(Sampler[int]):
+    """This rank's share of `range(length)` from item `start` on: rank r gets r, r + world, r + 2·world, ...
+
+    The hybrid data set is a pure function of (seed, epoch, index), so starting at the right item after a resume
+    reproduces the interrupted run's data exactly.
+    """
+
+    def __init__(self, length: int, rank: int, world: int, start: int = 0):
+        self.indices = range(start * world + rank, length, world)
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def mean_over_ranks(values: dict[str, float], device: torch.device) -> dict[str, float]:
+    tensor = torch.tensor(list(values.values()), dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return dict(zip(values, (tensor / dist.get_world_size()).tolist()))
+
+
+def validate(model, processor, val_dataset, args: argparse.Namespace) -> dict:
+    """gIoU/cIoU of `model` on the validation set, by the same code as `eval_reasonseg.py`."""
+    report = evaluate(model, processor, val_dataset, mode=args.val_mode, batch_size=args.val_batch_size)
+    if report.skipped and dist.get_rank() == 0:
+        print(f"validation skipped {len(report.skipped)} unreadable sample(s), e.g. {report.skipped[0]}")
+    return report.summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    deepspeed.init_distributed()  # gloo on CPU, nccl on CUDA; reads the launcher's (deepspeed / torchrun) variables
+    rank, world = dist.get_rank(), dist.get_world_size()
+    device = torch.device(deepspeed.get_accelerator().device_name(int(os.environ.get("LOCAL_RANK", 0))))
+    dtype = DTYPES[args.precision]
+    run_dir = os.path.join(args.log_base_dir, args.exp_name)
+    ckpt_dir = os.path.join(run_dir, "ckpt_model")
+    os.makedirs(ckpt_dir, exist_ok=True)
+
+    # ---- model
+    torch.manual_seed(args.seed)  # the new [SEG] row and projection of a LLaVA base
+    model, processor = load_for_training(
+        args.version, args.vision_pretrained, args.conv_type, dtype=dtype, out_dim=args.out_dim,
+        ce_loss_weight=args.ce_loss_weight, bce_loss_weight=args.bce_loss_weight, dice_loss_weight=args.dice_loss_weight,
+    )
+    val_dataset = build_val_dataset(args.dataset_dir, args.val_dataset) if args.eval or args.eval_only else None
+    if args.eval_only:
+        summary = validate(model.to(device), processor, val_dataset, args)
+        if rank == 0:
+            print(json.dumps(summary, indent=2))
+        return
+    if args.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.enable_input_require_grads()  # checkpointed blocks need an input that requires grad
+    model = setup_trainable(
+        model, args.lora_r, args.lora_alpha, args.lora_dropout, args.lora_target_modules, args.train_sam_encoder
+    )
+    trainable, total = count_parameters(model)
+    if rank == 0:
+        print(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)")
+        with open(os.path.join(ckpt_dir, TRAIN_ARGS_FILE), "w") as f:
+            json.dump(vars(args), f, indent=2)
+
+    # ---- data: item i of an epoch goes to rank i % world; micro-batch k of a rank holds its items k·B .. k·B+B-1
+    micro_batches_per_epoch = args.steps_per_epoch * args.grad_accumulation_steps
+    train_dataset = HybridDataset(
+        args.dataset_dir, samples_per_epoch=micro_batches_per_epoch * args.batch_size * world,
+        num_classes_per_sample=args.num_classes_per_sample, dataset=args.dataset, sample_rates=args.sample_rates,
+        sem_seg_data=args.sem_seg_data, refer_seg_data=args.refer_seg_data, vqa_data=args.vqa_data,
+        reason_seg_data=args.reason_seg_data, explanatory=args.explanatory, seed=args.seed,
+    )
+
+    # ---- DeepSpeed
+    total_steps = args.epochs * args.steps_per_epoch
+    ds_config = deepspeed_config(
+        args.batch_size, args.grad_accumulation_steps, args.lr, (args.beta1, args.beta2), args.precision,
+        total_steps, args.warmup_steps, on_cpu=device.type == "cpu",
+    )
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, model_parameters=[p for p in model.parameters() if p.requires_grad], config=ds_config
+    )
+
+    # ---- resume: DeepSpeed restores weights, optimizer, scheduler and its step counter; the step fixes the data
+    best = read_best(ckpt_dir)
+    if args.auto_resume and (tag := read_pointer(ckpt_dir)) is not None:
+        engine.load_checkpoint(ckpt_dir, tag=tag)
+        if rank == 0:
+            print(f"resumed from {ckpt_dir}/{tag} at step {engine.global_steps}")
+    else:
+        best = None
+    start_step = engine.global_steps
+
+    writer = SummaryWriter(run_dir) if rank == 0 else None
+    for epoch in range(start_step // args.steps_per_epoch, args.epochs):
+        # ---- train one epoch
+        first = start_step - epoch * args.steps_per_epoch if epoch == start_step // args.steps_per_epoch else 0
+        train_dataset.set_epoch(epoch)
+        loader = DataLoader(
+            train_dataset, batch_size=args.batch_size, num_workers=args.workers,
+            sampler=RangeSampler(len(train_dataset), rank, world, start=first * args.grad_accumulation_steps * args.batch_size),
+            collate_fn=LisaCollator(processor, keep=("skipped",)), drop_last=True,
+        )
+        batches = iter(loader)
+        engine.train()
+        sums = dict.fromkeys(LOSS_TERMS, 0.0)
+        skipped = 0
+        bar = tqdm(range(first, args.steps_per_epoch), desc=f"epoch {epoch}", disable=rank != 0, dynamic_ncols=True)
+        for step in bar:
+            global_step = epoch * args.steps_per_epoch + step
+            # Dropout noise is a function of (seed, step, rank), so a resumed run draws what the interrupted one would.
+            torch.manual_seed((args.seed * 1_000_003 + global_step) * world + rank)
+            started = time.perf_counter()
+            terms = dict.fromkeys(LOSS_TERMS, 0.0)
+            for _ in range(args.grad_accumulation_steps):
+                batch = next(batches)
+                skipped += sum(len(files) for files in batch.pop("skipped"))
+                output = engine(**move_batch(batch, device, dtype))
+                engine.backward(output.loss)
+                engine.step()  # applies the optimizer at the accumulation boundary only
+                for name in LOSS_TERMS:
+                    value = getattr(output, name)
+                    terms[name] += 0.0 if value is None else value.item() / args.grad_accumulation_steps
+            terms = mean_over_ranks(terms, device)
+            for name in LOSS_TERMS:
+                sums[name] += terms[name]
+            if writer is not None:
+                seconds = time.perf_counter() - started
+                for name, value in terms.items():
+                    writer.add_scalar(f"train/{name}", value, global_step + 1)
+                writer.add_scalar("train/lr", engine.get_lr()[0], global_step + 1)
+                writer.add_scalar("metrics/secs_per_step", seconds, global_step + 1)
+                bar.set_postfix(loss=f"{terms['loss']:.3f}", mask=f"{terms['mask_loss']:.3f}", lr=f"{engine.get_lr()[0]:.2e}")
+            done = global_step + 1
+            if args.save_steps and done % args.save_steps == 0 and done % args.steps_per_epoch != 0:
+                save_checkpoint(engine, ckpt_dir, done, {"epoch": epoch}, best=None)
+
+        # ---- validate, then checkpoint (the epoch's checkpoint is `latest`; also `best` if gIoU improved)
+        metrics = validate(engine.module.get_base_model(), processor, val_dataset, args) if args.eval else None
+        improved = metrics is None or best is None or metrics["giou"] > best["giou"]
+        new_best = {"epoch": epoch, **({"giou": metrics["giou"], "ciou": metrics["ciou"]} if metrics else {})}
+        save_checkpoint(engine, ckpt_dir, (epoch + 1) * args.steps_per_epoch, {"epoch": epoch}, best=new_best if improved else None)
+        if improved:
+            best = new_best
+        skipped = int(mean_over_ranks({"skipped": skipped}, device)["skipped"] * world)
+        if rank == 0:
+            steps = args.steps_per_epoch - first
+            line = " ".join(f"{name} {sums[name] / max(steps, 1):.4f}" for name in LOSS_TERMS)
+            if metrics is not None:
+                writer.add_scalar("val/giou", metrics["giou"], (epoch + 1) * args.steps_per_epoch)
+                writer.add_scalar("val/ciou", metrics["ciou"], (epoch + 1) * args.steps_per_epoch)
+                line += f" | val giou {metrics['giou']:.4f} ciou {metrics['ciou']:.4f}"
+            print(f"epoch {epoch}: {line} | skipped samples {skipped} | best {best}", flush=True)
+    if writer is not None:
+        writer.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""The DeepSpeed configuration of LISA's training (reference/lisa.md §4.3), built in code from the flags."""
+
+from __future__ import annotations
+
+
+def deepspeed_config(
+    batch_size: int,
+    grad_accumulation_steps: int,
+    lr: float,
+    betas: tuple[float, float] = (0.9, 0.95),
+    precision: str = "bf16",
+    total_steps: int = 5000,
+    warmup_steps: int = 100,
+    on_cpu: bool = False,
+) -> dict:
+    """ZeRO-2, AdamW (no weight decay), linear warmup then linear decay to 0, gradient clipping 1.0.
+
+    Args:
+        batch_size: micro-batch per process (images, each with its conversations).
+        total_steps: optimizer steps of the whole run (epochs x steps_per_epoch): the decay ends there.
+        warmup_steps: linear warmup from 0 to `lr` (LISA: 100).
+        precision: "bf16", "fp16" or "fp32".
+        on_cpu: use torch's AdamW instead of DeepSpeed's fused CPU Adam, whose C++ build buys nothing here.
+    """
+    if precision not in ("bf16", "fp16", "fp32"):
+        raise ValueError(f"precision {precision!r}: choose bf16, fp16 or fp32")
+    optimizer_params = {"lr": lr, "weight_decay": 0.0, "betas": list(betas)}
+    if on_cpu:
+        optimizer_params["torch_adam"] = True
+    return {
+        "train_micro_batch_size_per_gpu": batch_size,
+        "gradient_accumulation_steps": grad_accumulation_steps,
+        "optimizer": {"type": "AdamW", "params": optimizer_params},
+        "scheduler": {
+            "type": "WarmupDecayLR",
+            "params": {
+                "total_num_steps": total_steps,
+                "warmup_min_lr": 0,
+                "warmup_max_lr": lr,
+                "warmup_num_steps": min(warmup_steps, total_steps),
+                "warmup_type": "linear",
+            },
+        },
+        "fp16": {"enabled": precision == "fp16"},
+        "bf16": {"enabled": precision == "bf16"},
+        "gradient_clipping": 1.0,
+        "zero_optimization": {
+            "stage": 2,  # not 3: SAM's mask decoder reads its weights directly, which ZeRO-3 partitions away
+            "contiguous_gradients": True,
+            "overlap_comm": True,
+            "reduce_scatter": True,
+            "reduce_bucket_size": 5e8,
+            "allgather_bucket_size": 5e8,
+        },
+        "steps_per_print": 10**9,  # our own logging reports progress
+        "wall_clock_breakdown": False,
+    }
