@@ -1,0 +1,53 @@
+"""Writing predicted masks as image files: the mask itself (8-bit, 0/255) and the image with it overlaid."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from PIL import Image
+
+# One colour per mask of an answer (RGB), cycled: red first, as the original's overlay.
+PALETTE = [(255, 0, 0), (0, 200, 0), (0, 90, 255), (255, 200, 0), (200, 0, 255), (0, 220, 220), (255, 120, 0), (120, 60, 0)]
+
+
+def mask_colour(k: int) -> tuple[int, int, int]:
+    return PALETTE[k % len(PALETTE)]
+
+
+def overlay(image: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int], alpha: float = 0.5) -> np.ndarray:
+    """The image with the pixels inside the mask blended with `colour` (weight `alpha`).
+
+    Args:
+        image: (H, W, 3) uint8 RGB; mask: (H, W) bool.
+
+    Returns:
+        (H, W, 3) uint8 RGB.
+    """
+    blended = image.astype(np.float32)
+    blended[mask] = (1 - alpha) * blended[mask] + alpha * np.asarray(colour, dtype=np.float32)
+    return np.round(blended).astype(np.uint8)
+
+
+def save_masks(image: np.ndarray, masks: list[np.ndarray], out_dir: str, stem: str, start: int = 0) -> list[tuple[str, str]]:
+    """Writes `{out_dir}/{stem}_mask_{k}.png` (L, 0/255) and `{stem}_masked_img_{k}.png` (overlay in colour k)
+    for k = start, start + 1, ...
+
+    Args:
+        image: (H, W, 3) uint8 RGB; masks: (H, W) bool each, at the image's size.
+
+    Returns:
+        (mask path, overlay path) per mask.
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    paths = []
+    for k, mask in enumerate(masks, start=start):
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != image.shape[:2]:
+            raise ValueError(f"mask of shape {mask.shape} for an image of size {image.shape[:2]}")
+        mask_path = os.path.join(out_dir, f"{stem}_mask_{k}.png")
+        overlay_path = os.path.join(out_dir, f"{stem}_masked_img_{k}.png")
+        Image.fromarray(mask.astype(np.uint8) * 255, mode="L").save(mask_path)
+        Image.fromarray(overlay(image, mask, mask_colour(k))).save(overlay_path)
+        paths.append((mask_path, overlay_path))
+    return paths
