@@ -367,8 +367,6 @@ class ToyWriter:
             if name == "ade20k":
                 background = 1 if i % 2 else 0  # "wall" or "other" (0, ignored)
                 label = np.full((scene.height, scene.width), background)
-                if background:
-                    truth["wall"] = np.ones_like(masks[0])
                 values = {k: ADE20K_CLASSES.index(n) + 1 for k, n in ADE20K_NAMES.items()}
                 names = ADE20K_NAMES
                 stem = f"ADE_train_{i + 1:08d}"
@@ -392,6 +390,8 @@ class ToyWriter:
             for shape, mask in zip(scene.shapes, masks):
                 label[mask] = values[shape.kind]
                 truth[names[shape.kind]] = mask
+            if name == "ade20k" and i % 2:
+                truth["wall"] = label == 1
             if name == "mapillary":
                 truth["unlabeled"] = label == len(MAPILLARY_LABELS) - 1
             save_jpg(image_path, image)
