@@ -1,0 +1,160 @@
+"""chat.py on the tiny model: one-shot and interactive (stdin piped), the PNGs it writes, every bad input."""
+
+import io
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import chat
+from model.loading import load_for_inference
+from model.session import ChatSession
+from tests.lisa_fixtures import write_seg_emitter
+from utils.vis import mask_colour, overlay, save_masks
+
+IMAGE_SIZE = (37, 51)  # (H, W): odd, not square, unlike SAM's input
+
+
+@pytest.fixture(scope="module")
+def seg_model_dir(tiny_dir):
+    """Answers "[SEG] . [SEG] . ..." until max_new_tokens (see write_seg_emitter): 3 tokens = 2 masks."""
+    return write_seg_emitter(str(tiny_dir / "lisa"), str(tiny_dir / "seg_loop"), after_seg=".")
+
+
+@pytest.fixture
+def files(tmp_path):
+    image = tmp_path / "photo.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (*IMAGE_SIZE, 3), dtype=np.uint8)).save(image)
+    second = tmp_path / "second.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(second)
+    not_image = tmp_path / "notes.jpg"
+    not_image.write_text("not an image")
+    return {"image": str(image), "second": str(second), "not_image": str(not_image), "missing": str(tmp_path / "nope.jpg"),
+            "out": tmp_path / "vis"}
+
+
+def args(model_dir, files, *extra):
+    return ["--version", model_dir, "--precision", "fp32", "--max_new_tokens", "3", "--vis_save_path", str(files["out"]), *extra]
+
+
+def check_pngs(out, stem, ks, size):
+    for k in ks:
+        mask = np.asarray(Image.open(out / f"{stem}_mask_{k}.png"))
+        assert mask.dtype == np.uint8 and mask.shape == size and set(np.unique(mask)) <= {0, 255}
+        over = Image.open(out / f"{stem}_masked_img_{k}.png")
+        assert over.mode == "RGB" and over.size == (size[1], size[0])
+
+
+def test_one_shot(seg_model_dir, files, capsys):
+    chat.main(args(seg_model_dir, files, "--image", files["image"], "--prompt", "What is the red thing?"))
+    out = capsys.readouterr().out
+    assert "Answer: [SEG].[SEG]" in out
+    check_pngs(files["out"], "photo", [0, 1], IMAGE_SIZE)
+    assert f"Saved mask: {files['out'] / 'photo_mask_1.png'}" in out
+    assert sorted(os.listdir(files["out"])) == sorted(
+        f"photo_{kind}_{k}.png" for kind in ("mask", "masked_img") for k in (0, 1)
+    )
+
+
+def test_one_shot_bf16(seg_model_dir, files, capsys):
+    chat.main(args(seg_model_dir, files, "--image", files["image"], "--prompt", "Segment it.", "--precision", "bf16"))
+    check_pngs(files["out"], "photo", [0, 1], IMAGE_SIZE)
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [("missing", "image file not found"), ("not_image", "cannot read image"), ("empty", "Empty prompt"), ("placeholder", "empty prompt")],
+)
+def test_one_shot_bad_input(seg_model_dir, files, case, message):
+    image = files.get(case, files["image"])
+    prompt = {"empty": "  ", "placeholder": "<image>"}.get(case, "What is it?")
+    with pytest.raises(SystemExit) as exit_info:
+        chat.main(args(seg_model_dir, files, "--image", image, "--prompt", prompt))
+    assert message in str(exit_info.value.code)
+    assert not files["out"].exists()
+
+
+def test_interactive(seg_model_dir, files, capsys, monkeypatch):
+    """Bad inputs are answered and the loop goes on; follow-ups keep the image and number masks on; a new
+    image starts over; end of input quits."""
+    lines = [
+        "",  # empty prompt
+        "what is it?", files["missing"],
+        "what is it?", files["not_image"],
+        "what is it?", "",  # no image yet
+        "what is it?", files["image"],  # masks 0, 1
+        "and the other one?", "",  # same image, same conversation: masks 2, 3
+        "<image>", "",  # empty once the placeholder is dropped
+        "now this one", files["second"],  # a new conversation: masks 0, 1 of "second"
+    ]
+    monkeypatch.setattr(sys, "stdin", io.StringIO("\n".join(lines) + "\n"))
+    chat.main(args(seg_model_dir, files))
+    out = capsys.readouterr().out
+    assert "Empty prompt: please type a question." in out
+    assert "nope.jpg: image file not found" in out
+    assert "notes.jpg: cannot read image" in out
+    assert "No image yet" in out
+    assert "empty prompt: please type a question" in out
+    assert out.count("Answer: ") == 3
+    check_pngs(files["out"], "photo", [0, 1, 2, 3], IMAGE_SIZE)
+    check_pngs(files["out"], "second", [0, 1], (20, 24))
+    assert not (files["out"] / "second_mask_2.png").exists()
+
+
+def test_exit_quits(seg_model_dir, files, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "stdin", io.StringIO(f"what?\n{files['image']}\nexit\nnever asked\n"))
+    chat.main(args(seg_model_dir, files))
+    assert capsys.readouterr().out.count("Answer: ") == 1
+
+
+def test_session_history(seg_model_dir, files):
+    model, processor = load_for_inference(seg_model_dir, "fp32")
+    session = ChatSession(model, processor, max_new_tokens=1)
+    with pytest.raises(ValueError, match="no image"):
+        session.ask("hello")
+    session.set_image(np.zeros((10, 12, 3), np.uint8))
+    first = session.ask("what?")
+    second = session.ask("and?")
+    assert (first.first_mask_index, second.first_mask_index) == (0, 1)
+    assert [m["role"] for m in session.messages] == ["user", "assistant", "user", "assistant"]
+    assert session.messages[0]["content"].startswith("<image>\n") and "<image>" not in session.messages[2]["content"]
+
+
+def test_quantisation_needs_cuda(seg_model_dir, files):
+    for flag in ("--load_in_8bit", "--load_in_4bit"):
+        with pytest.raises(SystemExit) as exit_info:
+            chat.main(args(seg_model_dir, files, flag))
+        assert "CUDA" in str(exit_info.value.code) or "bitsandbytes" in str(exit_info.value.code)
+
+
+def test_usage_errors(seg_model_dir, files):
+    with pytest.raises(SystemExit):
+        chat.main(args(seg_model_dir, files, "--image", files["image"]))  # --prompt missing
+    with pytest.raises(SystemExit) as exit_info:
+        chat.main(["--version", str(files["out"] / "nowhere"), "--image", files["image"], "--prompt", "hi"])
+    assert "cannot load" in str(exit_info.value.code)
+
+
+def test_overlay_colours():
+    image = np.full((4, 4, 3), 100, np.uint8)
+    mask = np.zeros((4, 4), bool)
+    mask[:2] = True
+    first, second = overlay(image, mask, mask_colour(0)), overlay(image, mask, mask_colour(1))
+    assert (first[2:] == 100).all() and not (first[:2] == second[:2]).all()
+    with pytest.raises(ValueError):
+        save_masks(image, [np.zeros((3, 3), bool)], "/tmp", "x")
+
+
+@pytest.mark.slow
+def test_interactive_piped_subprocess(seg_model_dir, files):
+    """The real thing: stdin piped into `python chat.py`."""
+    stdin = f"what is it?\n{files['image']}\nfollow up\n\n"
+    result = subprocess.run(
+        [sys.executable, "chat.py", *args(seg_model_dir, files)], input=stdin, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("Answer: ") == 2
+    check_pngs(files["out"], "photo", [0, 1, 2, 3], IMAGE_SIZE)
