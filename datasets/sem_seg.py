@@ -184,6 +184,9 @@ class SemSegDataset:
             check_size(data.json_path, (info["height"], info["width"]), image, image_path)
             anns = data.anns[info["id"]]
             anns = [anns[i] for i in choose_up_to(rng, len(anns), self.num_classes_per_sample)]
+            unknown = [a["category_id"] for a in anns if a["category_id"] not in data.classes]
+            if unknown:
+                raise SampleError(data.json_path, f"annotations of unknown categories {unknown}")
             names = [render_part(rng, data.classes[ann["category_id"]]) for ann in anns]
             masks = np.stack([decode_segmentation(a["segmentation"], *image.shape[:2], data.json_path) for a in anns])
         conversations = [turn(short_question(rng, name), seg_answer(rng)) for name in names]

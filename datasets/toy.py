@@ -105,9 +105,18 @@ class ToyTruth:
 
 
 # ----------------------------------------------------------------------------------------------- drawing
-def random_scene(rng: np.random.Generator, count: int | None = None) -> Scene:
+def random_scene(rng: np.random.Generator, scale: float = 1.0) -> Scene:
     """2-4 shapes of distinct kinds and colours, 3 px apart, with distinct centre coordinates so that
-    "leftmost" etc. are unambiguous."""
+    "leftmost" etc. are unambiguous; `scale` enlarges the whole scene (for speed benchmarks)."""
+    scene = _random_scene(rng)
+    if scale != 1.0:
+        scene.height, scene.width = round(scene.height * scale), round(scene.width * scale)
+        for shape in scene.shapes:
+            shape.cx, shape.cy, shape.r = shape.cx * scale, shape.cy * scale, shape.r * scale
+    return scene
+
+
+def _random_scene(rng: np.random.Generator, count: int | None = None) -> Scene:
     height, width = (int(v) for v in rng.integers(64, 97, size=2))
     count = int(rng.integers(2, 5)) if count is None else count
     while True:
@@ -210,9 +219,10 @@ def explanation(shape: Shape) -> str:
 
 # ---------------------------------------------------------------------------------------------- writers
 class ToyWriter:
-    def __init__(self, out: str, seed: int):
+    def __init__(self, out: str, seed: int, scale: float = 1.0):
         self.out = out
         self.seed = seed
+        self.scale = scale
         self.truth = ToyTruth()
 
     def rng(self, name: str) -> np.random.Generator:
@@ -229,7 +239,7 @@ class ToyWriter:
         for split, count in counts.items():
             for i in range(count):
                 stem = f"toy_{split}_{i:04d}"
-                scene = random_scene(rng)
+                scene = random_scene(rng, self.scale)
                 target = scene.shapes[int(rng.integers(len(scene.shapes)))]
                 others = [s for s in scene.shapes if s is not target]
                 shapes_json, target_mask = [], np.zeros((scene.height, scene.width), dtype=bool)
@@ -288,7 +298,7 @@ class ToyWriter:
         image_id, ann_id, ref_id, sent_id = first_image_id, 1, 1, 1
         for split, count in splits.items():
             for _ in range(count):
-                scene = random_scene(rng)
+                scene = random_scene(rng, self.scale)
                 h, w = scene.height, scene.width
                 if name == "refclef":
                     file_name = f"{image_id % 100:02d}/images/{image_id}.jpg"
@@ -360,7 +370,7 @@ class ToyWriter:
     def label_maps(self, name: str, count: int) -> None:
         rng = self.rng(name)
         for i in range(count):
-            scene = random_scene(rng)
+            scene = random_scene(rng, self.scale)
             masks = [cv2_mask(scene.height, scene.width, s.polygon()) for s in scene.shapes]
             image = paint(scene, masks, rng)
             truth = {}
@@ -420,7 +430,7 @@ class ToyWriter:
                 categories.append({"id": len(categories) + 1, "name": entry, "supercategory": "shape"})
         images, annotations = [], []
         for i in range(count):
-            scene = random_scene(rng)
+            scene = random_scene(rng, self.scale)
             h, w = scene.height, scene.width
             image_id = 200001 + i if paco else i + 1
             if paco:
@@ -454,7 +464,7 @@ class ToyWriter:
         rng = self.rng("vqa")
         items = []
         for i in range(count):
-            scene = random_scene(rng)
+            scene = random_scene(rng, self.scale)
             stem = f"{300001 + i:012d}"
             masks = [cv2_mask(scene.height, scene.width, s.polygon()) for s in scene.shapes]
             save_jpg(self.path("coco", "train2017", f"{stem}.jpg"), paint(scene, masks, rng))
@@ -480,9 +490,9 @@ class ToyWriter:
         write_json(self.path("llava_dataset", "llava_instruct_150k.json"), items)
 
 
-def generate(out: str, seed: int = 0, progress: bool = False) -> ToyTruth:
-    """Writes the toy corpus under `out` and returns its ground truth."""
-    writer = ToyWriter(out, seed)
+def generate(out: str, seed: int = 0, progress: bool = False, scale: float = 1.0) -> ToyTruth:
+    """Writes the toy corpus under `out` and returns its ground truth; `scale` multiplies image sizes."""
+    writer = ToyWriter(out, seed, scale)
     unc = {"train": 12, "val": 6, "testA": 4, "testB": 4}
     jobs = [
         lambda: writer.reason_seg({"train": 40, "val": 100, "test": 60}),
@@ -507,8 +517,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="folder to write the corpus into (the --dataset_dir of the scripts)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the scenes")
+    parser.add_argument("--scale", type=float, default=1.0, help="image size factor (12 gives ~1024-px images)")
     args = parser.parse_args()
-    generate(args.out, args.seed, progress=True)
+    generate(args.out, args.seed, progress=True, scale=args.scale)
     print(f"toy corpus written to {args.out}")
 
 
