@@ -60,7 +60,7 @@ class ValSample(Sample):
         always False for referring expressions).
     """
 
-    gt: np.ndarray = None
+    gt: np.ndarray | None = None
     is_sentence: list[bool] = field(default_factory=list)
 
 
