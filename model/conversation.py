@@ -7,6 +7,9 @@ to produce. A prompt for generation ends with the assistant prefix (`add_generat
 * `llava_1_5` — the llava-1.5 (llava-hf) format: `USER: <image>\\n{q} ASSISTANT: {a}</s>`.
 * `llava_v1` — the original LISA default: the Vicuna v1 system prompt, then the same turns.
 * `llava_llama_2` — the LLaMA-2 chat format of the original's `llava_llama_2`.
+* `llava_v1_im_start_end` — `llava_v1` with every `<image>` of a user message written
+  `<im_start><image><im_end>` (the original's `mm_use_im_start_end`): the prompt format of the released LISA
+  checkpoints (`model/convert_lisa.py`).
 """
 
 LLAVA_V1_SYSTEM = (
@@ -45,3 +48,17 @@ CHAT_TEMPLATES = {
         "{% endif %}{% endfor %}"
     ),
 }
+
+# The prompt format of the released LISA checkpoints: `llava_v1` with the image between `<im_start>` and
+# `<im_end>` (the original's `mm_use_im_start_end`). The space after "ASSISTANT:" belongs to the answer, as in the
+# original's labels: their legacy tokenizer may give it a "▁" token of its own, the first one to be predicted.
+CHAT_TEMPLATES["llava_v1_im_start_end"] = (
+    "{{ bos_token }}{% if messages[0]['role'] != 'system' %}{{ \"" + LLAVA_V1_SYSTEM + " \" }}{% endif %}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{{ message['content'] + ' ' }}"
+    "{% elif message['role'] == 'user' %}"
+    "{{ 'USER: ' + message['content'] | replace('<image>', '<im_start><image><im_end>') + ' ' }}"
+    "{% else %}{{ 'ASSISTANT:' }}{% generation %}{{ ' ' + message['content'] + eos_token }}{% endgeneration %}"
+    "{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)

@@ -6,11 +6,8 @@ next to the `SamModel` that `load_sam` builds from its saved state dict. They ne
 need nothing but transformers.
 """
 
-import importlib
-import importlib.util
-import sys
 import types
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
@@ -276,28 +273,6 @@ def test_load_sam_names_the_path_it_cannot_use(tmp_path: Path):
 
 
 # -------------------------------------------------------------------- equivalence with segment-anything
-@pytest.fixture(scope="module")
-def sam_modeling() -> Iterator[types.ModuleType]:
-    """`segment_anything.modeling`, imported without the package `__init__` (which imports torchvision).
-
-    A bare module object with the package's `__path__` stands in for `segment_anything`, so that only the
-    modeling subpackage runs; `sys.modules` is restored afterwards.
-    """
-    spec = importlib.util.find_spec("segment_anything")
-    if spec is None or spec.submodule_search_locations is None:
-        pytest.skip("segment-anything==1.0 is not installed (test-only requirement)")
-    saved = {name: module for name, module in sys.modules.items() if name.partition(".")[0] == "segment_anything"}
-    package = types.ModuleType("segment_anything")
-    package.__path__ = list(spec.submodule_search_locations)
-    sys.modules["segment_anything"] = package
-    try:
-        yield importlib.import_module("segment_anything.modeling")
-    finally:
-        for name in [name for name in sys.modules if name.partition(".")[0] == "segment_anything"]:
-            del sys.modules[name]
-        sys.modules.update(saved)
-
-
 @pytest.fixture(scope="module")
 def original_sam(sam_modeling: types.ModuleType) -> torch.nn.Module:
     """A tiny segment-anything `Sam` (sizes `TINY`, built as `_build_sam` builds ViT-H) with random weights."""
