@@ -307,6 +307,10 @@ def sam_from_original_state_dict(
         )
     # `assign=True` gave the two copies of the positional-encoding matrix separate parameters: re-tie them.
     model.tie_weights()
+    # Flag the adopted tensors as loaded, as `from_pretrained` does: otherwise the `post_init` of a model built
+    # around this one (`LisaForCausalLM(config, sam=...)`) re-initialises them at random.
+    for tensor in model.state_dict(keep_vars=True).values():
+        tensor._is_hf_initialized = True
     return model.eval()
 
 
