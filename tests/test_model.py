@@ -282,3 +282,21 @@ def test_labels_cover_exactly_the_answers(lisa, conv_type):
         assert ids[: len(prompt)] == prompt  # training rows start exactly as a generation prompt does
     finally:
         processor.set_chat_template("llava_1_5")
+
+
+def test_training_init_keeps_the_pretrained_weights(tiny_dir):
+    """The builder must not re-initialise the LLaVA and SAM it was given (the original's users got random SAM)."""
+    from transformers import LlavaForConditionalGeneration, SamModel
+
+    from model.builder import build_lisa_from_llava
+
+    model, processor = build_lisa_from_llava(str(tiny_dir / "llava"), str(tiny_dir / "sam"), out_dim=64)
+    llava = LlavaForConditionalGeneration.from_pretrained(str(tiny_dir / "llava"))
+    sam = SamModel.from_pretrained(str(tiny_dir / "sam"))
+    for name, tensor in sam.state_dict().items():
+        torch.testing.assert_close(model.sam.state_dict()[name], tensor, rtol=0, atol=0, msg=name)
+    for name, tensor in llava.state_dict().items():
+        if "embed_tokens" in name or "lm_head" in name:
+            tensor = tensor[: len(processor.tokenizer) - 1]  # [SEG] is one new row
+            assert model.llava.state_dict()[name].shape[0] == len(processor.tokenizer)
+        torch.testing.assert_close(model.llava.state_dict()[name][: tensor.shape[0]], tensor, rtol=0, atol=0, msg=name)
