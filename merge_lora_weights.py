@@ -32,7 +32,7 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 TRAIN_ARGS_FILE = "train_args.json"
 TRAINED_MODULES_FILE = "trained_modules.safetensors"
 MODEL_ARGS = ("version", "vision_pretrained", "conv_type", "out_dim", "lora_r", "lora_alpha", "lora_dropout",
-              "lora_target_modules", "train_sam_encoder")
+              "lora_target_modules", "train_sam_encoder", "ce_loss_weight", "bce_loss_weight", "dice_loss_weight")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -59,6 +59,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     group.add_argument("--lora_target_modules", help="comma-separated LoRA target names of the language model")
     group.add_argument("--train_sam_encoder", action=argparse.BooleanOptionalAction, default=None,
                        help="whether SAM's image encoder was trained in full")
+    for term in ("ce", "bce", "dice"):
+        group.add_argument(f"--{term}_loss_weight", type=float, help=f"{term} loss weight stored in the saved config")
     return parser.parse_args(argv)
 
 
@@ -82,7 +84,8 @@ def model_settings(args: argparse.Namespace) -> dict:
             settings = {k: v for k, v in json.load(f).items() if k in MODEL_ARGS}
     settings.update({k: getattr(args, k) for k in MODEL_ARGS if getattr(args, k) is not None})
     defaults = {"vision_pretrained": None, "conv_type": None, "out_dim": 256, "lora_r": 8, "lora_alpha": 16,
-                "lora_dropout": 0.05, "lora_target_modules": "q_proj,v_proj", "train_sam_encoder": False}
+                "lora_dropout": 0.05, "lora_target_modules": "q_proj,v_proj", "train_sam_encoder": False,
+                "ce_loss_weight": 1.0, "bce_loss_weight": 2.0, "dice_loss_weight": 0.5}
     settings = {**defaults, **settings}
     if settings.get("version") is None:
         raise SystemExit(f"no {TRAIN_ARGS_FILE} found for {args.weight}: pass --version (and the LoRA flags used)")
@@ -142,7 +145,8 @@ def main(argv: list[str] | None = None) -> None:
     settings = model_settings(args)
     model, processor = load_for_training(
         settings["version"], settings["vision_pretrained"], settings["conv_type"], dtype=torch.float32,
-        out_dim=settings["out_dim"],
+        out_dim=settings["out_dim"], ce_loss_weight=settings["ce_loss_weight"],
+        bce_loss_weight=settings["bce_loss_weight"], dice_loss_weight=settings["dice_loss_weight"],
     )
     peft_model = setup_trainable(
         model, settings["lora_r"], settings["lora_alpha"], settings["lora_dropout"], settings["lora_target_modules"],

@@ -89,6 +89,7 @@ def load_for_training(
     vision_pretrained: str,
     conv_type: str | None = None,
     dtype: torch.dtype | None = None,
+    out_dim: int = 256,
     **loss_weights: float,
 ) -> tuple[LisaForCausalLM, LisaProcessor]:
     """The model a training run starts from, and its processor.
@@ -98,6 +99,7 @@ def load_for_training(
             `vision_pretrained`; or a trained LISA folder: restored exactly, nothing re-initialised and
             `vision_pretrained` unused (its SAM is part of it).
         conv_type: conversation format; None keeps the base's (llava_1_5) or the folder's own.
+        out_dim: width of SAM's prompt embeddings, the new projection's output (LLaVA base only).
         loss_weights: `ce_loss_weight`, `bce_loss_weight`, `dice_loss_weight` — they replace a LISA folder's
             saved weights, so fine-tuning uses the flags.
     """
@@ -106,4 +108,10 @@ def load_for_training(
         if conv_type is not None:
             processor.set_chat_template(conv_type)
         return model, processor
-    return build_lisa_from_llava(version, vision_pretrained, conv_type=conv_type or "llava_1_5", dtype=dtype, **loss_weights)
+    model, processor = build_lisa_from_llava(
+        version, vision_pretrained, conv_type=conv_type or "llava_1_5", dtype=dtype, out_dim=out_dim, **loss_weights
+    )
+    # The builder leaves the sub-models' attention implementation unset, which makes the language model's
+    # attention bidirectional; a saved folder loads with SDPA, so train with what inference will use.
+    model.set_attn_implementation("sdpa")
+    return model, processor

@@ -1,0 +1,274 @@
+"""Training and export: trainable parameters, DeepSpeed runs (1 and 2 processes, deepspeed and torchrun
+launchers), exact kill-and-resume, atomic checkpoints, merging, fine-tuning a LISA folder, and a toy run that learns.
+
+The launched runs use the tiny base and the toy corpus, one thread per process (2 cores on CI).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from model.builder import load_lisa
+from model.peft_setup import FULLY_TRAINED, load_for_training, lora_target_regex, setup_trainable
+from utils.checkpoint import LATEST, read_pointer, save_checkpoint, step_tag
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.dirname(sys.executable)
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+@pytest.fixture(scope="module")
+def toy_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("toy")
+    subprocess.run([sys.executable, "-m", "datasets.toy", "--out", str(out)], cwd=REPO, check=True, capture_output=True)
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def train_command(tiny_dir, toy_dir, run_dir, *extra: str, nproc: int = 1, launcher: str = "deepspeed") -> list[str]:
+    if launcher == "deepspeed":
+        head = [os.path.join(BIN, "deepspeed"), "--num_gpus", str(nproc), "--master_port", str(free_port())]
+    else:
+        head = [os.path.join(BIN, "torchrun"), "--nproc_per_node", str(nproc), "--master_port", str(free_port())]
+    return head + [
+        "train_ds.py", "--version", str(tiny_dir / "llava"), "--vision_pretrained", str(tiny_dir / "sam"),
+        "--out_dim", "64", "--dataset_dir", str(toy_dir), "--precision", "fp32", "--workers", "0",
+        "--log_base_dir", str(run_dir.parent), "--exp_name", run_dir.name, "--batch_size", "2",
+        "--grad_accumulation_steps", "2", "--warmup_steps", "2", "--lr", "1e-3", "--no_gradient_checkpointing",
+        *extra,
+    ]
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO}
+
+
+def run(command: list[str]) -> str:
+    result = subprocess.run(command, cwd=REPO, env=env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout + result.stderr
+
+
+def final_weights(ckpt_dir) -> dict[str, torch.Tensor]:
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    return get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=read_pointer(str(ckpt_dir), LATEST))
+
+
+def toy_batch(processor, seed: int = 0) -> dict:
+    """Two images, three conversations, three [SEG] with random target masks."""
+    rng = np.random.default_rng(seed)
+    items = []
+    for n in (1, 2):
+        image = rng.integers(0, 255, (48 + 8 * n, 64, 3), dtype=np.uint8)
+        conversations = [
+            [{"role": "user", "content": "<image>\nWhat is the red circle in this image?"},
+             {"role": "assistant", "content": "It is [SEG]."}]
+        ] * n
+        masks = rng.random((n, *image.shape[:2])) > 0.5
+        items.append(processor.process_sample(image, conversations, masks, sample_id=f"img{n}"))
+    return processor.collate(items)
+
+
+# ------------------------------------------------------------------------------------- trainable parameters
+def expected_trainable(name: str, train_sam_encoder: bool) -> bool:
+    if "lora_" in name:
+        return ".language_model." in name and (".q_proj." in name or ".v_proj." in name)
+    return any(part in name for part in FULLY_TRAINED) or (train_sam_encoder and "sam.vision_encoder" in name)
+
+
+def test_lora_regex_only_hits_the_language_model():
+    import re
+
+    pattern = lora_target_regex("q_proj,v_proj")
+    assert re.fullmatch(pattern, "llava.model.language_model.layers.0.self_attn.q_proj")
+    assert not re.fullmatch(pattern, "llava.model.vision_tower.encoder.layers.0.self_attn.q_proj")
+    assert not re.fullmatch(pattern, "sam.mask_decoder.transformer.layers.0.self_attn.v_proj")
+
+
+# Trainable, but with no or a zero gradient on the first step: LoRA's A while B is still zero (its initial value), and
+# the parts of SAM's decoder that single-mask output never uses (masks 1-3 and the IoU head), SAM's zero-initialised
+# relative-position tables.
+NO_GRADIENT_YET = ("lora_A", "rel_pos_", "output_hypernetworks_mlps.1.", "output_hypernetworks_mlps.2.",
+                   "output_hypernetworks_mlps.3.", "iou_prediction_head", "iou_token")
+
+
+@pytest.mark.parametrize("train_sam_encoder", [False, True])
+def test_exactly_the_intended_parameters_train(tiny_dir, train_sam_encoder):
+    torch.manual_seed(0)
+    model, processor = load_lisa(str(tiny_dir / "lisa"))
+    model = setup_trainable(model, train_sam_encoder=train_sam_encoder)
+    params = dict(model.named_parameters())
+    trainable = {n for n, p in params.items() if p.requires_grad}
+    assert trainable == {n for n in params if expected_trainable(n, train_sam_encoder)}
+    assert any("lora_" in n for n in trainable)
+    # Frozen: CLIP, projector, SAM prompt encoder (and the image encoder in LISA's recipe), base LLM weights.
+    for name in params:
+        if any(k in name for k in ("vision_tower", "multi_modal_projector", "prompt_encoder", "base_layer", "language_model.norm", "_layernorm")):
+            assert name not in trainable, name
+
+    before = {n: p.detach().clone() for n, p in params.items()}
+    optimizer = torch.optim.AdamW([p for p in params.values() if p.requires_grad], lr=1e-2, weight_decay=0.0)
+    model(**toy_batch(processor)).loss.backward()
+    for name, param in params.items():
+        if name in trainable:
+            if not any(part in name for part in NO_GRADIENT_YET):
+                assert param.grad is not None and param.grad.abs().sum() > 0, f"{name} got no gradient"
+        else:
+            assert param.grad is None, f"frozen {name} got a gradient"
+    optimizer.step()
+    for name, param in params.items():
+        if name not in trainable:
+            assert torch.equal(param, before[name]), f"frozen {name} changed"
+    projection = "base_model.model.text_hidden_fcs.2.weight"
+    assert not torch.equal(params[projection], before[projection])  # while a trained one moved
+
+
+# ------------------------------------------------------------------------------------- atomic checkpointing
+class FakeEngine:
+    """Writes a tag folder like DeepSpeed does; `fail=True` dies half-way, as a process killed mid-save."""
+
+    def __init__(self, fail: bool = False):
+        self.fail = fail
+
+    def save_checkpoint(self, save_dir, tag, client_state, save_latest):
+        assert not save_latest  # the pointer is ours to move
+        os.makedirs(os.path.join(save_dir, tag), exist_ok=True)
+        with open(os.path.join(save_dir, tag, "part0"), "w") as f:
+            f.write("x")
+        if self.fail:
+            raise KeyboardInterrupt("killed while saving")
+
+
+def test_a_save_killed_midway_leaves_the_previous_checkpoint(tmp_path):
+    save_checkpoint(FakeEngine(), str(tmp_path), 10, {})
+    assert read_pointer(str(tmp_path)) == step_tag(10)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(FakeEngine(fail=True), str(tmp_path), 20, {})
+    assert read_pointer(str(tmp_path)) == step_tag(10)  # still the complete one
+    save_checkpoint(FakeEngine(), str(tmp_path), 30, {})  # the next save cleans the half-written folder up
+    assert sorted(n for n in os.listdir(tmp_path) if n.startswith("global_step")) == [step_tag(30)]
+
+
+# ------------------------------------------------------------------------------------------ launched runs
+@pytest.fixture(scope="module")
+def reference_run(tiny_dir, toy_dir, tmp_path_factory):
+    """An uninterrupted run: 2 epochs x 6 steps, checkpoints every 2 steps."""
+    run_dir = tmp_path_factory.mktemp("runs") / "reference"
+    run(train_command(tiny_dir, toy_dir, run_dir, "--epochs", "2", "--steps_per_epoch", "6", "--save_steps", "2", "--no_eval"))
+    return run_dir
+
+
+@pytest.mark.slow
+def test_kill_and_resume_gives_the_same_weights(tiny_dir, toy_dir, reference_run, tmp_path):
+    run_dir = tmp_path / "resumed"
+    command = train_command(tiny_dir, toy_dir, run_dir, "--epochs", "2", "--steps_per_epoch", "6", "--save_steps", "2", "--no_eval")
+    process = subprocess.Popen(command, cwd=REPO, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    ckpt_dir = str(run_dir / "ckpt_model")
+    deadline = time.time() + 240
+    while read_pointer(ckpt_dir) is None and process.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGKILL)  # the launcher and its worker, mid-run
+    process.wait()
+    interrupted_at = read_pointer(ckpt_dir)
+    assert interrupted_at is not None and interrupted_at != step_tag(12), f"the run was not interrupted ({interrupted_at})"
+
+    output = run(command)  # --auto_resume is on by default
+    assert f"resumed from {ckpt_dir}/{interrupted_at}" in output
+    expected, resumed = final_weights(reference_run / "ckpt_model"), final_weights(run_dir / "ckpt_model")
+    assert expected.keys() == resumed.keys()
+    for name in expected:
+        assert torch.equal(expected[name], resumed[name]), name
+
+
+@pytest.mark.slow
+def test_two_process_deepspeed_run(tiny_dir, toy_dir, tmp_path):
+    run_dir = tmp_path / "two"
+    output = run(train_command(tiny_dir, toy_dir, run_dir, "--epochs", "1", "--steps_per_epoch", "3", nproc=2))
+    assert read_pointer(str(run_dir / "ckpt_model")) == step_tag(3)
+    assert "val giou" in output
+    # Both ranks' ZeRO-2 optimizer shards were written.
+    assert len([n for n in os.listdir(run_dir / "ckpt_model" / step_tag(3)) if "optim_states" in n]) == 2
+    assert any(n.startswith("events.out.tfevents") for n in os.listdir(run_dir))
+
+
+@pytest.fixture(scope="module")
+def merged_dir(reference_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("merged")
+    run([sys.executable, "merge_lora_weights.py", "--weight", str(reference_run / "ckpt_model"), "--save_path", str(out),
+         "--precision", "fp32"])
+    return out
+
+
+def unmerged_model(reference_run):
+    """The trained PEFT model rebuilt from the checkpoint, LoRA not merged."""
+    from merge_lora_weights import read_checkpoint
+
+    args = json.loads((reference_run / "ckpt_model" / "train_args.json").read_text())
+    model, processor = load_for_training(args["version"], args["vision_pretrained"], out_dim=args["out_dim"])
+    peft_model = setup_trainable(model)
+    peft_model.load_state_dict(read_checkpoint(str(reference_run / "ckpt_model"), None), strict=True)
+    return peft_model.eval(), processor
+
+
+@pytest.mark.slow
+def test_merged_model_matches_unmerged(reference_run, merged_dir, tmp_path):
+    peft_model, processor = unmerged_model(reference_run)
+    merged, merged_processor = load_lisa(str(merged_dir))
+    merged.eval()
+    batch = toy_batch(merged_processor)
+    with torch.no_grad():
+        expected, actual = peft_model(**batch), merged(**batch)
+    # LoRA changed something, and merging kept it.
+    assert torch.allclose(expected.logits, actual.logits, atol=1e-4)
+    for e, a in zip(expected.pred_masks, actual.pred_masks):
+        assert torch.allclose(e, a, atol=1e-3)
+
+    # --adapter_only, then merging that adapter folder, gives the same model.
+    adapter = tmp_path / "adapter"
+    run([sys.executable, "merge_lora_weights.py", "--weight", str(reference_run / "ckpt_model"), "--save_path", str(adapter),
+         "--precision", "fp32", "--adapter_only"])
+    assert {"adapter_config.json", "adapter_model.safetensors", "trained_modules.safetensors"} <= set(os.listdir(adapter))
+    again = tmp_path / "again"
+    run([sys.executable, "merge_lora_weights.py", "--weight", str(adapter), "--save_path", str(again), "--precision", "fp32"])
+    remerged, _ = load_lisa(str(again))
+    for (name, p), q in zip(merged.state_dict().items(), remerged.state_dict().values()):
+        assert torch.equal(p, q), name
+
+
+@pytest.mark.slow
+def test_finetune_from_a_lisa_folder(merged_dir, toy_dir, tmp_path):
+    # Nothing is re-initialised and the loss weights come from the flags (the original's issue #85).
+    saved, _ = load_lisa(str(merged_dir))
+    loaded, _ = load_for_training(str(merged_dir), "unused", bce_loss_weight=5.0)
+    assert loaded.config.bce_loss_weight == 5.0
+    for (name, p), q in zip(saved.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(p, q), name
+
+    run_dir = tmp_path / "finetune"
+    command = [os.path.join(BIN, "torchrun"), "--nproc_per_node", "1", "--master_port", str(free_port()), "train_ds.py",
+               "--version", str(merged_dir), "--dataset_dir", str(toy_dir), "--precision", "fp32", "--workers", "0",
+               "--log_base_dir", str(tmp_path), "--exp_name", "finetune", "--epochs", "1", "--steps_per_epoch", "2",
+               "--batch_size", "2", "--grad_accumulation_steps", "1", "--bce_loss_weight", "5.0", "--no_eval"]
+    run(command)
+    out = tmp_path / "finetuned"
+    run([sys.executable, "merge_lora_weights.py", "--weight", str(run_dir / "ckpt_model"), "--save_path", str(out),
+         "--precision", "fp32"])
+    finetuned, _ = load_lisa(str(out))
+    assert finetuned.config.bce_loss_weight == 5.0
