@@ -58,6 +58,9 @@ def build_lisa_from_llava(
         llava_config=llava.config, sam_config=sam.config, seg_token_id=seg_token_id, **config_kwargs
     )
     model = LisaForCausalLM(config, llava=llava, sam=sam)
+    # Wrapping the loaded parts' configs in LisaConfig clears their resolved attention implementation, and a
+    # language model without one attends bidirectionally; set it once for the whole model, as loading does.
+    model.set_attn_implementation(config._attn_implementation)
     if dtype is not None:
         model.text_hidden_fcs.to(dtype)
     processor = LisaProcessor(llava_processor, sam_image_size=config.sam_config.vision_config.image_size)

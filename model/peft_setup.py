@@ -108,10 +108,6 @@ def load_for_training(
         if conv_type is not None:
             processor.set_chat_template(conv_type)
         return model, processor
-    model, processor = build_lisa_from_llava(
+    return build_lisa_from_llava(
         version, vision_pretrained, conv_type=conv_type or "llava_1_5", dtype=dtype, out_dim=out_dim, **loss_weights
     )
-    # The builder leaves the sub-models' attention implementation unset, which makes the language model's
-    # attention bidirectional; a saved folder loads with SDPA, so train with what inference will use.
-    model.set_attn_implementation("sdpa")
-    return model, processor

@@ -300,3 +300,18 @@ def test_training_init_keeps_the_pretrained_weights(tiny_dir):
             tensor = tensor[: len(processor.tokenizer) - 1]  # [SEG] is one new row
             assert model.llava.state_dict()[name].shape[0] == len(processor.tokenizer)
         torch.testing.assert_close(model.llava.state_dict()[name][: tensor.shape[0]], tensor, rtol=0, atol=0, msg=name)
+
+
+def test_training_init_behaves_like_its_saved_folder(tiny_dir, tmp_path):
+    """Same outputs before and after a save/load: catches e.g. a lost (causal) attention implementation."""
+    from model.builder import build_lisa_from_llava
+
+    model, processor = build_lisa_from_llava(str(tiny_dir / "llava"), str(tiny_dir / "sam"), out_dim=64)
+    save_lisa(model, processor, str(tmp_path / "built"))
+    loaded, _ = load_lisa(str(tmp_path / "built"))
+    item = processor.process_sample(random_image(11), [[user(), assistant("It is [SEG].")]], random_masks(11, 1), "b")
+    batch = processor.collate([item])
+    with torch.no_grad():
+        a, b = model.eval()(**batch), loaded.eval()(**batch)
+    torch.testing.assert_close(a.logits, b.logits)
+    torch.testing.assert_close(a.pred_masks[0], b.pred_masks[0])
