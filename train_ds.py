@@ -32,6 +32,7 @@ from model.inference import move_batch
 from model.peft_setup import count_parameters, load_for_training, setup_trainable
 from utils.checkpoint import read_best, read_pointer, save_checkpoint
 from utils.deepspeed_config import deepspeed_config
+from utils.metrics import format_table
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 LOSS_TERMS = ("loss", "ce_loss", "mask_bce_loss", "mask_dice_loss", "mask_loss")
@@ -168,7 +169,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.eval_only:
         summary = validate(model.to(device), processor, val_dataset, args)
         if rank == 0:
-            print(json.dumps(summary, indent=2))
+            print(format_table(summary, f"{args.val_dataset}: {args.version} ({args.val_mode})"))
+            print(f"val giou {summary['giou']:.4f} ciou {summary['ciou']:.4f}")
         return
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable()

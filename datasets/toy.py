@@ -490,23 +490,26 @@ class ToyWriter:
         write_json(self.path("llava_dataset", "llava_instruct_150k.json"), items)
 
 
-def generate(out: str, seed: int = 0, progress: bool = False, scale: float = 1.0) -> ToyTruth:
-    """Writes the toy corpus under `out` and returns its ground truth; `scale` multiplies image sizes."""
+def generate(out: str, seed: int = 0, progress: bool = False, scale: float = 1.0, train_factor: int = 1) -> ToyTruth:
+    """Writes the toy corpus under `out` and returns its ground truth; `scale` multiplies image sizes,
+    `train_factor` the number of training images of every family (a model trained on the default few dozen
+    memorises them instead of generalising to the val split)."""
     writer = ToyWriter(out, seed, scale)
-    unc = {"train": 12, "val": 6, "testA": 4, "testB": 4}
+    k = train_factor
+    unc = {"train": 12 * k, "val": 6, "testA": 4, "testB": 4}
     jobs = [
-        lambda: writer.reason_seg({"train": 40, "val": 100, "test": 60}),
+        lambda: writer.reason_seg({"train": 40 * k, "val": 100, "test": 60}),
         lambda: writer.refer_seg("refclef", unc, "unc", 1),
         lambda: writer.refer_seg("refcoco", unc, "unc", 1001),
         lambda: writer.refer_seg("refcoco+", unc, "unc", 2001),
-        lambda: writer.refer_seg("refcocog", {"train": 12, "val": 6, "test": 6}, "umd", 3001),
+        lambda: writer.refer_seg("refcocog", {"train": 12 * k, "val": 6, "test": 6}, "umd", 3001),
         lambda: writer.refer_seg("grefcoco", unc, "unc", 4001),
-        lambda: writer.label_maps("ade20k", 20),
-        lambda: writer.label_maps("cocostuff", 20),
-        lambda: writer.label_maps("mapillary", 20),
-        lambda: writer.parts("paco_lvis", 20),
-        lambda: writer.parts("pascal_part", 20),
-        lambda: writer.vqa(30),
+        lambda: writer.label_maps("ade20k", 20 * k),
+        lambda: writer.label_maps("cocostuff", 20 * k),
+        lambda: writer.label_maps("mapillary", 20 * k),
+        lambda: writer.parts("paco_lvis", 20 * k),
+        lambda: writer.parts("pascal_part", 20 * k),
+        lambda: writer.vqa(30 * k),
     ]
     for job in tqdm(jobs, desc="toy corpus", disable=not progress):
         job()
@@ -518,8 +521,10 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="folder to write the corpus into (the --dataset_dir of the scripts)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the scenes")
     parser.add_argument("--scale", type=float, default=1.0, help="image size factor (12 gives ~1024-px images)")
+    parser.add_argument("--train_factor", type=int, default=1,
+                        help="multiplies the number of training images of every family (val/test unchanged)")
     args = parser.parse_args()
-    generate(args.out, args.seed, progress=True, scale=args.scale)
+    generate(args.out, args.seed, progress=True, scale=args.scale, train_factor=args.train_factor)
     print(f"toy corpus written to {args.out}")
 
 

@@ -117,6 +117,9 @@ def build_sam(seed: int = 0) -> SamModel:
             hidden_size=SAM_WIDTH, output_channels=SAM_WIDTH, num_hidden_layers=2, num_attention_heads=2,
             image_size=SAM_IMAGE_SIZE, patch_size=SAM_PATCH_SIZE, window_size=4, global_attn_indexes=[1],
             mlp_dim=2 * SAM_WIDTH, num_pos_feats=SAM_WIDTH // 2,
+            # SamVisionConfig's default (1e-10, for a model always loaded from weights) leaves a random encoder
+            # at ~0: its features carry nothing and it barely trains. Use the usual 0.02.
+            initializer_range=0.02,
         ),
         prompt_encoder_config=SamPromptEncoderConfig(
             hidden_size=SAM_WIDTH, image_size=SAM_IMAGE_SIZE, patch_size=SAM_PATCH_SIZE, mask_input_channels=4
