@@ -45,11 +45,15 @@ def generate_predictor(model: LisaForCausalLM, processor: LisaProcessor, max_new
     answer without `[SEG]` predicts an empty mask."""
 
     def predict(samples: list[Any]) -> list[list[np.ndarray]]:
-        # One generation row per query; the prompt is the conversation without its "[SEG]." answer.
-        rows = [(s, c[:-1]) for s in samples for c in s.conversations]
-        answers = answer(model, processor, [s.image for s, _ in rows], [c for _, c in rows], max_new_tokens=max_new_tokens)
+        # One generation row per query, sharing its image; the prompt is the conversation without its "[SEG]." answer.
+        rows = [(i, c[:-1]) for i, s in enumerate(samples) for c in s.conversations]
+        answers = answer(
+            model, processor, [s.image for s in samples], [c for _, c in rows], image_index=[i for i, _ in rows],
+            max_new_tokens=max_new_tokens,
+        )
         masks = [
-            a.masks[0].numpy() if a.masks else np.zeros(s.image.shape[:2], dtype=bool) for (s, _), a in zip(rows, answers)
+            a.masks[0].numpy() if a.masks else np.zeros(samples[i].image.shape[:2], dtype=bool)
+            for (i, _), a in zip(rows, answers)
         ]
         per_sample, start = [], 0
         for s in samples:

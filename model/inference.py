@@ -10,7 +10,9 @@ import torch
 from model.lisa import LisaForCausalLM
 from model.processing import LisaProcessor
 
-GENERATE_INPUTS = ("input_ids", "attention_mask", "pixel_values", "sam_pixel_values", "resized_sizes", "original_sizes")
+GENERATE_INPUTS = (
+    "input_ids", "attention_mask", "pixel_values", "sam_pixel_values", "resized_sizes", "original_sizes", "image_index",
+)
 
 
 @dataclass
@@ -38,23 +40,37 @@ def answer(
     processor: LisaProcessor,
     images: list[np.ndarray],
     conversations: list[list[dict[str, str]]],
+    image_index: list[int] | None = None,
     max_new_tokens: int = 512,
     **generate_kwargs,
 ) -> list[Answer]:
     """Generates the next assistant turn of each conversation, batched with left padding.
 
     Args:
-        images: (H, W, 3) uint8 RGB, one per conversation.
+        images: (H, W, 3) uint8 RGB.
         conversations: chat messages ending with a user turn; the first user turn holds `<image>`.
+        image_index: the image of each conversation; None means one image per conversation, in order. Several
+            conversations about one image share its image preprocessing and SAM embedding.
+
+    Returns:
+        one `Answer` per conversation, in the order given.
     """
+    if image_index is None:
+        image_index = list(range(len(conversations)))
+    # Batch rows come out grouped by image; remember where each conversation went.
+    rows = [c for i in range(len(images)) for c, j in enumerate(image_index) if j == i]
     items = [
-        processor.process_sample(image, [conversation], add_generation_prompt=True)
-        for image, conversation in zip(images, conversations)
+        processor.process_sample(image, [conversations[c] for c, j in enumerate(image_index) if j == i], add_generation_prompt=True)
+        for i, image in enumerate(images)
     ]
     batch = processor.collate(items, padding_side="left")
     batch = move_batch({k: batch[k] for k in GENERATE_INPUTS}, model.device, model.dtype)
     predictions = model.generate(**batch, max_new_tokens=max_new_tokens, **generate_kwargs)
-    return [
-        Answer(text=processor.decode_answer(p.token_ids), token_ids=p.token_ids, masks=[m.cpu() for m in p.masks])
-        for p in predictions
-    ]
+    answers = [None] * len(conversations)
+    for row, prediction in zip(rows, predictions):
+        answers[row] = Answer(
+            text=processor.decode_answer(prediction.token_ids),
+            token_ids=prediction.token_ids,
+            masks=[m.cpu() for m in prediction.masks],
+        )
+    return answers

@@ -268,28 +268,33 @@ class LisaForCausalLM(PreTrainedModel):
         sam_pixel_values: torch.Tensor,
         resized_sizes: torch.LongTensor,
         original_sizes: torch.LongTensor,
+        image_index: torch.LongTensor | None = None,
         max_new_tokens: int = 512,
         **generate_kwargs,
     ) -> list[LisaPrediction]:
-        """Answers B prompts (left-padded), one image each, with the KV cache on.
+        """Answers B prompts (left-padded) about N images, with the KV cache on.
 
         The hidden states `[SEG]` needs are collected while generating: the first step yields the prompt's,
-        each later step the one of the token it consumed, so no second pass over the sequence is run.
+        each later step the one of the token it consumed, so no second pass over the sequence is run. SAM
+        encodes each image once, however many prompts are about it.
 
         Args:
             input_ids: (B, L) prompts ending with the assistant prefix, left padded.
-            pixel_values, sam_pixel_values, resized_sizes, original_sizes: row b's image (see `forward`).
+            pixel_values, sam_pixel_values, resized_sizes, original_sizes: the N images (see `forward`).
+            image_index: (B,) the image of each prompt; None means prompt b is about image b.
             generate_kwargs: passed to `LlavaForConditionalGeneration.generate` (greedy by default).
 
         Returns:
             per prompt: the generated ids (cut after the end-of-turn token) and one (H, W) bool mask per `[SEG]`.
         """
+        if image_index is None:
+            image_index = torch.arange(input_ids.shape[0], device=input_ids.device)
         prompt_length = input_ids.shape[1]
         generate_kwargs.setdefault("do_sample", False)
         out = self.llava.generate(
             input_ids=input_ids,
             attention_mask=attention_mask,
-            pixel_values=pixel_values.to(self.llava.dtype),
+            pixel_values=pixel_values[image_index].to(self.llava.dtype),
             max_new_tokens=max_new_tokens,
             use_cache=True,
             output_hidden_states=True,
@@ -304,13 +309,13 @@ class LisaForCausalLM(PreTrainedModel):
         eos_ids = set(eos_ids if isinstance(eos_ids, list) else [eos_ids])
 
         results = []
-        for b, tokens in enumerate(new_tokens.tolist()):
+        for b, (tokens, i) in enumerate(zip(new_tokens.tolist(), image_index.tolist())):
             end = next((j + 1 for j, t in enumerate(tokens) if t in eos_ids), len(tokens))
             tokens = tokens[:end]
             # [SEG] generated at new position j sits at prompt_length + j; its query is the position before.
             positions = [prompt_length + j - 1 for j, t in enumerate(tokens) if t == self.config.seg_token_id]
             queries = self.text_hidden_fcs(hidden_states[b, positions])
-            logits = self.decode_masks(image_embeddings[b], queries, resized_sizes[b].tolist(), original_sizes[b].tolist())
+            logits = self.decode_masks(image_embeddings[i], queries, resized_sizes[i].tolist(), original_sizes[i].tolist())
             results.append(LisaPrediction(token_ids=tokens, masks=list(logits > 0)))
         return results
 

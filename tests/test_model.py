@@ -315,3 +315,17 @@ def test_training_init_behaves_like_its_saved_folder(tiny_dir, tmp_path):
         a, b = model.eval()(**batch), loaded.eval()(**batch)
     torch.testing.assert_close(a.logits, b.logits)
     torch.testing.assert_close(a.pred_masks[0], b.pred_masks[0])
+
+
+def test_prompts_sharing_an_image_equal_separate_images(lisa):
+    """Several questions about one image (SAM runs once) answer exactly as with the image repeated per question."""
+    model, processor = lisa
+    image = random_image(12)
+    questions = [[user()], [user("<image>\nWhere is the blue square? Please output segmentation mask.")]]
+    prompt_length = generate_inputs(processor, [image, image], [q[0]["content"] for q in questions])["input_ids"].shape[1]
+    force = LogitsProcessorList([ForceTokens(prompt_length, {1: processor.seg_token_id, 3: processor.tokenizer.eos_token_id})])
+    shared = answer(model, processor, [image], questions, image_index=[0, 0], max_new_tokens=5, logits_processor=force)
+    separate = answer(model, processor, [image, image], questions, max_new_tokens=5, logits_processor=force)
+    for a, b in zip(shared, separate):
+        assert a.token_ids == b.token_ids and len(a.masks) == 1
+        assert torch.equal(a.masks[0], b.masks[0])
