@@ -3,6 +3,7 @@
     deepspeed train_ds.py --version llava-hf/llava-1.5-7b-hf --vision_pretrained sam_vit_h_4b8939.pth \\
         --dataset_dir ./dataset --exp_name lisa-7b
     torchrun --standalone --nproc_per_node 2 train_ds.py ...
+    python train_ds.py ...          # one process, no launcher
 
 `--version` is a LLaVA base (llava-hf layout) or a trained LISA folder (fine-tuning: nothing is re-initialised,
 the loss weights come from the flags). Logs, TensorBoard events and checkpoints go to
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import time
 
 import deepspeed
@@ -151,6 +153,12 @@ def validate(model, processor, val_dataset, args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if "RANK" not in os.environ:
+        # Plain `python train_ds.py`: a one-process group of our own (DeepSpeed would otherwise look for MPI).
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     deepspeed.init_distributed()  # gloo on CPU, nccl on CUDA; reads the launcher's (deepspeed / torchrun) variables
     rank, world = dist.get_rank(), dist.get_world_size()
     device = torch.device(deepspeed.get_accelerator().device_name(int(os.environ.get("LOCAL_RANK", 0))))
