@@ -296,3 +296,22 @@ def test_a_short_toy_run_learns(tiny_dir, tmp_path):
                       "--grad_accumulation_steps", "1", "--warmup_steps", "50", "--epochs", "1", "--steps_per_epoch", "900"))
     trained_giou = json.loads((run_dir / "ckpt_model" / "best.json").read_text())["giou"]
     assert trained_giou > untrained_giou + 0.08, (untrained_giou, trained_giou)
+
+
+@pytest.mark.slow
+# Not --safe_serialization: zero_to_fp32 then refuses SAM's tied positional embedding (shared memory).
+@pytest.mark.parametrize("extra", [[], ["--max_shard_size", "500KB"]], ids=["bin", "sharded"])
+def test_merge_from_zero_to_fp32_output(reference_run, merged_dir, tmp_path, extra):
+    """DeepSpeed's own export (now a folder, possibly sharded) merges to the same model as the checkpoint itself."""
+    ckpt = reference_run / "ckpt_model"
+    consolidated = tmp_path / "fp32"
+    run([sys.executable, str(ckpt / "zero_to_fp32.py"), str(ckpt), str(consolidated), *extra])
+    if extra:
+        assert len(list(consolidated.glob("*.bin"))) > 1 and list(consolidated.glob("*.index.json"))
+    out = tmp_path / "merged"
+    run([sys.executable, "merge_lora_weights.py", "--weight", str(consolidated), "--train_args", str(ckpt / "train_args.json"),
+         "--save_path", str(out), "--precision", "fp32"])
+    expected, _ = load_lisa(str(merged_dir))
+    actual, _ = load_lisa(str(out))
+    for (name, p), q in zip(expected.state_dict().items(), actual.state_dict().values()):
+        assert torch.equal(p, q), name
