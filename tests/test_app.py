@@ -171,6 +171,8 @@ def test_bad_input_shows_message_and_server_keeps_serving(page, tmp_path):
 
     # A PNG cut in half: its header reads (so the upload is accepted), its pixels do not.
     page.locator("#clear").click()
+    # Clearing is a round trip to the server: uploading before it is back would have the upload cleared.
+    expect(page.locator("#image_in img")).to_have_count(0)
     truncated = tmp_path / "truncated.png"
     truncated.write_bytes(toy_image(tmp_path / "whole.png").read_bytes()[:200])
     page.locator("#image_in input[type=file]").set_input_files(str(truncated))
