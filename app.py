@@ -102,6 +102,8 @@ def build_demo(model: LisaForCausalLM, processor: LisaProcessor, max_new_tokens:
             "Upload an image and ask about it; every `[SEG]` in the answer becomes a mask, overlaid in its own "
             "colour. Follow-up questions continue the conversation; a new image or **Clear** starts over."
         )
+        # Per browser tab. gr.State deep-copies only its initial value (None): the model inside a
+        # Conversation is shared, never copied.
         conversation = gr.State(None)
         with gr.Row():
             with gr.Column():

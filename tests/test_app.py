@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import socket
@@ -17,9 +18,17 @@ from PIL import Image, ImageDraw
 
 from lisa_fixtures import write_seg_emitter
 
-pytestmark = pytest.mark.slow
-
 CHROMIUM = "/usr/bin/chromium"
+MISSING = [name for name in ("gradio", "playwright") if importlib.util.find_spec(name) is None]
+MISSING += [] if os.path.exists(CHROMIUM) else [CHROMIUM]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        bool(MISSING),
+        reason=f"the web demo test needs {', '.join(MISSING)}: pip install -r requirements-demo.txt; "
+        "apt-get install chromium (.ci/system-deps does)",
+    ),
+]
 # No internet here or in CI: nothing in Chromium may phone home (or wait on a network that is not there).
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -52,7 +61,6 @@ def toy_image(path: Path) -> Path:
 def server(tiny_dir, tmp_path_factory) -> Iterator[str]:
     """URL of `app.py` serving a tiny model that always emits [SEG] (a random tiny model rarely does, and the
     test needs masks to check the overlay and the PNG downloads)."""
-    pytest.importorskip("gradio", reason="the demo needs gradio: pip install -r requirements-demo.txt")
     tmp = tmp_path_factory.mktemp("app")
     version = write_seg_emitter(str(tiny_dir / "lisa"), str(tmp / "seg_emitter"))
     port = free_port()
@@ -92,10 +100,9 @@ def server(tiny_dir, tmp_path_factory) -> Iterator[str]:
 @pytest.fixture
 def page(server, tmp_path):
     """A fresh headless Chromium page (own user-data folder) on the demo; fails on requests leaving the machine."""
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"no {CHROMIUM}: apt-get install chromium (.ci/system-deps does)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright: pip install -r requirements-demo.txt")
-    with sync_api.sync_playwright() as playwright:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
         context = playwright.chromium.launch_persistent_context(
             str(tmp_path / "chromium-profile"), executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True,
             viewport={"width": 1280, "height": 900},
