@@ -59,20 +59,25 @@ class Conversation:
         self.image_path: str | None = None
 
 
+def user_error(message: str) -> gr.Error:
+    """A message for the page about a bad request (no traceback in the server log: nothing went wrong there)."""
+    return gr.Error(message, print_exception=False)
+
+
 def build_demo(model: LisaForCausalLM, processor: LisaProcessor, max_new_tokens: int, vis_save_path: str) -> gr.Blocks:
     def ask(image_path: str | None, prompt: str, conversation: Conversation | None, history: list[dict]):
         # Checked here rather than by ChatSession so that a bad request does not end the conversation.
         if image_path is None:
-            raise gr.Error("No image: please upload an image first.")
+            raise user_error("No image: please upload an image first.")
         if not prompt or not prompt.strip():
-            raise gr.Error("Empty prompt: please type a question.")
+            raise user_error("Empty prompt: please type a question.")
         if conversation is None or conversation.image_path != image_path:
             try:
                 image = load_image(image_path)
             except ValueError as error:  # ImageError: not an image, truncated, ...
                 # Named as uploaded, not by its path on the server.
                 message = str(error).replace(image_path, os.path.basename(image_path))
-                raise gr.Error(f"Cannot read the uploaded image: {message}") from None
+                raise user_error(f"Cannot read the uploaded image: {message}") from None
             conversation = Conversation(model, processor, max_new_tokens)
             conversation.session.set_image(image)
             conversation.image_path, history = image_path, []
@@ -80,7 +85,7 @@ def build_demo(model: LisaForCausalLM, processor: LisaProcessor, max_new_tokens:
         try:
             turn = session.ask(prompt)
         except ValueError as error:  # e.g. a prompt that was only the image placeholder
-            raise gr.Error(str(error)) from None
+            raise user_error(str(error)) from None
         masks = [m.numpy() for m in turn.answer.masks]
         # A folder per conversation: its mask numbers restart at 0.
         out_dir = tempfile.mkdtemp(prefix="conversation_", dir=vis_save_path)
