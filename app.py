@@ -65,7 +65,10 @@ def user_error(message: str) -> gr.Error:
 
 
 def build_demo(model: LisaForCausalLM, processor: LisaProcessor, max_new_tokens: int, vis_save_path: str) -> gr.Blocks:
-    def ask(image_path: str | None, prompt: str, conversation: Conversation | None, history: list[dict]):
+    def ask(
+        image_path: str | None, prompt: str, conversation: Conversation | None, history: list[dict]
+    ) -> tuple[Conversation, list[dict], np.ndarray, list[str] | None, str]:
+        """One question: (conversation, chat shown, overlay of the answer's masks, PNG paths, emptied prompt)."""
         # Checked here rather than by ChatSession so that a bad request does not end the conversation.
         if image_path is None:
             raise user_error("No image: please upload an image first.")
@@ -87,7 +90,7 @@ def build_demo(model: LisaForCausalLM, processor: LisaProcessor, max_new_tokens:
         except ValueError as error:  # e.g. a prompt that was only the image placeholder
             raise user_error(str(error)) from None
         masks = [m.numpy() for m in turn.answer.masks]
-        # A folder per conversation: its mask numbers restart at 0.
+        # A folder per answer: every tab's conversation numbers its masks from 0, so names repeat across tabs.
         out_dir = tempfile.mkdtemp(prefix="conversation_", dir=vis_save_path)
         paths = save_masks(session.image, masks, out_dir, "image", turn.first_mask_index)
         shown: np.ndarray = session.image
