@@ -137,6 +137,17 @@ class RangeSampler(Sampler[int]):
         return len(self.indices)
 
 
+def touch_all(params: list[torch.Tensor]) -> torch.Tensor:
+    """A zero that depends on every trainable parameter.
+
+    ZeRO-2 reduces gradients across ranks bucket by bucket as backward produces them, so every rank must produce
+    a gradient for the same parameters. A micro-batch without any [SEG] (e.g. only VQA) never runs SAM's mask
+    decoder; added to the loss, this zero gives those parameters a zero gradient instead of none, and the
+    ranks' collectives stay in step.
+    """
+    return 0.0 * sum(p.view(-1)[0] for p in params)
+
+
 def mean_over_ranks(values: dict[str, float], device: torch.device) -> dict[str, float]:
     tensor = torch.tensor(list(values.values()), dtype=torch.float64, device=device)
     dist.all_reduce(tensor)
@@ -211,6 +222,8 @@ def main(argv: list[str] | None = None) -> None:
         model=model, model_parameters=[p for p in model.parameters() if p.requires_grad], config=ds_config
     )
 
+    trainable_params = [p for p in engine.module.parameters() if p.requires_grad]
+
     # ---- resume: DeepSpeed restores weights, optimizer, scheduler and its step counter; the step fixes the data
     best = read_best(ckpt_dir)
     if args.auto_resume and (tag := read_pointer(ckpt_dir)) is not None:
@@ -246,7 +259,7 @@ def main(argv: list[str] | None = None) -> None:
                 batch = next(batches)
                 skipped += sum(len(files) for files in batch.pop("skipped"))
                 output = engine(**move_batch(batch, device, dtype))
-                engine.backward(output.loss)
+                engine.backward(output.loss + touch_all(trainable_params))
                 engine.step()  # applies the optimizer at the accumulation boundary only
                 for name in LOSS_TERMS:
                     value = getattr(output, name)
