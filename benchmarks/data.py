@@ -1,7 +1,7 @@
 """Data loading speed: samples/s of the hybrid loader (decode + masks + SAM/CLIP preprocessing + tokenization)
 with 0 and 2 DataLoader workers on ~1024-px images, and the SAM + CLIP preprocessing cost of one 1024-px image.
 
-    python benchmarks/data.py [--dataset_dir DIR] [--samples 200]
+    python -m benchmarks.data [--dataset_dir DIR] [--samples 200]
 
 Without `--dataset_dir` it writes the toy corpus at 12x scale (images of 768-1152 px) into a temporary folder.
 The processor is the tiny model's tokenizer with real image sizes: SAM 1024, CLIP 336 (llava-1.5).
@@ -12,19 +12,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from datasets import HybridDataset, LisaCollator  # noqa: E402
-from datasets.toy import generate  # noqa: E402
-from model.processing import LisaProcessor  # noqa: E402
-from model.tiny import write_tiny  # noqa: E402
+from datasets import HybridDataset, LisaCollator
+from datasets.toy import generate
+from model.processing import LisaProcessor
+from model.tiny import write_tiny
 
 
 def real_size_processor(folder: str) -> LisaProcessor:

@@ -1,7 +1,7 @@
 """Training-step speed and memory: samples/s and peak memory of one optimizer step of LISA's trainable setup
 (LoRA + fully trained modules), tiny model, with and without gradient checkpointing.
 
-    python benchmarks/train_step.py [--batch_size 4] [--steps 20] [--threads 2]
+    python -m benchmarks.train_step [--batch_size 4] [--steps 20] [--threads 2]
 
 Runs in-process with torch's AdamW (DeepSpeed's ZeRO-2 step on one CPU process adds little to this), on
 synthetic toy-like batches: 64-96 px images, three conversations per image, one [SEG] each. Peak memory is
@@ -20,14 +20,13 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from model.inference import move_batch  # noqa: E402
-from model.peft_setup import load_for_training, setup_trainable  # noqa: E402
-from model.tiny import write_tiny  # noqa: E402
+from model.inference import move_batch
+from model.peft_setup import load_for_training, setup_trainable
+from model.tiny import write_tiny
 
 
 def make_batch(processor, batch_size: int, rng: np.random.Generator) -> dict:
@@ -92,7 +91,7 @@ def main() -> None:
         print(f"tiny LISA, batch {args.batch_size} images x 3 conversations, {args.threads} thread(s), median of {args.steps} steps")
         print(f"{'gradient checkpointing':>24} {'secs/step':>10} {'samples/s':>10} {'peak MiB':>10}")
         for checkpointing in (False, True):
-            command = [sys.executable, __file__, "--batch_size", str(args.batch_size), "--steps", str(args.steps),
+            command = [sys.executable, "-m", "benchmarks.train_step", "--batch_size", str(args.batch_size), "--steps", str(args.steps),
                        "--threads", str(args.threads), "--child", f"{tiny}:{int(checkpointing)}"]
             out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
             result = json.loads(out.strip().splitlines()[-1])
