@@ -18,7 +18,6 @@ import time
 import numpy as np
 import torch
 
-
 from datasets import HybridDataset, LisaCollator
 from datasets.toy import generate
 from model.processing import LisaProcessor
