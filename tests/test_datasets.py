@@ -33,9 +33,6 @@ from datasets.common import sample_rng
 from datasets.templates import ANSWER_LIST, EXPLANATORY_QUESTION_LIST, LONG_QUESTION_LIST, SHORT_QUESTION_LIST
 from datasets.toy import generate
 
-# pycocotools 2.0.x under numpy 2 warns on every decode; nothing to act on here.
-pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
-
 REFER_SETS = ("refclef", "refcoco", "refcoco+", "refcocog", "grefcoco")
 SEM_SEG_SETS = ("ade20k", "cocostuff", "mapillary", "paco_lvis", "pascal_part")
 
