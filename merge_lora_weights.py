@@ -83,7 +83,7 @@ def model_settings(args: argparse.Namespace) -> dict:
         with open(path) as f:
             settings = {k: v for k, v in json.load(f).items() if k in MODEL_ARGS}
     settings.update({k: getattr(args, k) for k in MODEL_ARGS if getattr(args, k) is not None})
-    defaults = {"vision_pretrained": None, "conv_type": None, "out_dim": 256, "lora_r": 8, "lora_alpha": 16,
+    defaults = {"vision_pretrained": None, "conv_type": None, "out_dim": None, "lora_r": 8, "lora_alpha": 16,
                 "lora_dropout": 0.05, "lora_target_modules": "q_proj,v_proj", "train_sam_encoder": False,
                 "ce_loss_weight": 1.0, "bce_loss_weight": 2.0, "dice_loss_weight": 0.5}
     settings = {**defaults, **settings}

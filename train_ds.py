@@ -59,8 +59,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                             "unused when --version is a LISA folder")
     model.add_argument("--conv_type", default=None, choices=sorted(CHAT_TEMPLATES),
                        help="conversation format (default: llava_1_5 for a LLaVA base, the folder's own for LISA)")
-    model.add_argument("--out_dim", type=int, default=256,
-                       help="width of SAM's prompt embeddings, the [SEG] projection's output (LLaVA base only)")
+    model.add_argument("--out_dim", type=int, default=None,
+                       help="output width of the [SEG] projection; must equal SAM's prompt width (default: read from "
+                            "the SAM weights, 256 for the released SAM; LLaVA base only)")
     model.add_argument("--precision", default="bf16", choices=sorted(DTYPES), help="training precision")
     add_switch(model, "gradient_checkpointing", True, "recompute activations in the backward pass to save memory")
 

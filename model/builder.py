@@ -38,6 +38,7 @@ def build_lisa_from_llava(
     sam_path: str,
     conv_type: str = "llava_1_5",
     dtype: torch.dtype | None = None,
+    out_dim: int | None = None,
     **config_kwargs,
 ) -> tuple[LisaForCausalLM, LisaProcessor]:
     """A LISA model to train, from a LLaVA base (llava-hf layout) and SAM weights.
@@ -46,16 +47,22 @@ def build_lisa_from_llava(
         llava_path: hub id or folder of a `LlavaForConditionalGeneration`, e.g. `llava-hf/llava-1.5-7b-hf`.
         sam_path: a `SamModel` folder or hub id, or a `sam_vit_h_4b8939.pth`-style file in the original layout.
         conv_type: conversation format (`model.conversation.CHAT_TEMPLATES`).
-        config_kwargs: `LisaConfig` fields (`out_dim`, loss weights).
+        out_dim: output width of the new `[SEG]` projection; it must be SAM's prompt width (the default; 256
+            for the released SAM).
+        config_kwargs: other `LisaConfig` fields (loss weights).
     """
     llava_processor = AutoProcessor.from_pretrained(llava_path)
     seg_token_id = add_seg_token(llava_processor.tokenizer)
     llava = LlavaForConditionalGeneration.from_pretrained(llava_path, dtype=dtype)
     llava.resize_token_embeddings(len(llava_processor.tokenizer))
     sam = load_sam(sam_path, dtype=dtype)
+    prompt_width = sam.config.prompt_encoder_config.hidden_size
+    if out_dim not in (None, prompt_width):
+        raise ValueError(f"out_dim {out_dim} must equal the prompt width {prompt_width} of the SAM in {sam_path}")
 
     config = LisaConfig(
-        llava_config=llava.config, sam_config=sam.config, seg_token_id=seg_token_id, **config_kwargs
+        llava_config=llava.config, sam_config=sam.config, seg_token_id=seg_token_id, out_dim=prompt_width,
+        **config_kwargs,
     )
     model = LisaForCausalLM(config, llava=llava, sam=sam)
     # Wrapping the loaded parts' configs in LisaConfig clears their resolved attention implementation, and a

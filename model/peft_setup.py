@@ -89,7 +89,7 @@ def load_for_training(
     vision_pretrained: str,
     conv_type: str | None = None,
     dtype: torch.dtype | None = None,
-    out_dim: int = 256,
+    out_dim: int | None = None,
     **loss_weights: float,
 ) -> tuple[LisaForCausalLM, LisaProcessor]:
     """The model a training run starts from, and its processor.
@@ -99,7 +99,8 @@ def load_for_training(
             `vision_pretrained`; or a trained LISA folder: restored exactly, nothing re-initialised and
             `vision_pretrained` unused (its SAM is part of it).
         conv_type: conversation format; None keeps the base's (llava_1_5) or the folder's own.
-        out_dim: width of SAM's prompt embeddings, the new projection's output (LLaVA base only).
+        out_dim: width of SAM's prompt embeddings, the new projection's output (LLaVA base only; default:
+            read from the SAM weights).
         loss_weights: `ce_loss_weight`, `bce_loss_weight`, `dice_loss_weight` — they replace a LISA folder's
             saved weights, so fine-tuning uses the flags.
     """

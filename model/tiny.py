@@ -137,7 +137,7 @@ def write_tiny(out: str, seed: int = 0) -> None:
     llava_processor.save_pretrained(os.path.join(out, "llava"))
     build_sam(seed).save_pretrained(os.path.join(out, "sam"))
     torch.manual_seed(seed)
-    model, processor = build_lisa_from_llava(os.path.join(out, "llava"), os.path.join(out, "sam"), out_dim=SAM_WIDTH)
+    model, processor = build_lisa_from_llava(os.path.join(out, "llava"), os.path.join(out, "sam"))
     save_lisa(model, processor, os.path.join(out, "lisa"))
 
 

@@ -329,3 +329,13 @@ def test_prompts_sharing_an_image_equal_separate_images(lisa):
     for a, b in zip(shared, separate):
         assert a.token_ids == b.token_ids and len(a.masks) == 1
         assert torch.equal(a.masks[0], b.masks[0])
+
+
+def test_projection_width_comes_from_sam(tiny_dir):
+    from model.builder import build_lisa_from_llava
+
+    model, _ = build_lisa_from_llava(str(tiny_dir / "llava"), str(tiny_dir / "sam"))
+    assert model.config.out_dim == model.config.sam_config.prompt_encoder_config.hidden_size == 64
+    assert model.text_hidden_fcs[2].out_features == 64
+    with pytest.raises(ValueError, match="out_dim 256 must equal the prompt width 64"):
+        build_lisa_from_llava(str(tiny_dir / "llava"), str(tiny_dir / "sam"), out_dim=256)
