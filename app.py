@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 
 # Before gradio is imported: no telemetry and no version check against api.gradio.app (the demo must start
@@ -22,9 +21,8 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
 
-from model.conversation import CHAT_TEMPLATES  # noqa: E402
 from model.lisa import LisaForCausalLM  # noqa: E402
-from model.loading import PRECISIONS, load_for_inference  # noqa: E402
+from model.loading import add_model_arguments, load_from_arguments  # noqa: E402
 from model.processing import LisaProcessor, load_image  # noqa: E402
 from model.session import ChatSession  # noqa: E402
 from utils.vis import mask_colour, overlay, save_masks  # noqa: E402
@@ -39,14 +37,9 @@ EXAMPLES = [
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--version", required=True, help="trained LISA folder")
+    add_model_arguments(parser)
     parser.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0: every interface)")
     parser.add_argument("--port", type=int, default=7860, help="port to serve on")
-    parser.add_argument("--precision", default="bf16", choices=list(PRECISIONS), help="weights' precision")
-    parser.add_argument("--load_in_8bit", action="store_true", help="quantise the language model to 8 bits (bitsandbytes, CUDA)")
-    parser.add_argument("--load_in_4bit", action="store_true", help="quantise the language model to 4-bit NF4 (bitsandbytes, CUDA)")
-    parser.add_argument("--max_new_tokens", type=int, default=512, help="longest answer, in tokens")
-    parser.add_argument("--conv_type", choices=list(CHAT_TEMPLATES), help="conversation format (default: the model folder's)")
     parser.add_argument("--vis_save_path", help="folder for the mask and overlay PNGs (default: a new temporary folder)")
     return parser.parse_args(argv)
 
@@ -137,12 +130,7 @@ def build_demo(model: LisaForCausalLM, processor: LisaProcessor, max_new_tokens:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    try:
-        model, processor = load_for_inference(
-            args.version, args.precision, args.load_in_8bit, args.load_in_4bit, conv_type=args.conv_type
-        )
-    except (OSError, RuntimeError, ValueError) as error:
-        sys.exit(f"cannot load {args.version}: {error}")
+    model, processor = load_from_arguments(args)
     vis_save_path = args.vis_save_path or tempfile.mkdtemp(prefix="lisa_demo_")
     os.makedirs(vis_save_path, exist_ok=True)
     demo = build_demo(model, processor, args.max_new_tokens, vis_save_path)

@@ -18,8 +18,7 @@ import argparse
 import os
 import sys
 
-from model.conversation import CHAT_TEMPLATES
-from model.loading import PRECISIONS, load_for_inference
+from model.loading import add_model_arguments, load_from_arguments
 from model.processing import ImageError, load_image
 from model.session import ChatSession
 from utils.vis import save_masks
@@ -27,13 +26,8 @@ from utils.vis import save_masks
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--version", required=True, help="trained LISA folder")
+    add_model_arguments(parser)
     parser.add_argument("--vis_save_path", default="./vis_output", help="folder for the mask and overlay PNGs")
-    parser.add_argument("--precision", default="bf16", choices=list(PRECISIONS), help="weights' precision")
-    parser.add_argument("--load_in_8bit", action="store_true", help="quantise the language model to 8 bits (bitsandbytes, CUDA)")
-    parser.add_argument("--load_in_4bit", action="store_true", help="quantise the language model to 4-bit NF4 (bitsandbytes, CUDA)")
-    parser.add_argument("--max_new_tokens", type=int, default=512, help="longest answer, in tokens")
-    parser.add_argument("--conv_type", choices=list(CHAT_TEMPLATES), help="conversation format (default: the model folder's)")
     parser.add_argument("--image", help="one-shot: the image to ask about (with --prompt)")
     parser.add_argument("--prompt", help="one-shot: the question (with --image)")
     args = parser.parse_args(argv)
@@ -101,12 +95,7 @@ def main(argv: list[str] | None = None) -> None:
             image = load_image(args.image)
         except ImageError as error:
             sys.exit(str(error))
-    try:
-        model, processor = load_for_inference(
-            args.version, args.precision, args.load_in_8bit, args.load_in_4bit, conv_type=args.conv_type
-        )
-    except (OSError, RuntimeError, ValueError) as error:
-        sys.exit(f"cannot load {args.version}: {error}")
+    model, processor = load_from_arguments(args)
     session = ChatSession(model, processor, args.max_new_tokens)
     if args.prompt is None:
         interact(session, args.vis_save_path)

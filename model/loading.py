@@ -3,12 +3,15 @@ optional bitsandbytes quantisation."""
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import os
+import sys
 
 import torch
 
 from model.builder import load_lisa
+from model.conversation import CHAT_TEMPLATES
 from model.lisa import LisaForCausalLM
 from model.processing import LisaProcessor
 
@@ -78,3 +81,21 @@ def load_for_inference(
     if conv_type is not None:
         processor.set_chat_template(conv_type)
     return model.eval(), processor
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, max_new_tokens: int = 512) -> None:
+    """The flags every script that answers with a trained model shares (`chat.py`, `app.py`)."""
+    parser.add_argument("--version", required=True, help="trained LISA folder")
+    parser.add_argument("--precision", default="bf16", choices=list(PRECISIONS), help="weights' precision")
+    parser.add_argument("--load_in_8bit", action="store_true", help="quantise the language model to 8 bits (bitsandbytes, CUDA)")
+    parser.add_argument("--load_in_4bit", action="store_true", help="quantise the language model to 4-bit NF4 (bitsandbytes, CUDA)")
+    parser.add_argument("--max_new_tokens", type=int, default=max_new_tokens, help="longest answer, in tokens")
+    parser.add_argument("--conv_type", choices=list(CHAT_TEMPLATES), help="conversation format (default: the model folder's)")
+
+
+def load_from_arguments(args: argparse.Namespace) -> tuple[LisaForCausalLM, LisaProcessor]:
+    """`load_for_inference` with `add_model_arguments`' flags; a folder that cannot be loaded exits with why."""
+    try:
+        return load_for_inference(args.version, args.precision, args.load_in_8bit, args.load_in_4bit, conv_type=args.conv_type)
+    except (OSError, RuntimeError, ValueError) as error:
+        sys.exit(f"cannot load {args.version}: {error}")
