@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw
 
-from lisa_fixtures import write_seg_emitter
+from tests.lisa_fixtures import write_seg_emitter
 
 CHROMIUM = "/usr/bin/chromium"
 MISSING = [name for name in ("gradio", "playwright") if importlib.util.find_spec(name) is None]

@@ -15,7 +15,6 @@ import io
 import json
 import re
 import types
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +30,7 @@ from model.conversation import LLAVA_V1_SYSTEM
 from model.convert_lisa import CONV_TYPE, NotReleasedLisaError, convert_lisa, main
 from model.inference import answer
 from model.processing import IGNORE_INDEX
+from tests.sam_reference import build_original_sam
 
 IMAGE_PLACEHOLDER = -200  # the original's IMAGE_TOKEN_INDEX
 CLIP_SIZE, CLIP_PATCH, CLIP_WIDTH = 32, 8, 32  # 16 patch tokens (256 for the real CLIP-224)
@@ -62,31 +62,11 @@ def train_sentencepiece() -> bytes:
     return model.getvalue()
 
 
-def build_original_sam(sam_modeling: types.ModuleType) -> torch.nn.Module:
-    """segment-anything's `Sam` as `_build_sam` builds it, tiny, every tensor perturbed away from its init."""
-    torch.manual_seed(1)
-    sam = sam_modeling.Sam(
-        image_encoder=sam_modeling.ImageEncoderViT(
-            depth=2, embed_dim=32, img_size=SAM_SIZE, mlp_ratio=4, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
-            num_heads=2, patch_size=SAM_PATCH, qkv_bias=True, use_rel_pos=True, global_attn_indexes=(1,), window_size=4,
-            out_chans=PROMPT_DIM,
-        ),
-        prompt_encoder=sam_modeling.PromptEncoder(
-            embed_dim=PROMPT_DIM, image_embedding_size=(SAM_SIZE // SAM_PATCH,) * 2, input_image_size=(SAM_SIZE,) * 2,
-            mask_in_chans=8,
-        ),
-        mask_decoder=sam_modeling.MaskDecoder(
-            num_multimask_outputs=3,
-            transformer=sam_modeling.TwoWayTransformer(depth=2, embedding_dim=PROMPT_DIM, mlp_dim=64, num_heads=8),
-            transformer_dim=PROMPT_DIM, iou_head_depth=3, iou_head_hidden_dim=24,
-        ),
-        pixel_mean=[123.675, 116.28, 103.53],
-        pixel_std=[58.395, 57.12, 57.375],
-    )
-    with torch.no_grad():
-        for tensor in sam.state_dict().values():
-            tensor.add_(0.1 * torch.randn_like(tensor))
-    return sam.eval()
+# The tiny SAM inside the released-layout checkpoints.
+SAM_SIZES = dict(
+    embed_dim=32, depth=2, num_heads=2, global_attn_indexes=(1,), window_size=4, image_size=SAM_SIZE,
+    patch_size=SAM_PATCH, prompt_dim=PROMPT_DIM, mask_in_chans=8, decoder_mlp_dim=64, iou_head_hidden_dim=24,
+)
 
 
 def write_clip(folder: Path) -> None:
@@ -256,7 +236,7 @@ class OriginalLisa:
 # ------------------------------------------------------------------------------------------------ fixtures
 @pytest.fixture(scope="module")
 def original_sam(sam_modeling: types.ModuleType) -> torch.nn.Module:
-    return build_original_sam(sam_modeling)
+    return build_original_sam(sam_modeling, SAM_SIZES, seed=1)
 
 
 @pytest.fixture(scope="module")

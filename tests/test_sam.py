@@ -8,7 +8,6 @@ need nothing but transformers.
 
 import types
 from collections.abc import Sequence
-from functools import partial
 from pathlib import Path
 
 import pytest
@@ -21,6 +20,7 @@ from model.sam import (
     sam_config_from_original_state_dict,
     sam_from_original_state_dict,
 )
+from tests.sam_reference import build_original_sam
 
 ATOL = 1e-5
 RTOL = 1e-5
@@ -275,48 +275,8 @@ def test_load_sam_names_the_path_it_cannot_use(tmp_path: Path):
 # -------------------------------------------------------------------- equivalence with segment-anything
 @pytest.fixture(scope="module")
 def original_sam(sam_modeling: types.ModuleType) -> torch.nn.Module:
-    """A tiny segment-anything `Sam` (sizes `TINY`, built as `_build_sam` builds ViT-H) with random weights."""
-    torch.manual_seed(0)
-    grid = TINY["image_size"] // TINY["patch_size"]
-    sam = sam_modeling.Sam(
-        image_encoder=sam_modeling.ImageEncoderViT(
-            depth=TINY["depth"],
-            embed_dim=TINY["embed_dim"],
-            img_size=TINY["image_size"],
-            mlp_ratio=4,
-            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
-            num_heads=TINY["num_heads"],
-            patch_size=TINY["patch_size"],
-            qkv_bias=True,
-            use_rel_pos=True,
-            global_attn_indexes=TINY["global_attn_indexes"],
-            window_size=TINY["window_size"],
-            out_chans=TINY["prompt_dim"],
-        ),
-        prompt_encoder=sam_modeling.PromptEncoder(
-            embed_dim=TINY["prompt_dim"],
-            image_embedding_size=(grid, grid),
-            input_image_size=(TINY["image_size"], TINY["image_size"]),
-            mask_in_chans=TINY["mask_in_chans"],
-        ),
-        mask_decoder=sam_modeling.MaskDecoder(
-            num_multimask_outputs=3,
-            transformer=sam_modeling.TwoWayTransformer(
-                depth=2, embedding_dim=TINY["prompt_dim"], mlp_dim=TINY["decoder_mlp_dim"], num_heads=8
-            ),
-            transformer_dim=TINY["prompt_dim"],
-            iou_head_depth=3,
-            iou_head_hidden_dim=TINY["iou_head_hidden_dim"],
-        ),
-        pixel_mean=[123.675, 116.28, 103.53],
-        pixel_std=[58.395, 57.12, 57.375],
-    )
-    # SAM zero-initialises pos_embed and the rel-pos tables and LayerNorms start at identity: perturb every
-    # tensor so that a swapped or skipped weight shows in the outputs.
-    with torch.no_grad():
-        for tensor in sam.state_dict().values():
-            tensor.add_(0.1 * torch.randn_like(tensor))
-    return sam.eval()
+    """A tiny segment-anything `Sam` (sizes `TINY`) with random weights."""
+    return build_original_sam(sam_modeling, TINY, seed=0)
 
 
 @pytest.fixture(scope="module")
