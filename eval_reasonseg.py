@@ -18,7 +18,7 @@ from datasets.hybrid import build_val_dataset
 from model.conversation import CHAT_TEMPLATES
 from model.evaluation import MODES, evaluate
 from model.loading import PRECISIONS, load_for_inference
-from utils.evaluation import PredictionFiles, init_distributed, run_evaluation
+from utils.evaluation import PredictionFiles, finish_distributed, init_distributed, run_evaluation
 from utils.metrics import format_table
 
 
@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> None:
             max_new_tokens=args.max_new_tokens, workers=args.workers,
         )
         source = f"{args.version} ({args.mode})"
+    finish_distributed()
 
     if rank != 0:
         return

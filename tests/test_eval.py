@@ -186,9 +186,10 @@ def test_two_processes_equal_one(tiny_dir, seg_model, data_dir, tmp_path):
     eval_reasonseg.main(common + ["--output", str(tmp_path / "one.json")])
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run(
+    result = subprocess.run(
         [torchrun, "--standalone", "--nproc_per_node", "2", "eval_reasonseg.py", *common, "--batch_size", "2",
          "--output", str(tmp_path / "two.json")],
-        check=True, env=env, capture_output=True, timeout=300,
+        env=env, capture_output=True, text=True, timeout=300,
     )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     assert json.loads((tmp_path / "one.json").read_text()) == json.loads((tmp_path / "two.json").read_text())

@@ -64,6 +64,14 @@ def init_distributed() -> tuple[int, int]:
     return _distributed()
 
 
+def finish_distributed() -> None:
+    """Leaves the process group, if any, once every rank is done: a gloo group still alive at interpreter exit
+    can abort the process ("terminate called without an active exception") after its work is finished."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def _distributed() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
