@@ -34,6 +34,7 @@ from model.inference import move_batch
 from model.peft_setup import count_parameters, load_for_training, setup_trainable
 from utils.checkpoint import read_best, read_pointer, save_checkpoint
 from utils.deepspeed_config import deepspeed_config
+from utils.evaluation import finish_distributed
 from utils.metrics import format_table
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -191,6 +192,7 @@ def main(argv: list[str] | None = None) -> None:
         if rank == 0:
             print(format_table(summary, f"{args.val_dataset}: {args.version} ({args.val_mode})"))
             print(f"val giou {summary['giou']:.4f} ciou {summary['ciou']:.4f}")
+        finish_distributed()
         return
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable()
@@ -297,6 +299,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"epoch {epoch}: {line} | skipped samples {skipped} | best {best}", flush=True)
     if writer is not None:
         writer.close()
+    finish_distributed()
 
 
 if __name__ == "__main__":
