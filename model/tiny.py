@@ -40,7 +40,10 @@ SAM_IMAGE_SIZE = 64
 SAM_PATCH_SIZE = 8
 SAM_WIDTH = 64  # also the prompt width, i.e. LISA's out_dim for the tiny model
 LLM_HIDDEN_SIZE = 64
-VOCAB_SIZE = 600
+# Large enough that every word of _CORPUS is one token: at 600 the toy queries' content words were shredded into
+# shared pieces ("fire" = "▁f" "ire", "five points" = 8 pieces), which a random 2-layer LLM cannot compose fast
+# enough to make the [SEG] query depend on the question (toy ReasonSeg gIoU stayed near the query-blind baseline).
+VOCAB_SIZE = 1024
 
 # Words the tokenizer should hold whole: LISA's templates and the toy corpus's vocabulary.
 _CORPUS = [
@@ -59,6 +62,8 @@ _CORPUS = [
     "coloured colored like grass sky sun fire blood snow night sea banana cherry leaf ocean lemon",
     "image picture photo this that these those it its one two part wall building floor person car road",
     "because the shape looks describe explain why reason answer question please thanks yes no",
+    "Which Where What Can Sure It There The find colour color points point has and no one ones picture",
+    "ball box tent flag kite book sports wall Circle Square Triangle Star Unlabeled",
 ]
 
 
@@ -114,8 +119,10 @@ def build_sam(seed: int = 0) -> SamModel:
     torch.manual_seed(seed)
     config = SamConfig(
         vision_config=SamVisionConfig(
-            hidden_size=SAM_WIDTH, output_channels=SAM_WIDTH, num_hidden_layers=2, num_attention_heads=2,
-            image_size=SAM_IMAGE_SIZE, patch_size=SAM_PATCH_SIZE, window_size=4, global_attn_indexes=[1],
+            # Four layers, not two: with two the trained features held either the shapes' colours or their kinds,
+            # rarely both, and toy queries naming the other attribute stayed at chance.
+            hidden_size=SAM_WIDTH, output_channels=SAM_WIDTH, num_hidden_layers=4, num_attention_heads=2,
+            image_size=SAM_IMAGE_SIZE, patch_size=SAM_PATCH_SIZE, window_size=4, global_attn_indexes=[1, 3],
             mlp_dim=2 * SAM_WIDTH, num_pos_feats=SAM_WIDTH // 2,
             # SamVisionConfig's default (1e-10, for a model always loaded from weights) leaves a random encoder
             # at ~0: its features carry nothing and it barely trains. Use the usual 0.02.
@@ -125,7 +132,8 @@ def build_sam(seed: int = 0) -> SamModel:
             hidden_size=SAM_WIDTH, image_size=SAM_IMAGE_SIZE, patch_size=SAM_PATCH_SIZE, mask_input_channels=4
         ),
         mask_decoder_config=SamMaskDecoderConfig(
-            hidden_size=SAM_WIDTH, mlp_dim=2 * SAM_WIDTH, num_hidden_layers=2, num_attention_heads=2, iou_head_hidden_dim=SAM_WIDTH
+            # Eight heads, as the released SAM has: the [SEG] query steers the masks through these attentions.
+            hidden_size=SAM_WIDTH, mlp_dim=2 * SAM_WIDTH, num_hidden_layers=2, num_attention_heads=8, iou_head_hidden_dim=SAM_WIDTH
         ),
     )
     return SamModel(config)

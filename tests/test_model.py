@@ -35,16 +35,24 @@ def lisa(tiny_dir):
 
 
 class ForceTokens(LogitsProcessor):
-    """Forces given tokens at given generation steps, so a random model emits [SEG] where a test needs it."""
+    """Forces given tokens at given generation steps, so a random model emits [SEG] where a test needs it.
+
+    The token forced at the last given step (the stop token) is suppressed before it, so the random model cannot
+    end the answer early whatever its weights.
+    """
 
     def __init__(self, prompt_length, forced):
         self.prompt_length, self.forced = prompt_length, forced
+        self.last = max(forced)
 
     def __call__(self, input_ids, scores):
         step = input_ids.shape[1] - self.prompt_length
         if step in self.forced:
             scores = torch.full_like(scores, -1e9)
             scores[:, self.forced[step]] = 0
+        elif step < self.last:
+            scores = scores.clone()
+            scores[:, self.forced[self.last]] = -1e9
         return scores
 
 
