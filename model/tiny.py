@@ -119,10 +119,8 @@ def build_sam(seed: int = 0) -> SamModel:
     torch.manual_seed(seed)
     config = SamConfig(
         vision_config=SamVisionConfig(
-            # Four layers, not two: with two the trained features held either the shapes' colours or their kinds,
-            # rarely both, and toy queries naming the other attribute stayed at chance.
-            hidden_size=SAM_WIDTH, output_channels=SAM_WIDTH, num_hidden_layers=4, num_attention_heads=2,
-            image_size=SAM_IMAGE_SIZE, patch_size=SAM_PATCH_SIZE, window_size=4, global_attn_indexes=[1, 3],
+            hidden_size=SAM_WIDTH, output_channels=SAM_WIDTH, num_hidden_layers=2, num_attention_heads=2,
+            image_size=SAM_IMAGE_SIZE, patch_size=SAM_PATCH_SIZE, window_size=4, global_attn_indexes=[1],
             mlp_dim=2 * SAM_WIDTH, num_pos_feats=SAM_WIDTH // 2,
             # SamVisionConfig's default (1e-10, for a model always loaded from weights) leaves a random encoder
             # at ~0: its features carry nothing and it barely trains. Use the usual 0.02.
@@ -132,8 +130,7 @@ def build_sam(seed: int = 0) -> SamModel:
             hidden_size=SAM_WIDTH, image_size=SAM_IMAGE_SIZE, patch_size=SAM_PATCH_SIZE, mask_input_channels=4
         ),
         mask_decoder_config=SamMaskDecoderConfig(
-            # Eight heads, as the released SAM has: the [SEG] query steers the masks through these attentions.
-            hidden_size=SAM_WIDTH, mlp_dim=2 * SAM_WIDTH, num_hidden_layers=2, num_attention_heads=8, iou_head_hidden_dim=SAM_WIDTH
+            hidden_size=SAM_WIDTH, mlp_dim=2 * SAM_WIDTH, num_hidden_layers=2, num_attention_heads=2, iou_head_hidden_dim=SAM_WIDTH
         ),
     )
     return SamModel(config)
