@@ -40,9 +40,9 @@ SAM_IMAGE_SIZE = 64
 SAM_PATCH_SIZE = 8
 SAM_WIDTH = 64  # also the prompt width, i.e. LISA's out_dim for the tiny model
 LLM_HIDDEN_SIZE = 64
-# Large enough that every word of _CORPUS is one token: at 600 the toy queries' content words were shredded into
-# shared pieces ("fire" = "▁f" "ire", "five points" = 8 pieces), which a random 2-layer LLM cannot compose fast
-# enough to make the [SEG] query depend on the question (toy ReasonSeg gIoU stayed near the query-blind baseline).
+# An upper bound for the BPE trainer, high enough that every word of _CORPUS ends up one token (832 tokens in all),
+# as common English words are for a real LLaMA tokenizer. At 600 the toy queries' words were split into shared
+# pieces ("red" = "▁re" "d", and "coloured" ended in the piece "red").
 VOCAB_SIZE = 1024
 
 # Words the tokenizer should hold whole: LISA's templates and the toy corpus's vocabulary.
