@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -159,7 +158,6 @@ def test_answer_masks_and_follow_up(page, tmp_path):
     expect(chat).to_contain_text("red circle")
     expect(chat).to_contain_text("largest object")
     page.screenshot(path=str(tmp_path / "app.png"), full_page=True)
-    shutil.copy(tmp_path / "app.png", "/tmp/app_screenshot.png")
 
     page.locator("#clear").click()
     expect(chat).not_to_contain_text("red circle")
