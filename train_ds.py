@@ -31,9 +31,9 @@ from datasets.hybrid import HybridDataset, build_val_dataset
 from model.conversation import CHAT_TEMPLATES
 from model.evaluation import evaluate
 from model.inference import move_batch
-from model.peft_setup import count_parameters, load_for_training, setup_trainable
+from model.peft_setup import count_parameters, load_for_training, parameter_groups, setup_trainable
 from utils.checkpoint import read_best, read_pointer, save_checkpoint
-from utils.deepspeed_config import deepspeed_config
+from utils.deepspeed_config import deepspeed_config, delayed_start_scale
 from utils.evaluation import finish_distributed
 from utils.metrics import format_table
 
@@ -75,6 +75,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       help="comma-separated linear names of the *language model* that get LoRA")
     add_switch(lora, "train_sam_encoder", False,
                "research option: also train SAM's image encoder in full (frozen in LISA's recipe)")
+    lora.add_argument("--sam_encoder_frozen_steps", type=int, default=0,
+                      help="with --train_sam_encoder: hold the image encoder still (learning rate 0) for the first N "
+                           "optimizer steps, then warm it up over --warmup_steps. On a random SAM (the toy run) the "
+                           "mask decoder then first learns to read colour, which the random encoder's features "
+                           "carry and an encoder trained from step 0 gives up for shape")
 
     data = parser.add_argument_group("data")
     data.add_argument("--dataset_dir", default="./dataset", help="root of all data sets")
@@ -119,7 +124,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                      help="teacher: the original's teacher-forced answer '[SEG].'; generate: the model must emit [SEG]")
     run.add_argument("--val_batch_size", type=int, default=1, help="validation images per batch per process")
     run.add_argument("--local_rank", type=int, default=-1, help=argparse.SUPPRESS)  # passed by the deepspeed launcher
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.sam_encoder_frozen_steps and not args.train_sam_encoder:
+        parser.error("--sam_encoder_frozen_steps needs --train_sam_encoder")
+    return args
 
 
 class RangeSampler(Sampler[int]):
@@ -221,9 +229,8 @@ def main(argv: list[str] | None = None) -> None:
         args.batch_size, args.grad_accumulation_steps, args.lr, (args.beta1, args.beta2), args.precision,
         total_steps, args.warmup_steps, on_cpu=device.type == "cpu",
     )
-    engine, _, _, _ = deepspeed.initialize(
-        model=model, model_parameters=[p for p in model.parameters() if p.requires_grad], config=ds_config
-    )
+    # Two optimizer groups with --train_sam_encoder (the encoder's learning rate can start late), else one.
+    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=parameter_groups(model), config=ds_config)
 
     trainable_params = [p for p in engine.module.parameters() if p.requires_grad]
 
@@ -256,6 +263,13 @@ def main(argv: list[str] | None = None) -> None:
             global_step = epoch * args.steps_per_epoch + step
             # Dropout noise is a function of (seed, step, rank), so a resumed run draws what the interrupted one would.
             torch.manual_seed((args.seed * 1_000_003 + global_step) * world + rank)
+            groups = engine.optimizer.param_groups
+            if args.train_sam_encoder:
+                # The scheduler sets every group to the schedule's rate after each step; scale the encoder's.
+                groups[1]["lr"] = groups[0]["lr"] * delayed_start_scale(
+                    global_step, args.sam_encoder_frozen_steps, args.warmup_steps
+                )
+            lrs = [group["lr"] for group in groups]  # this step's
             started = time.perf_counter()
             terms = dict.fromkeys(LOSS_TERMS, 0.0)
             for _ in range(args.grad_accumulation_steps):
@@ -274,9 +288,11 @@ def main(argv: list[str] | None = None) -> None:
                 seconds = time.perf_counter() - started
                 for name, value in terms.items():
                     writer.add_scalar(f"train/{name}", value, global_step + 1)
-                writer.add_scalar("train/lr", engine.get_lr()[0], global_step + 1)
+                writer.add_scalar("train/lr", lrs[0], global_step + 1)
+                if args.train_sam_encoder:
+                    writer.add_scalar("train/lr_sam_encoder", lrs[1], global_step + 1)
                 writer.add_scalar("metrics/secs_per_step", seconds, global_step + 1)
-                bar.set_postfix(loss=f"{terms['loss']:.3f}", mask=f"{terms['mask_loss']:.3f}", lr=f"{engine.get_lr()[0]:.2e}")
+                bar.set_postfix(loss=f"{terms['loss']:.3f}", mask=f"{terms['mask_loss']:.3f}", lr=f"{lrs[0]:.2e}")
             done = global_step + 1
             if args.save_steps and done % args.save_steps == 0 and done % args.steps_per_epoch != 0:
                 save_checkpoint(engine, ckpt_dir, done, {"epoch": epoch}, best=None)

@@ -8,9 +8,12 @@
 # merged model), OUT/eval_val.json (toy ReasonSeg val, generate mode), OUT/baseline_val.json (the query-blind
 # baseline: every shape of the image) and OUT/vis (the chat's masks).
 #
-# A random tiny SAM image encoder gives features too poor to segment from, so this run uses the research flag
-# --train_sam_encoder, a higher learning rate and a short warmup; everything else is LISA's recipe
-# (LoRA on the language model's q/v, lm_head, embed_tokens, mask decoder and [SEG] projection trained in full).
+# A random tiny SAM image encoder gives features too poor to segment shapes from, so this run uses the research
+# flag --train_sam_encoder, a higher learning rate and a short warmup; everything else is LISA's recipe (LoRA on the
+# language model's q/v, lm_head, embed_tokens, mask decoder and [SEG] projection trained in full).
+# --sam_encoder_frozen_steps holds the encoder still for the first 1500 steps: the random encoder's features carry
+# colour, and the decoder learns to read it; an encoder trained from step 0 turns to shape alone, and queries that
+# name only a colour then stay at the query-blind baseline.
 set -euo pipefail
 OUT=${1:?usage: bash examples/toy.sh OUT}
 cd "$(dirname "$0")/.."
@@ -27,7 +30,7 @@ start=$(date +%s)
 deepspeed --num_gpus 2 train_ds.py \
     --version "$OUT/tiny/llava" --vision_pretrained "$OUT/tiny/sam" --out_dim 64 \
     --dataset_dir "$OUT/data" --dataset "sem_seg||refer_seg||vqa||reason_seg" --sample_rates "3,3,1,3" \
-    --precision fp32 --no_gradient_checkpointing --train_sam_encoder \
+    --precision fp32 --no_gradient_checkpointing --train_sam_encoder --sam_encoder_frozen_steps 1500 \
     --lr 1e-3 --warmup_steps 50 --epochs ${TOY_EPOCHS:-10} --steps_per_epoch ${TOY_STEPS_PER_EPOCH:-750} \
     --batch_size 4 --grad_accumulation_steps 1 --workers 0 \
     --log_base_dir "$OUT/runs" --exp_name toy

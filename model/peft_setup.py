@@ -72,6 +72,15 @@ def setup_trainable(
     return peft_model
 
 
+def parameter_groups(model: nn.Module) -> list[dict]:
+    """The trainable parameters as optimizer groups: `[everything else]`, plus `[SAM's image encoder]` when it
+    trains (`--train_sam_encoder`), so that its learning rate can follow a schedule of its own."""
+    trainable = [(name, param) for name, param in model.named_parameters() if param.requires_grad]
+    encoder = [param for name, param in trainable if SAM_IMAGE_ENCODER in name]
+    rest = [param for name, param in trainable if SAM_IMAGE_ENCODER not in name]
+    return [{"params": rest}] + ([{"params": encoder}] if encoder else [])
+
+
 def count_parameters(model: nn.Module) -> tuple[int, int]:
     """(trainable, total) parameter counts."""
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -21,6 +21,7 @@ import torch
 
 from model.builder import load_lisa
 from model.peft_setup import FULLY_TRAINED, load_for_training, lora_target_regex, setup_trainable
+from train_ds import parse_args
 from utils.checkpoint import LATEST, read_pointer, save_checkpoint, step_tag
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -208,6 +209,29 @@ def test_two_process_deepspeed_run(tiny_dir, toy_dir, tmp_path):
     # Both ranks' ZeRO-2 optimizer shards were written.
     assert len([n for n in os.listdir(run_dir / "ckpt_model" / step_tag(3)) if "optim_states" in n]) == 2
     assert any(n.startswith("events.out.tfevents") for n in os.listdir(run_dir))
+
+
+@pytest.mark.slow
+def test_sam_encoder_frozen_steps_hold_the_encoder_then_release_it(tiny_dir, toy_dir, tmp_path):
+    from transformers import SamModel
+
+    initial = {f"base_model.model.sam.{name}": p for name, p in SamModel.from_pretrained(str(tiny_dir / "sam")).state_dict().items()}
+    encoder = [name for name in initial if ".vision_encoder." in name]
+    decoder = [name for name in initial if ".mask_decoder." in name]
+    run_dir = tmp_path / "late"
+    command = train_command(tiny_dir, toy_dir, run_dir, "--train_sam_encoder", "--sam_encoder_frozen_steps", "3",
+                            "--steps_per_epoch", "3", "--no_eval")
+    run(command + ["--epochs", "1"])
+    weights = final_weights(run_dir / "ckpt_model")
+    assert all(torch.equal(weights[name], initial[name]) for name in encoder)  # 3 steps at learning rate 0
+    assert not all(torch.equal(weights[name], initial[name]) for name in decoder)  # while the rest trained
+
+    run(command + ["--epochs", "2"])  # resumes at step 3, where the encoder's learning rate starts its warmup
+    weights = final_weights(run_dir / "ckpt_model")
+    assert not any(torch.equal(weights[name], initial[name]) for name in encoder if "rel_pos" not in name)
+
+    with pytest.raises(SystemExit):
+        parse_args(["--sam_encoder_frozen_steps", "3"])  # without --train_sam_encoder it would do nothing
 
 
 @pytest.fixture(scope="module")

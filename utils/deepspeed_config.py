@@ -55,3 +55,14 @@ def deepspeed_config(
         "steps_per_print": 10**9,  # our own logging reports progress
         "wall_clock_breakdown": False,
     }
+
+
+def delayed_start_scale(step: int, frozen_steps: int, warmup_steps: int) -> float:
+    """Factor on the scheduled learning rate of a parameter group that joins training late: 0 for the first
+    `frozen_steps` optimizer steps, then a linear ramp to 1 over `warmup_steps` (as the run's own warmup), then 1.
+
+    `step` is 0-based: the factor for the update that step makes.
+    """
+    if step < frozen_steps:
+        return 0.0
+    return min(1.0, (step - frozen_steps + 1) / max(warmup_steps, 1))
