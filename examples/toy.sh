@@ -31,7 +31,7 @@ deepspeed --num_gpus 2 train_ds.py \
     --version "$OUT/tiny/llava" --vision_pretrained "$OUT/tiny/sam" --out_dim 64 \
     --dataset_dir "$OUT/data" --dataset "sem_seg||refer_seg||vqa||reason_seg" --sample_rates "3,3,1,3" \
     --precision fp32 --no_gradient_checkpointing --train_sam_encoder --sam_encoder_frozen_steps 1500 \
-    --lr 1e-3 --warmup_steps 50 --epochs ${TOY_EPOCHS:-10} --steps_per_epoch ${TOY_STEPS_PER_EPOCH:-750} \
+    --lr 1e-3 --warmup_steps 50 --epochs ${TOY_EPOCHS:-10} --steps_per_epoch ${TOY_STEPS_PER_EPOCH:-700} \
     --batch_size 4 --grad_accumulation_steps 1 --workers 0 \
     --log_base_dir "$OUT/runs" --exp_name toy
 echo "training took $(( ($(date +%s) - start) / 60 )) min $(( ($(date +%s) - start) % 60 )) s"
