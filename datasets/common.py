@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from model.processing import ImageError, load_image
+from utils.images import ImageError, load_image
 
 logger = logging.getLogger(__name__)
 

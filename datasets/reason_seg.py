@@ -21,10 +21,11 @@ from datasets.templates import (
     turn,
     val_conversation,
 )
+from utils.metrics import IGNORE_PIXEL
 
 logger = logging.getLogger(__name__)
 
-TARGET, IGNORE = 1, 255
+TARGET = 1
 
 
 def _label(path: str, shape: object) -> str:
@@ -86,7 +87,7 @@ def get_mask_from_json(json_path: str, height: int, width: int) -> tuple[np.ndar
             raise SampleError(json_path, f"polygon {label!r} lies wholly outside the {width}x{height} image")
         if not inside:
             logger.warning("%s: polygon %r partly outside the %dx%d image; clipped", json_path, label, width, height)
-        polygons.append((IGNORE if "ignore" in label.lower() else TARGET, polygon))
+        polygons.append((IGNORE_PIXEL if "ignore" in label.lower() else TARGET, polygon))
         areas.append(area)
 
     mask = np.zeros((height, width), dtype=np.uint8)
