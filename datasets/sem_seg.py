@@ -11,8 +11,16 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from datasets.class_names import ADE20K_CLASSES, COCOSTUFF_CLASSES
-from datasets.common import SampleError, Sample, check_size, choose_up_to, read_image, read_json, split_names
-from datasets.refer_seg import decode_segmentation
+from datasets.common import (
+    SampleError,
+    Sample,
+    check_size,
+    choose_up_to,
+    decode_segmentation,
+    read_image,
+    read_json,
+    split_names,
+)
 from datasets.templates import seg_answer, short_question, turn
 from utils.metrics import IGNORE_PIXEL
 

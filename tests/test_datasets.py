@@ -390,7 +390,7 @@ def test_vqa_bad_turns(tmp_path):
 # ------------------------------------------------------------------------------------------------ hybrid
 def test_sample_rates_within_tolerance(toy):
     data = HybridDataset(toy[0], samples_per_epoch=20000, seed=7)
-    counts = np.bincount([data.family_of(i) for i in range(len(data))], minlength=4)
+    counts = np.bincount([data.draw_family(i)[0] for i in range(len(data))], minlength=4)
     p = np.array([9, 3, 3, 1]) / 16
     # Each count is binomial(n, p): 5 standard deviations make a false failure ~1e-6 likely.
     np.testing.assert_array_less(np.abs(counts - len(data) * p), 5 * np.sqrt(len(data) * p * (1 - p)))
@@ -403,7 +403,7 @@ def test_hybrid_items_follow_their_family_and_are_reproducible(toy):
     again = HybridDataset(root, samples_per_epoch=200, seed=3)
     for index in range(0, 200, 5):
         sample = data[index]
-        family = data.family_names[data.family_of(index)]
+        family = data.family_names[data.draw_family(index)[0]]
         assert sample.sample_id.split("/")[0] in families[family]
         twin = again[index]
         assert twin.sample_id == sample.sample_id and twin.conversations == sample.conversations
