@@ -18,8 +18,10 @@ from datasets.hybrid import build_val_dataset
 from model.conversation import CHAT_TEMPLATES
 from model.evaluation import MODES, evaluate
 from model.loading import PRECISIONS, load_for_inference
+from utils.cli import non_negative_int, positive_int
 from utils.distributed import finish_distributed, init_distributed
 from utils.scoring import PredictionFiles, run_evaluation
+from utils.locations import location_problem
 from utils.metrics import format_table
 
 
@@ -39,19 +41,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         'validation, answer "[SEG]." given',
     )
     parser.add_argument("--all_texts", action="store_true", help="score every text of a ReasonSeg image, not only the first")
-    parser.add_argument("--batch_size", type=int, default=1, help="images per forward pass / generation batch")
-    parser.add_argument("--workers", type=int, default=2, help="processes reading samples (0: read in this process)")
+    parser.add_argument("--batch_size", type=positive_int, default=1, help="images per forward pass / generation batch")
+    parser.add_argument("--workers", type=non_negative_int, default=2, help="processes reading samples (0: read in this process)")
     parser.add_argument("--pred_dir", help="score saved masks PRED_DIR/{stem}.png (nonzero = foreground); no model is loaded")
     parser.add_argument("--output", help="write the figures (fractions) and per-sample IoUs to this JSON file")
     parser.add_argument("--precision", default="bf16", choices=list(PRECISIONS), help="model weights' precision")
-    parser.add_argument("--max_new_tokens", type=int, default=128, help="generation budget per answer (generate mode)")
+    parser.add_argument("--max_new_tokens", type=positive_int, default=128, help="generation budget per answer (generate mode)")
     parser.add_argument("--conv_type", choices=list(CHAT_TEMPLATES), help="conversation format (default: the model folder's)")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=0, help="set by the deepspeed launcher; unused")
     args = parser.parse_args(argv)
     if args.pred_dir is None and args.version is None:
         parser.error("give --version (a model to run) or --pred_dir (saved masks to score)")
-    if args.batch_size < 1:
-        parser.error("--batch_size must be >= 1")
+    for flag in ("version", "pred_dir"):
+        if getattr(args, flag) is not None and (problem := location_problem(getattr(args, flag))) is not None:
+            parser.error(f"--{flag} {problem}")
     return args
 
 

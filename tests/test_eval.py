@@ -193,3 +193,10 @@ def test_two_processes_equal_one(tiny_dir, seg_model, data_dir, tmp_path):
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     assert json.loads((tmp_path / "one.json").read_text()) == json.loads((tmp_path / "two.json").read_text())
+
+
+def test_a_missing_model_or_prediction_folder_is_refused_at_once(tmp_path, capsys):
+    for flag in ("--version", "--pred_dir"):
+        with pytest.raises(SystemExit):
+            eval_reasonseg.parse_args([flag, str(tmp_path / "missing")])
+        assert f"{flag} {tmp_path / 'missing'}: no such file or folder" in capsys.readouterr().err
