@@ -41,7 +41,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch_size", type=int, default=1, help="images per forward pass / generation batch")
     parser.add_argument("--workers", type=int, default=2, help="processes reading samples (0: read in this process)")
     parser.add_argument("--pred_dir", help="score saved masks PRED_DIR/{stem}.png (nonzero = foreground); no model is loaded")
-    parser.add_argument("--output", help="write the figures (fractions) and per-sample IoUs to this JSON file")
+    parser.add_argument(
+        "--output",
+        help="write the figures (fractions), per-sample IoUs, the skipped samples and records ('skipped': 'name: "
+        "reason') and, with --pred_dir, the unusable prediction files ('prediction_problems') to this JSON file",
+    )
     parser.add_argument("--precision", default="bf16", choices=list(PRECISIONS), help="model weights' precision")
     parser.add_argument("--max_new_tokens", type=int, default=128, help="generation budget per answer (generate mode)")
     parser.add_argument("--conv_type", choices=list(CHAT_TEMPLATES), help="conversation format (default: the model folder's)")
@@ -77,13 +81,14 @@ def main(argv: list[str] | None = None) -> None:
     if rank != 0:
         return
     if report.skipped:
-        print(f"{len(report.skipped)} unreadable sample(s) skipped:\n  " + "\n  ".join(report.skipped))
-    if args.pred_dir is not None and predictions.problems:
-        print(f"{len(predictions.problems)} prediction(s) missing or unusable on rank 0, scored as empty masks")
+        print(f"{len(report.skipped)} unusable sample(s) skipped:\n  " + "\n  ".join(report.skipped))
+    problems = predictions.problems if args.pred_dir is not None else []
+    if problems:
+        print(f"{len(problems)} prediction(s) missing or unusable on rank 0, scored as empty masks")
     print(format_table(report.summary, title=f"{name}: {source}"))
     if args.output:
         with open(args.output, "w") as f:
-            json.dump(report.summary, f, indent=2)
+            json.dump({**report.summary, "skipped": report.skipped, "prediction_problems": problems}, f, indent=2)
         print(f"wrote {args.output}")
 
 
