@@ -4,6 +4,7 @@
     torchrun --nproc_per_node 2 eval_reasonseg.py --version DIR --split test --batch_size 8 --output test.json
     python eval_reasonseg.py --pred_dir MASKS --split val          # saved masks, no model
     python eval_reasonseg.py --version DIR --dataset_dir ./dataset --val_dataset "refcoco|unc|val"
+    python eval_reasonseg.py --version DIR --val_dataset "custom|MY_DATA|val"   # your own data (docs/custom_data.md)
 
 Metrics as the original (reference/lisa.md §6); results do not depend on --batch_size or the process count.
 """
@@ -30,14 +31,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--val_dataset",
         help='score another split instead: "ReasonSeg|val", a referring split "refcoco|unc|val", '
-        '"refcocog|umd|test", or gRefCOCO "grefcoco|unc|val" (adds no-target accuracy)',
+        '"refcocog|umd|test", gRefCOCO "grefcoco|unc|val", or a custom folder\'s split "custom|DIR|val" '
+        '(no-target accuracy is added where some targets are empty)',
     )
     parser.add_argument(
         "--mode", default="generate", choices=MODES,
         help="generate: the model answers and must emit [SEG] (none = empty mask); teacher: the original's "
         'validation, answer "[SEG]." given',
     )
-    parser.add_argument("--all_texts", action="store_true", help="score every text of a ReasonSeg image, not only the first")
+    parser.add_argument("--all_texts", action="store_true",
+                        help="score every text of a ReasonSeg image (every question of a custom image), not only the first")
     parser.add_argument("--batch_size", type=int, default=1, help="images per forward pass / generation batch")
     parser.add_argument("--workers", type=int, default=2, help="processes reading samples (0: read in this process)")
     parser.add_argument("--pred_dir", help="score saved masks PRED_DIR/{stem}.png (nonzero = foreground); no model is loaded")
