@@ -175,7 +175,7 @@ def validate(model, processor, val_dataset, args: argparse.Namespace) -> dict:
     """gIoU/cIoU of `model` on the validation set, by the same code as `eval_reasonseg.py`."""
     report = evaluate(model, processor, val_dataset, mode=args.val_mode, batch_size=args.val_batch_size)
     if report.skipped and dist.get_rank() == 0:
-        print(f"validation skipped {len(report.skipped)} unreadable sample(s), e.g. {report.skipped[0]}")
+        print(f"validation skipped {len(report.skipped)} unusable sample(s) or record(s), e.g. {report.skipped[0]}")
     return report.summary
 
 

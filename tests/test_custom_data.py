@@ -20,8 +20,9 @@ from pycocotools import mask as mask_utils
 import eval_reasonseg
 from datasets.collate import LisaCollator
 from datasets.common import Sample, SampleError, sample_rng
-from datasets.custom import CustomDataset, CustomValDataset, check_folder, compressed_rle, load_masks
-from datasets.custom import main as custom_main
+from datasets.custom import CustomDataset, CustomValDataset, check_folder, load_masks
+from datasets.custom_tools import compressed_rle
+from datasets.custom_tools import main as custom_main
 from datasets.hybrid import HybridDataset, build_val_dataset
 from datasets.templates import ANSWER_LIST, SHORT_QUESTION_LIST, turn
 from datasets.toy import generate, uncompressed_rle
@@ -447,11 +448,14 @@ def test_every_command_of_the_guide(tiny_dir, tmp_path):
     shutil.copytree(tmp_path / "rs" / "reason_seg" / "ReasonSeg" / "train", work / "my_labelme")
     instances, _ = write_coco(str(work))
     os.rename(instances, work / "my_coco.json")
+    os.rename(work / "coco_images", work / "my_coco_images")
     os.makedirs(work / "my_masks")
     generate(str(work / "lisa_data"))
     settings = (f"DATA=my_data\nLISA={tiny_dir / 'lisa'}\nBASE={tiny_dir / 'llava'}\nSAM={tiny_dir / 'sam'}\n"
                 f"LISA_DATA=lisa_data\n")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(work)}
+    # `python` and `deepspeed` are the test's own interpreter's.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(work),
+           "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
     result = subprocess.run(["bash", "-c", doc_script(settings)], cwd=work, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     assert sum(1 for _ in open(work / "my_data" / "val.jsonl")) == 1 and sum(1 for _ in open(work / "my_data" / "train.jsonl")) == 9
