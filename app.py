@@ -23,8 +23,9 @@ import numpy as np  # noqa: E402
 
 from model.lisa import LisaForCausalLM  # noqa: E402
 from model.loading import add_model_arguments, load_from_arguments  # noqa: E402
-from model.processing import LisaProcessor, load_image  # noqa: E402
+from model.processing import LisaProcessor  # noqa: E402
 from model.session import ChatSession  # noqa: E402
+from utils.images import ImageError, load_image  # noqa: E402
 from utils.vis import mask_colour, overlay, save_masks  # noqa: E402
 
 EXAMPLES = [
@@ -70,7 +71,7 @@ def build_demo(model: LisaForCausalLM, processor: LisaProcessor, max_new_tokens:
         if conversation is None or conversation.image_path != image_path:
             try:
                 image = load_image(image_path)
-            except ValueError as error:  # ImageError: not an image, truncated, ...
+            except ImageError as error:  # not an image, truncated, ...
                 # Named as uploaded, not by its path on the server.
                 message = str(error).replace(image_path, os.path.basename(image_path))
                 raise user_error(f"Cannot read the uploaded image: {message}") from None

@@ -19,7 +19,7 @@ import os
 import sys
 
 from model.loading import add_model_arguments, load_from_arguments
-from model.processing import ImageError, load_image
+from utils.images import ImageError, load_image
 from model.session import ChatSession
 from utils.vis import save_masks
 

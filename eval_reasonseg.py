@@ -19,7 +19,8 @@ from datasets.hybrid import build_val_dataset
 from model.conversation import CHAT_TEMPLATES
 from model.evaluation import MODES, evaluate
 from model.loading import PRECISIONS, load_for_inference
-from utils.evaluation import PredictionFiles, finish_distributed, init_distributed, run_evaluation
+from utils.distributed import finish_distributed, init_distributed
+from utils.scoring import PredictionFiles, run_evaluation
 from utils.metrics import format_table
 
 

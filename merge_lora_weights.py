@@ -21,11 +21,11 @@ import json
 import os
 
 import torch
-from peft import PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
+from peft import PeftModel, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 
 from model.builder import save_lisa
-from model.peft_setup import is_trained_in_full, load_for_training, setup_trainable
+from model.peft_setup import load_for_training, setup_trainable
 from utils.checkpoint import BEST, LATEST, read_pointer
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}

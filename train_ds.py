@@ -16,12 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import time
+from collections.abc import Iterator
 
 import deepspeed
 import torch
-import torch.distributed as dist
+from peft import PeftModel
 from torch.utils.data import DataLoader, Sampler
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
@@ -30,11 +30,12 @@ from datasets.collate import LisaCollator
 from datasets.hybrid import HybridDataset, build_val_dataset
 from model.conversation import CHAT_TEMPLATES
 from model.evaluation import evaluate
-from model.inference import move_batch
+from model.lisa import LisaForCausalLM
 from model.peft_setup import count_parameters, load_for_training, parameter_groups, setup_trainable
+from model.processing import LisaBatch, LisaProcessor
 from utils.checkpoint import read_best, read_pointer, save_checkpoint
 from utils.deepspeed_config import deepspeed_config, delayed_start_scale
-from utils.evaluation import finish_distributed
+from utils.distributed import finish_distributed, is_main, mean_over_ranks, rank_and_world, single_process_environment
 from utils.metrics import format_table
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -165,37 +166,198 @@ def touch_all(params: list[torch.Tensor]) -> torch.Tensor:
     return 0.0 * sum(p.view(-1)[0] for p in params)
 
 
-def mean_over_ranks(values: dict[str, float], device: torch.device) -> dict[str, float]:
-    tensor = torch.tensor(list(values.values()), dtype=torch.float64, device=device)
-    dist.all_reduce(tensor)
-    return dict(zip(values, (tensor / dist.get_world_size()).tolist()))
-
-
 def validate(model, processor, val_dataset, args: argparse.Namespace) -> dict:
     """gIoU/cIoU of `model` on the validation set, by the same code as `eval_reasonseg.py`."""
     report = evaluate(model, processor, val_dataset, mode=args.val_mode, batch_size=args.val_batch_size)
-    if report.skipped and dist.get_rank() == 0:
+    if report.skipped and is_main():
         print(f"validation skipped {len(report.skipped)} unusable sample(s) or record(s), e.g. {report.skipped[0]}")
     return report.summary
 
 
+def start_distributed() -> tuple[int, int, torch.device]:
+    """Joins the launcher's process group (a one-process group of our own under plain `python`): gloo on CPU,
+    nccl on CUDA. Returns (rank, world size, this rank's device)."""
+    single_process_environment()
+    deepspeed.init_distributed()
+    rank, world = rank_and_world()
+    return rank, world, torch.device(deepspeed.get_accelerator().device_name(int(os.environ.get("LOCAL_RANK", 0))))
+
+
+def make_trainable(model: LisaForCausalLM, args: argparse.Namespace) -> PeftModel:
+    """LISA's recipe on `model`: gradient checkpointing if asked, LoRA, the fully trained modules."""
+    if args.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.enable_input_require_grads()  # checkpointed blocks need an input that requires grad
+    model = setup_trainable(
+        model, args.lora_r, args.lora_alpha, args.lora_dropout, args.lora_target_modules, args.train_sam_encoder
+    )
+    trainable, total = count_parameters(model)
+    if is_main():
+        print(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)")
+    return model
+
+
+def build_train_dataset(args: argparse.Namespace, world: int) -> HybridDataset:
+    """One epoch's items: item i goes to rank i % world; micro-batch k of a rank holds its items k·B .. k·B+B-1."""
+    micro_batches_per_epoch = args.steps_per_epoch * args.grad_accumulation_steps
+    return HybridDataset(
+        args.dataset_dir, samples_per_epoch=micro_batches_per_epoch * args.batch_size * world,
+        num_classes_per_sample=args.num_classes_per_sample, dataset=args.dataset, sample_rates=args.sample_rates,
+        sem_seg_data=args.sem_seg_data, refer_seg_data=args.refer_seg_data, vqa_data=args.vqa_data,
+        reason_seg_data=args.reason_seg_data, explanatory=args.explanatory, custom_data=args.custom_data, seed=args.seed,
+    )
+
+
+def build_engine(model: PeftModel, args: argparse.Namespace, device: torch.device) -> deepspeed.DeepSpeedEngine:
+    """ZeRO-2 engine with LISA's optimizer and schedule; two optimizer groups with --train_sam_encoder (the
+    encoder's learning rate can start late), else one."""
+    ds_config = deepspeed_config(
+        args.batch_size, args.grad_accumulation_steps, args.lr, (args.beta1, args.beta2), args.precision,
+        args.epochs * args.steps_per_epoch, args.warmup_steps, on_cpu=device.type == "cpu",
+    )
+    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=parameter_groups(model), config=ds_config)
+    return engine
+
+
+def resume(engine: deepspeed.DeepSpeedEngine, ckpt_dir: str, args: argparse.Namespace) -> dict | None:
+    """Continues from the run's `latest` checkpoint, if any and --auto_resume: DeepSpeed restores weights, optimizer,
+    scheduler and its step counter, and the step fixes the data. Returns the best epoch's record so far."""
+    tag = read_pointer(ckpt_dir) if args.auto_resume else None
+    if tag is None:
+        return None
+    engine.load_checkpoint(ckpt_dir, tag=tag)
+    if is_main():
+        print(f"resumed from {ckpt_dir}/{tag} at step {engine.global_steps}")
+    return read_best(ckpt_dir)
+
+
+def set_learning_rates(engine: deepspeed.DeepSpeedEngine, global_step: int, args: argparse.Namespace) -> list[float]:
+    """The learning rate of each optimizer group for this step. The scheduler sets every group to the schedule's
+    rate after each step; with --train_sam_encoder the encoder's group is scaled to join late."""
+    groups = engine.optimizer.param_groups
+    if args.train_sam_encoder:
+        groups[1]["lr"] = groups[0]["lr"] * delayed_start_scale(global_step, args.sam_encoder_frozen_steps, args.warmup_steps)
+    return [group["lr"] for group in groups]
+
+
+def train_step(
+    engine: deepspeed.DeepSpeedEngine,
+    batches: Iterator[tuple[LisaBatch, list[str]]],
+    args: argparse.Namespace,
+    device: torch.device,
+    dtype: torch.dtype,
+    trainable_params: list[torch.Tensor],
+) -> tuple[dict[str, float], int]:
+    """One optimizer step over --grad_accumulation_steps micro-batches.
+
+    Returns:
+        the loss terms averaged over the micro-batches and ranks, and the bad samples skipped on this rank.
+    """
+    terms = dict.fromkeys(LOSS_TERMS, 0.0)
+    skipped = 0
+    for _ in range(args.grad_accumulation_steps):
+        batch, skipped_files = next(batches)
+        skipped += len(skipped_files)
+        output = engine(**batch.to(device, dtype))
+        engine.backward(output.loss + touch_all(trainable_params))
+        engine.step()  # applies the optimizer at the accumulation boundary only
+        for name in LOSS_TERMS:
+            value = getattr(output, name)
+            terms[name] += 0.0 if value is None else value.item() / args.grad_accumulation_steps
+    return mean_over_ranks(terms, device), skipped
+
+
+def train_epoch(
+    engine: deepspeed.DeepSpeedEngine,
+    processor: LisaProcessor,
+    train_dataset: HybridDataset,
+    epoch: int,
+    first_step: int,
+    args: argparse.Namespace,
+    device: torch.device,
+    dtype: torch.dtype,
+    writer: SummaryWriter | None,
+    ckpt_dir: str,
+) -> tuple[dict[str, float], int]:
+    """Steps `first_step` .. --steps_per_epoch of one epoch (a resumed run starts mid-epoch).
+
+    Returns:
+        each loss term averaged over the steps run, and the bad samples skipped (all ranks).
+    """
+    rank, world = rank_and_world()
+    train_dataset.set_epoch(epoch)
+    loader = DataLoader(
+        train_dataset, batch_size=args.batch_size, num_workers=args.workers,
+        sampler=RangeSampler(len(train_dataset), rank, world, start=first_step * args.grad_accumulation_steps * args.batch_size),
+        collate_fn=LisaCollator(processor), drop_last=True,
+    )
+    batches = iter(loader)
+    trainable_params = [p for p in engine.module.parameters() if p.requires_grad]
+    engine.train()
+    sums = dict.fromkeys(LOSS_TERMS, 0.0)
+    skipped = 0
+    bar = tqdm(range(first_step, args.steps_per_epoch), desc=f"epoch {epoch}", disable=rank != 0, dynamic_ncols=True)
+    for step in bar:
+        global_step = epoch * args.steps_per_epoch + step
+        # Dropout noise is a function of (seed, step, rank), so a resumed run draws what the interrupted one would.
+        torch.manual_seed((args.seed * 1_000_003 + global_step) * world + rank)
+        lrs = set_learning_rates(engine, global_step, args)
+        started = time.perf_counter()
+        terms, step_skipped = train_step(engine, batches, args, device, dtype, trainable_params)
+        skipped += step_skipped
+        for name in LOSS_TERMS:
+            sums[name] += terms[name]
+        if writer is not None:
+            for name, value in terms.items():
+                writer.add_scalar(f"train/{name}", value, global_step + 1)
+            writer.add_scalar("train/lr", lrs[0], global_step + 1)
+            if args.train_sam_encoder:
+                writer.add_scalar("train/lr_sam_encoder", lrs[1], global_step + 1)
+            writer.add_scalar("metrics/secs_per_step", time.perf_counter() - started, global_step + 1)
+            bar.set_postfix(loss=f"{terms['loss']:.3f}", mask=f"{terms['mask_loss']:.3f}", lr=f"{lrs[0]:.2e}")
+        done = global_step + 1
+        if args.save_steps and done % args.save_steps == 0 and done % args.steps_per_epoch != 0:
+            save_checkpoint(engine, ckpt_dir, done, {"epoch": epoch}, best=None)
+    steps = max(args.steps_per_epoch - first_step, 1)
+    skipped = int(mean_over_ranks({"skipped": skipped}, device)["skipped"] * world)
+    return {name: total / steps for name, total in sums.items()}, skipped
+
+
+def checkpoint_epoch(
+    engine: deepspeed.DeepSpeedEngine, ckpt_dir: str, epoch: int, metrics: dict | None, best: dict | None,
+    args: argparse.Namespace,
+) -> dict:
+    """Saves the epoch's checkpoint as `latest`, and as `best` if its gIoU improved (every epoch, without
+    validation). Returns the best epoch's record after this one."""
+    improved = metrics is None or best is None or metrics["giou"] > best["giou"]
+    record = {"epoch": epoch, **({"giou": metrics["giou"], "ciou": metrics["ciou"]} if metrics else {})}
+    save_checkpoint(engine, ckpt_dir, (epoch + 1) * args.steps_per_epoch, {"epoch": epoch}, best=record if improved else None)
+    return record if improved else best
+
+
+def log_epoch(
+    epoch: int, losses: dict[str, float], metrics: dict | None, skipped: int, best: dict, writer: SummaryWriter | None,
+    args: argparse.Namespace,
+) -> None:
+    """The epoch's line on the console and its validation figures in TensorBoard (rank 0 only)."""
+    if writer is None:
+        return
+    line = " ".join(f"{name} {value:.4f}" for name, value in losses.items())
+    if metrics is not None:
+        writer.add_scalar("val/giou", metrics["giou"], (epoch + 1) * args.steps_per_epoch)
+        writer.add_scalar("val/ciou", metrics["ciou"], (epoch + 1) * args.steps_per_epoch)
+        line += f" | val giou {metrics['giou']:.4f} ciou {metrics['ciou']:.4f}"
+    print(f"epoch {epoch}: {line} | skipped samples {skipped} | best {best}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    if "RANK" not in os.environ:
-        # Plain `python train_ds.py`: a one-process group of our own (DeepSpeed would otherwise look for MPI).
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    deepspeed.init_distributed()  # gloo on CPU, nccl on CUDA; reads the launcher's (deepspeed / torchrun) variables
-    rank, world = dist.get_rank(), dist.get_world_size()
-    device = torch.device(deepspeed.get_accelerator().device_name(int(os.environ.get("LOCAL_RANK", 0))))
+    rank, world, device = start_distributed()
     dtype = DTYPES[args.precision]
     run_dir = os.path.join(args.log_base_dir, args.exp_name)
     ckpt_dir = os.path.join(run_dir, "ckpt_model")
     os.makedirs(ckpt_dir, exist_ok=True)
 
-    # ---- model
     torch.manual_seed(args.seed)  # the new [SEG] row and projection of a LLaVA base
     model, processor = load_for_training(
         args.version, args.vision_pretrained, args.conv_type, dtype=dtype, out_dim=args.out_dim,
@@ -209,117 +371,23 @@ def main(argv: list[str] | None = None) -> None:
             print(f"val giou {summary['giou']:.4f} ciou {summary['ciou']:.4f}")
         finish_distributed()
         return
-    if args.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-        model.enable_input_require_grads()  # checkpointed blocks need an input that requires grad
-    model = setup_trainable(
-        model, args.lora_r, args.lora_alpha, args.lora_dropout, args.lora_target_modules, args.train_sam_encoder
-    )
-    trainable, total = count_parameters(model)
+
+    model = make_trainable(model, args)
     if rank == 0:
-        print(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)")
         with open(os.path.join(ckpt_dir, TRAIN_ARGS_FILE), "w") as f:
             json.dump(vars(args), f, indent=2)
-
-    # ---- data: item i of an epoch goes to rank i % world; micro-batch k of a rank holds its items k·B .. k·B+B-1
-    micro_batches_per_epoch = args.steps_per_epoch * args.grad_accumulation_steps
-    train_dataset = HybridDataset(
-        args.dataset_dir, samples_per_epoch=micro_batches_per_epoch * args.batch_size * world,
-        num_classes_per_sample=args.num_classes_per_sample, dataset=args.dataset, sample_rates=args.sample_rates,
-        sem_seg_data=args.sem_seg_data, refer_seg_data=args.refer_seg_data, vqa_data=args.vqa_data,
-        reason_seg_data=args.reason_seg_data, explanatory=args.explanatory, custom_data=args.custom_data, seed=args.seed,
-    )
-
-    # ---- DeepSpeed
-    total_steps = args.epochs * args.steps_per_epoch
-    ds_config = deepspeed_config(
-        args.batch_size, args.grad_accumulation_steps, args.lr, (args.beta1, args.beta2), args.precision,
-        total_steps, args.warmup_steps, on_cpu=device.type == "cpu",
-    )
-    # Two optimizer groups with --train_sam_encoder (the encoder's learning rate can start late), else one.
-    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=parameter_groups(model), config=ds_config)
-
-    trainable_params = [p for p in engine.module.parameters() if p.requires_grad]
-
-    # ---- resume: DeepSpeed restores weights, optimizer, scheduler and its step counter; the step fixes the data
-    best = read_best(ckpt_dir)
-    if args.auto_resume and (tag := read_pointer(ckpt_dir)) is not None:
-        engine.load_checkpoint(ckpt_dir, tag=tag)
-        if rank == 0:
-            print(f"resumed from {ckpt_dir}/{tag} at step {engine.global_steps}")
-    else:
-        best = None
-    start_step = engine.global_steps
+    train_dataset = build_train_dataset(args, world)
+    engine = build_engine(model, args, device)
+    best = resume(engine, ckpt_dir, args)
 
     writer = SummaryWriter(run_dir) if rank == 0 else None
+    start_step = engine.global_steps
     for epoch in range(start_step // args.steps_per_epoch, args.epochs):
-        # ---- train one epoch
-        first = start_step - epoch * args.steps_per_epoch if epoch == start_step // args.steps_per_epoch else 0
-        train_dataset.set_epoch(epoch)
-        loader = DataLoader(
-            train_dataset, batch_size=args.batch_size, num_workers=args.workers,
-            sampler=RangeSampler(len(train_dataset), rank, world, start=first * args.grad_accumulation_steps * args.batch_size),
-            collate_fn=LisaCollator(processor, keep=("skipped",)), drop_last=True,
-        )
-        batches = iter(loader)
-        engine.train()
-        sums = dict.fromkeys(LOSS_TERMS, 0.0)
-        skipped = 0
-        bar = tqdm(range(first, args.steps_per_epoch), desc=f"epoch {epoch}", disable=rank != 0, dynamic_ncols=True)
-        for step in bar:
-            global_step = epoch * args.steps_per_epoch + step
-            # Dropout noise is a function of (seed, step, rank), so a resumed run draws what the interrupted one would.
-            torch.manual_seed((args.seed * 1_000_003 + global_step) * world + rank)
-            groups = engine.optimizer.param_groups
-            if args.train_sam_encoder:
-                # The scheduler sets every group to the schedule's rate after each step; scale the encoder's.
-                groups[1]["lr"] = groups[0]["lr"] * delayed_start_scale(
-                    global_step, args.sam_encoder_frozen_steps, args.warmup_steps
-                )
-            lrs = [group["lr"] for group in groups]  # this step's
-            started = time.perf_counter()
-            terms = dict.fromkeys(LOSS_TERMS, 0.0)
-            for _ in range(args.grad_accumulation_steps):
-                batch = next(batches)
-                skipped += sum(len(files) for files in batch.pop("skipped"))
-                output = engine(**move_batch(batch, device, dtype))
-                engine.backward(output.loss + touch_all(trainable_params))
-                engine.step()  # applies the optimizer at the accumulation boundary only
-                for name in LOSS_TERMS:
-                    value = getattr(output, name)
-                    terms[name] += 0.0 if value is None else value.item() / args.grad_accumulation_steps
-            terms = mean_over_ranks(terms, device)
-            for name in LOSS_TERMS:
-                sums[name] += terms[name]
-            if writer is not None:
-                seconds = time.perf_counter() - started
-                for name, value in terms.items():
-                    writer.add_scalar(f"train/{name}", value, global_step + 1)
-                writer.add_scalar("train/lr", lrs[0], global_step + 1)
-                if args.train_sam_encoder:
-                    writer.add_scalar("train/lr_sam_encoder", lrs[1], global_step + 1)
-                writer.add_scalar("metrics/secs_per_step", seconds, global_step + 1)
-                bar.set_postfix(loss=f"{terms['loss']:.3f}", mask=f"{terms['mask_loss']:.3f}", lr=f"{lrs[0]:.2e}")
-            done = global_step + 1
-            if args.save_steps and done % args.save_steps == 0 and done % args.steps_per_epoch != 0:
-                save_checkpoint(engine, ckpt_dir, done, {"epoch": epoch}, best=None)
-
-        # ---- validate, then checkpoint (the epoch's checkpoint is `latest`; also `best` if gIoU improved)
+        first_step = max(start_step - epoch * args.steps_per_epoch, 0)
+        losses, skipped = train_epoch(engine, processor, train_dataset, epoch, first_step, args, device, dtype, writer, ckpt_dir)
         metrics = validate(engine.module.get_base_model(), processor, val_dataset, args) if args.eval else None
-        improved = metrics is None or best is None or metrics["giou"] > best["giou"]
-        new_best = {"epoch": epoch, **({"giou": metrics["giou"], "ciou": metrics["ciou"]} if metrics else {})}
-        save_checkpoint(engine, ckpt_dir, (epoch + 1) * args.steps_per_epoch, {"epoch": epoch}, best=new_best if improved else None)
-        if improved:
-            best = new_best
-        skipped = int(mean_over_ranks({"skipped": skipped}, device)["skipped"] * world)
-        if rank == 0:
-            steps = args.steps_per_epoch - first
-            line = " ".join(f"{name} {sums[name] / max(steps, 1):.4f}" for name in LOSS_TERMS)
-            if metrics is not None:
-                writer.add_scalar("val/giou", metrics["giou"], (epoch + 1) * args.steps_per_epoch)
-                writer.add_scalar("val/ciou", metrics["ciou"], (epoch + 1) * args.steps_per_epoch)
-                line += f" | val giou {metrics['giou']:.4f} ciou {metrics['ciou']:.4f}"
-            print(f"epoch {epoch}: {line} | skipped samples {skipped} | best {best}", flush=True)
+        best = checkpoint_epoch(engine, ckpt_dir, epoch, metrics, best, args)
+        log_epoch(epoch, losses, metrics, skipped, best, writer, args)
     if writer is not None:
         writer.close()
     finish_distributed()

@@ -15,7 +15,6 @@ import numpy as np
 import torch
 
 from model.builder import load_lisa
-from model.inference import GENERATE_INPUTS
 from model.tiny import write_tiny
 
 
@@ -36,8 +35,7 @@ def main() -> None:
     messages = [{"role": "user", "content": "<image>\n" + question}]
     while len(processor.encode_conversation(messages, add_generation_prompt=True)[0]) < args.prompt_tokens:
         messages += [{"role": "assistant", "content": "Sure, it is [SEG]."}, {"role": "user", "content": question}]
-    batch = processor.collate([processor.process_sample(image, [messages], add_generation_prompt=True)], "left")
-    inputs = {k: batch[k] for k in GENERATE_INPUTS}
+    inputs = processor([image], [[messages]], add_generation_prompt=True)
     common = dict(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens)
 
     def ours():

@@ -6,10 +6,10 @@ here uses that package.
 """
 
 from datasets.collate import LisaCollator
-from datasets.common import SampleError, Sample, ValSample
+from datasets.common import SampleError, Sample, ValSample, decode_segmentation
 from datasets.hybrid import HybridDataset, build_val_dataset
 from datasets.reason_seg import ReasonSegDataset, ReasonSegValDataset, get_mask_from_json
-from datasets.refer_seg import ReferSegDataset, ReferSegValDataset, decode_segmentation
+from datasets.refer_seg import ReferSegDataset, ReferSegValDataset
 from datasets.sem_seg import SemSegDataset
 from datasets.vqa import VQADataset
 

@@ -31,9 +31,8 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from datasets.common import SampleError, Sample, ValSample, choose_up_to, read_image, split_names
+from datasets.common import SampleError, Sample, ValSample, choose_up_to, decode_segmentation, read_image, split_names
 from datasets.reason_seg import TARGET
-from datasets.refer_seg import decode_segmentation
 from datasets.templates import IMAGE_PLACEHOLDER, VAL_ANSWER, turn
 from model.processing import SEG_TOKEN
 

@@ -26,10 +26,9 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
-from datasets.common import SampleError, read_json
+from datasets.common import SampleError, decode_segmentation, read_json
 from datasets.custom import SPLITS, check_folder, image_size, split_path
 from datasets.reason_seg import TARGET, get_mask_from_json, shapes_to_mask
-from datasets.refer_seg import decode_segmentation
 from datasets.templates import IMAGE_PLACEHOLDER, long_question, seg_answer, short_question
 from model.processing import SEG_TOKEN
 

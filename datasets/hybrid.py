@@ -89,17 +89,17 @@ class HybridDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self.samples_per_epoch
 
-    def family_of(self, index: int, attempt: int = 0) -> int:
-        """Which family item `index` draws on a given attempt (the first draw of its generator)."""
-        return int(sample_rng(self.seed, self.epoch, index, attempt).choice(len(self.families), p=self.rates))
+    def draw_family(self, index: int, attempt: int = 0) -> tuple[int, np.random.Generator]:
+        """The family item `index` draws on a given attempt, and the generator that then draws its sample."""
+        rng = sample_rng(self.seed, self.epoch, index, attempt)
+        return int(rng.choice(len(self.families), p=self.rates)), rng
 
     def __getitem__(self, index: int) -> Sample:
         skipped = []
         for attempt in range(self.max_attempts):
-            rng = sample_rng(self.seed, self.epoch, index, attempt)
-            family = self.families[rng.choice(len(self.families), p=self.rates)]
+            family, rng = self.draw_family(index, attempt)
             try:
-                sample = family.sample(rng)
+                sample = self.families[family].sample(rng)
             except SampleError as error:
                 self.num_skipped += 1
                 skipped.append(error.path)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import enum
 import glob
 import logging
 import os
@@ -21,10 +22,19 @@ from datasets.templates import (
     turn,
     val_conversation,
 )
+from utils.metrics import IGNORE_PIXEL
 
 logger = logging.getLogger(__name__)
 
-TARGET, IGNORE = 1, 255
+TARGET = 1
+
+
+class AnswerKind(enum.Enum):
+    """What a training ReasonSeg answer holds."""
+
+    MASK = "mask"  # "It is [SEG]."
+    MASK_AND_EXPLANATION = "mask_and_explanation"  # "It is [SEG]. {explanation}", to a question asking why
+    EXPLANATION_ONLY = "explanation_only"  # the explanation alone: no [SEG], no mask
 
 
 def _label(path: str, shape: object) -> str:
@@ -94,7 +104,7 @@ def shapes_to_mask(json_path: str, shapes: list, height: int, width: int) -> np.
             raise SampleError(json_path, f"polygon {label!r} lies wholly outside the {width}x{height} image")
         if not inside:
             logger.warning("%s: polygon %r partly outside the %dx%d image; clipped", json_path, label, width, height)
-        polygons.append((IGNORE if "ignore" in label.lower() else TARGET, polygon))
+        polygons.append((IGNORE_PIXEL if "ignore" in label.lower() else TARGET, polygon))
         areas.append(area)
 
     mask = np.zeros((height, width), dtype=np.uint8)
@@ -178,23 +188,27 @@ class ReasonSegDataset:
         texts = [texts[i] for i in choose_up_to(rng, len(texts), self.num_classes_per_sample)]
 
         explanation = self.explanations.get(os.path.basename(image_path))
-        choice = 0
+        kind = AnswerKind.MASK
         if explanation is not None:
-            choice = 2 if rng.random() < self.explanatory else int(rng.integers(2))
+            # The original's draws, in its order: explanation only with probability `explanatory`, else 50/50.
+            if rng.random() < self.explanatory:
+                kind = AnswerKind.EXPLANATION_ONLY
+            else:
+                kind = (AnswerKind.MASK, AnswerKind.MASK_AND_EXPLANATION)[int(rng.integers(2))]
 
         conversations = []
         for text in texts:
             question = long_question(rng, text) if is_sentence else short_question(rng, text)
             answer = seg_answer(rng)
-            if choice == 1:
+            if kind is AnswerKind.MASK_AND_EXPLANATION:
                 explain = EXPLANATORY_QUESTION_LIST[rng.integers(len(EXPLANATORY_QUESTION_LIST))]
                 question = f"{IMAGE_PLACEHOLDER}\n{text} {explain}"
                 answer = f"{answer} {explanation}"
-            elif choice == 2:
+            elif kind is AnswerKind.EXPLANATION_ONLY:
                 question, answer = f"{IMAGE_PLACEHOLDER}\n{text}", explanation
             conversations.append(turn(question, answer))
 
-        count = 0 if choice == 2 else len(texts)
+        count = 0 if kind is AnswerKind.EXPLANATION_ONLY else len(texts)
         masks = np.repeat((mask == TARGET)[None], count, axis=0)
         return Sample(sample_id(image_path), image, conversations, masks, queries=texts)
 

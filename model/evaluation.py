@@ -1,26 +1,24 @@
 """Scoring a LISA model on validation samples (ReasonSeg, referring splits): `evaluate` is what
 `eval_reasonseg.py` runs and what training calls for its per-epoch validation.
 
-Samples are `datasets.common.ValSample`-like (see `utils.evaluation`): each conversation is the original's
+Samples are `datasets.common.ValSample`-like (see `utils.scoring`): each conversation is the original's
 validation prompt followed by the answer "[SEG].".
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import torch
 
-from model.inference import answer, move_batch
+from model.inference import answer
 from model.lisa import LisaForCausalLM
 from model.processing import SEG_TOKEN, LisaProcessor
-from utils.evaluation import EvalReport, Predictor, run_evaluation
+from utils.scoring import EvalReport, Predictor, run_evaluation
 
 MODES = ("generate", "teacher")
-FORWARD_INPUTS = (
-    "input_ids", "attention_mask", "pixel_values", "sam_pixel_values", "image_index", "resized_sizes", "original_sizes",
-)
 
 
 def teacher_predictor(model: LisaForCausalLM, processor: LisaProcessor) -> Predictor:
@@ -31,10 +29,9 @@ def teacher_predictor(model: LisaForCausalLM, processor: LisaProcessor) -> Predi
 
     @torch.no_grad()
     def predict(samples: list[Any]) -> list[list[np.ndarray]]:
-        items = [processor.process_sample(s.image, s.conversations, sample_id=s.sample_id) for s in samples]
-        batch = processor.collate(items, padding_side="right")
-        inputs = move_batch({k: batch[k] for k in FORWARD_INPUTS}, model.device, model.dtype)
-        pred_masks = model(**inputs).pred_masks  # per image (n_i, H, W) logits, one per conversation
+        batch = processor([s.image for s in samples], [s.conversations for s in samples], sample_ids=[s.sample_id for s in samples])
+        # No labels: only the masks are wanted, not the text loss.
+        pred_masks = model(**replace(batch, labels=None).to(model.device, model.dtype)).pred_masks
         return [list((logits > 0).cpu().numpy()) for logits in pred_masks]
 
     return predict

@@ -29,7 +29,7 @@ from model.builder import load_lisa
 from model.conversation import LLAVA_V1_SYSTEM
 from model.convert_lisa import CONV_TYPE, NotReleasedLisaError, convert_lisa, main
 from model.inference import answer
-from model.processing import IGNORE_INDEX
+from model.losses import IGNORE_LABEL
 from tests.sam_reference import build_original_sam
 
 IMAGE_PLACEHOLDER = -200  # the original's IMAGE_TOKEN_INDEX
@@ -307,7 +307,7 @@ def test_token_ids_of_the_original(released):
             # Labels: exactly the answer and its </s>, i.e. everything after the original's generation prompt.
             prompt = reference.tokenize(f"{system}USER: {QUESTION} ASSISTANT:")
             start = len(prompt) - 1 + 16
-            assert labels[:start] == [IGNORE_INDEX] * start, name
+            assert labels[:start] == [IGNORE_LABEL] * start, name
             assert labels[start:] == ids[start:] and ids[-1] == tokenizer.eos_token_id, name
 
 

@@ -230,7 +230,7 @@ def test_hybrid_mixes_custom_with_lisa_families(toy):
     root, truth = toy
     data = HybridDataset(root, samples_per_epoch=200, dataset="reason_seg||custom", custom_data=os.path.join(root, "custom"), explanatory=-1)
     assert data.rates.tolist() == [0.5, 0.5]  # default rates: reason_seg 1, custom 1
-    families = [data.family_of(i) for i in range(200)]
+    families = [data.draw_family(i)[0] for i in range(200)]
     assert 70 < families.count(1) < 130
     for i in range(40):
         sample = data[i]
@@ -249,7 +249,7 @@ def test_a_training_step_on_no_target_answers(tiny_dir, folder):
     no_target = Sample("custom/none", np.zeros((H, W, 3), np.uint8), [turn("<image>\nAnything purple?", "No.")], np.zeros((0, H, W), bool))
     with_masks = CustomDataset(root).sample(sample_rng(0))
     collate = LisaCollator(processor)
-    for batch in (collate([no_target]), collate([with_masks, no_target])):
+    for batch, _ in (collate([no_target]), collate([with_masks, no_target])):
         output = model(**batch)
         assert torch.isfinite(output.loss)
         output.loss.backward()

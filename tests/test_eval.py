@@ -16,7 +16,7 @@ from model.evaluation import evaluate
 from model.inference import answer
 from model.loading import load_for_inference
 from tests.lisa_fixtures import reason_seg_items, write_reason_seg, write_seg_emitter
-from utils.evaluation import PredictionFiles, run_evaluation
+from utils.scoring import PredictionFiles, run_evaluation
 
 GOOD = 6
 SCHEMA = {"giou", "ciou", "n", "short", "long", "per_sample"}

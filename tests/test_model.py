@@ -6,7 +6,7 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from model.builder import add_seg_token, load_lisa, save_lisa
-from model.inference import GENERATE_INPUTS, answer
+from model.inference import answer
 from model.losses import dice_per_mask, mean_over_masks, sigmoid_ce_per_mask
 
 QUESTION = "<image>\nWhat is the red circle in this image? Please output segmentation mask."
@@ -77,10 +77,9 @@ def test_forward_shapes_and_losses(lisa):
 
 
 def test_mask_count_mismatch_names_the_sample(lisa):
-    model, processor = lisa
-    item = processor.process_sample(random_image(0), [[user(), assistant("[SEG] and [SEG].")]], random_masks(0, 1), "img_007.jpg")
+    _, processor = lisa
     with pytest.raises(ValueError, match="img_007.jpg: 2 \\[SEG\\] tokens .* but 1 ground-truth"):
-        model(**processor.collate([item]))
+        processor([random_image(0)], [[[user(), assistant("[SEG] and [SEG].")]]], [random_masks(0, 1)], ["img_007.jpg"])
 
 
 def test_vqa_batch_adds_only_ce(lisa):
@@ -155,9 +154,7 @@ def test_seg_token_must_encode_to_one_id(tiny_dir):
 
 
 def generate_inputs(processor, images, prompts):
-    items = [processor.process_sample(img, [[user(p)]], None, add_generation_prompt=True) for img, p in zip(images, prompts)]
-    batch = processor.collate(items, padding_side="left")
-    return {k: batch[k] for k in GENERATE_INPUTS}
+    return processor(images, [[[user(p)]] for p in prompts], add_generation_prompt=True)
 
 
 def test_cached_generation_equals_uncached_recomputation(lisa):

@@ -21,6 +21,7 @@ import torch
 
 from model.builder import load_lisa
 from model.peft_setup import FULLY_TRAINED, load_for_training, lora_target_regex, setup_trainable
+from model.processing import LisaBatch
 from train_ds import parse_args
 from utils.checkpoint import LATEST, read_pointer, save_checkpoint, step_tag
 
@@ -72,7 +73,7 @@ def final_weights(ckpt_dir) -> dict[str, torch.Tensor]:
     return get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=read_pointer(str(ckpt_dir), LATEST))
 
 
-def toy_batch(processor, seed: int = 0) -> dict:
+def toy_batch(processor, seed: int = 0) -> LisaBatch:
     """Two images, three conversations, three [SEG] with random target masks."""
     rng = np.random.default_rng(seed)
     items = []

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-IGNORE_INDEX = 255
+IGNORE_PIXEL = 255  # ground-truth value of a pixel no metric counts (ReasonSeg "ignore" regions, unlabeled)
 IOU_EPS = 1e-5  # the original's `intersection / (union + 1e-5)`
 CIOU_EPS = 1e-10
 
@@ -28,7 +28,7 @@ def intersection_and_union(
     pred: torch.Tensor | np.ndarray,
     target: torch.Tensor | np.ndarray,
     num_classes: int = 2,
-    ignore_index: int = IGNORE_INDEX,
+    ignore_index: int = IGNORE_PIXEL,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-class pixel counts of one prediction, the original `intersectionAndUnionGPU`.
 

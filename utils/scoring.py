@@ -1,4 +1,4 @@
-"""The evaluation loop: validation samples -> predicted masks -> metrics, batched and split across processes.
+"""Scoring a data set: validation samples -> predicted masks -> metrics, batched and split across processes.
 
 The loop knows nothing of the model: a *predictor* turns a batch of samples into masks. `model.evaluation`
 provides the model's predictors (generated or teacher-forced answers); `PredictionFiles` reads saved masks.
@@ -18,12 +18,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 import torch.distributed as dist
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from utils.distributed import rank_and_world
 from utils.metrics import SegMetrics
 
 logger = logging.getLogger(__name__)
@@ -49,34 +49,6 @@ def pair_key(sample_id: str, query: int, num_queries: int) -> str:
     """`per_sample` key: the stem for a sample with one query, `"{stem}#{k}"` for query k of several."""
     stem = sample_stem(sample_id)
     return stem if num_queries == 1 else f"{stem}#{query}"
-
-
-def init_distributed() -> tuple[int, int]:
-    """Joins the process group a launcher (`torchrun`, `deepspeed`) describes in the environment, if any.
-
-    Returns:
-        (rank, world size); (0, 1) for a plain single-process run.
-    """
-    if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if backend == "nccl":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-        dist.init_process_group(backend=backend)
-    return _distributed()
-
-
-def finish_distributed() -> None:
-    """Leaves the process group, if any, once every rank is done: a gloo group still alive at interpreter exit
-    can abort the process ("terminate called without an active exception") after its work is finished."""
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
-
-
-def _distributed() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 class _Guarded(Dataset):
@@ -116,7 +88,7 @@ def run_evaluation(
         batch_size: samples (images) per call of `predict`.
         workers: `DataLoader` worker processes reading samples (0 reads in this process).
     """
-    rank, world = _distributed()
+    rank, world = rank_and_world()
     indices = list(range(rank, len(dataset), world))
     loader = DataLoader(
         _Guarded(dataset, indices), batch_size=batch_size, num_workers=workers, collate_fn=list, shuffle=False
