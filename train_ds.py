@@ -93,15 +93,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
     data = parser.add_argument_group("data")
     data.add_argument("--dataset_dir", default="./dataset", help="root of all data sets")
-    data.add_argument("--dataset", default="sem_seg||refer_seg||vqa||reason_seg", help="data families, '||'-separated")
-    data.add_argument("--sample_rates", default="9,3,3,1", help="relative sampling rate of each family in --dataset")
+    data.add_argument("--dataset", default="sem_seg||refer_seg||vqa||reason_seg",
+                      help="data families, '||'-separated: sem_seg, refer_seg, vqa, reason_seg and custom (--custom_data)")
+    data.add_argument("--sample_rates", default=None,
+                      help="relative sampling rate of each family in --dataset, comma-separated (default: LISA's 9,3,3,1 "
+                           "for sem_seg, refer_seg, vqa, reason_seg, and 1 for custom)")
     data.add_argument("--sem_seg_data", default="ade20k||cocostuff||pascal_part||paco_lvis||mapillary",
                       help="semantic segmentation data sets")
     data.add_argument("--refer_seg_data", default="refclef||refcoco||refcoco+||refcocog", help="referring data sets")
     data.add_argument("--vqa_data", default="llava_instruct_150k", help="VQA data (LLaVA-Instruct json name)")
     data.add_argument("--reason_seg_data", default="ReasonSeg|train", help="ReasonSeg splits, 'name|split[_split]'")
+    data.add_argument("--custom_data", default="",
+                      help="custom data folders for the family 'custom', '||'-separated; each one's train.jsonl is read "
+                           "(format: docs/custom_data.md)")
     data.add_argument("--val_dataset", default="ReasonSeg|val",
-                      help="validation set: 'ReasonSeg|val' or a referring split such as 'refcoco|unc|val'")
+                      help="validation set: 'ReasonSeg|val', a referring split such as 'refcoco|unc|val', or a custom "
+                           "folder's split 'custom|DIR|val'")
     data.add_argument("--explanatory", type=float, default=0.1,
                       help="probability that a ReasonSeg sample with an explanation asks for it")
     data.add_argument("--num_classes_per_sample", type=positive_int, default=3,
@@ -237,7 +244,7 @@ def validate(model, processor, val_dataset, args: argparse.Namespace) -> dict:
     """gIoU/cIoU of `model` on the validation set, by the same code as `eval_reasonseg.py`."""
     report = evaluate(model, processor, val_dataset, mode=args.val_mode, batch_size=args.val_batch_size)
     if report.skipped and is_main():
-        print(f"validation skipped {len(report.skipped)} unreadable sample(s), e.g. {report.skipped[0]}")
+        print(f"validation skipped {len(report.skipped)} unusable sample(s) or record(s), e.g. {report.skipped[0]}")
     return report.summary
 
 
@@ -271,7 +278,7 @@ def build_train_dataset(args: argparse.Namespace, world: int) -> HybridDataset:
         args.dataset_dir, samples_per_epoch=micro_batches_per_epoch * args.batch_size * world,
         num_classes_per_sample=args.num_classes_per_sample, dataset=args.dataset, sample_rates=args.sample_rates,
         sem_seg_data=args.sem_seg_data, refer_seg_data=args.refer_seg_data, vqa_data=args.vqa_data,
-        reason_seg_data=args.reason_seg_data, explanatory=args.explanatory, seed=args.seed,
+        reason_seg_data=args.reason_seg_data, explanatory=args.explanatory, custom_data=args.custom_data, seed=args.seed,
     )
 
 

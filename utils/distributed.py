@@ -73,6 +73,15 @@ def broadcast_from_main(value: Any) -> Any:
     return holder[0]
 
 
+def gather_lists(items: list) -> list:
+    """Every rank's `items` (picklable), concatenated in rank order, on every rank."""
+    if not is_distributed():
+        return list(items)
+    gathered: list[list | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, items)
+    return [item for part in gathered for item in part]
+
+
 def mean_over_ranks(values: dict[str, float], device: torch.device) -> dict[str, float]:
     """Each value averaged over the ranks (itself without a process group)."""
     if not is_distributed():
