@@ -1,7 +1,7 @@
 """The two ways a LISA model comes to be.
 
-* `build_lisa_from_llava`: training init from a LLaVA base plus SAM weights — `[SEG]` is added to the
-  tokenizer, the embeddings are resized and the `[SEG]` projection is fresh.
+* `build_lisa_from_base`: training init from a vision-language base (LLaVA-1.5 or Qwen2.5-VL) plus SAM or SAM 2
+  weights — `[SEG]` is added to the tokenizer, the embeddings are resized and the `[SEG]` projection is fresh.
 * `load_lisa`: a trained LISA folder, restored exactly — nothing is re-initialised, and a folder whose weights
   do not cover the model (or hold weights the model does not have) is an error, not a silent re-randomisation.
 """
@@ -12,11 +12,12 @@ import os
 
 import torch
 from tokenizers import AddedToken
-from transformers import AutoProcessor, LlavaForConditionalGeneration
+from transformers import PretrainedConfig
 
 from model.lisa import LisaConfig, LisaForCausalLM
+from model.mask_heads import load_mask_head, mask_head_family
 from model.processing import SEG_TOKEN, LisaProcessor
-from model.sam import load_sam
+from model.vlm_families import vlm_family
 
 
 def add_seg_token(tokenizer, seg_token: str = SEG_TOKEN) -> int:
@@ -33,45 +34,53 @@ def add_seg_token(tokenizer, seg_token: str = SEG_TOKEN) -> int:
     return seg_token_id
 
 
-def build_lisa_from_llava(
-    llava_path: str,
+def build_lisa_from_base(
+    base_path: str,
     sam_path: str,
-    conv_type: str = "llava_1_5",
+    conv_type: str | None = None,
     dtype: torch.dtype | None = None,
     out_dim: int | None = None,
     **config_kwargs,
 ) -> tuple[LisaForCausalLM, LisaProcessor]:
-    """A LISA model to train, from a LLaVA base (llava-hf layout) and SAM weights.
+    """A LISA model to train, from a vision-language base and SAM or SAM 2 weights; each family is read from its
+    folder's (or hub id's) config.
 
     Args:
-        llava_path: hub id or folder of a `LlavaForConditionalGeneration`, e.g. `llava-hf/llava-1.5-7b-hf`.
-        sam_path: a `SamModel` folder or hub id, or a `sam_vit_h_4b8939.pth`-style file in the original layout.
-        conv_type: conversation format (`model.conversation.CHAT_TEMPLATES`).
-        out_dim: output width of the new `[SEG]` projection; it must be SAM's prompt width (the default; 256
-            for the released SAM).
+        base_path: hub id or folder of a `LlavaForConditionalGeneration` (e.g. `llava-hf/llava-1.5-7b-hf`) or a
+            `Qwen2_5_VLForConditionalGeneration` (e.g. `Qwen/Qwen2.5-VL-3B-Instruct`).
+        sam_path: a `SamModel` or `Sam2Model` folder or hub id (e.g. `facebook/sam2.1-hiera-tiny`), or a
+            `sam_vit_h_4b8939.pth`-style file in segment-anything's layout.
+        conv_type: conversation format (`model.conversation.CHAT_TEMPLATES`); None: the base family's default.
+        out_dim: output width of the new `[SEG]` projection; it must be the mask head's prompt width (the default;
+            256 for the released SAM and SAM 2).
         config_kwargs: other `LisaConfig` fields (loss weights).
+
+    Raises:
+        ValueError: a base or mask head of no supported family (naming the supported ones).
     """
-    llava_processor = AutoProcessor.from_pretrained(llava_path)
-    seg_token_id = add_seg_token(llava_processor.tokenizer)
-    llava = LlavaForConditionalGeneration.from_pretrained(llava_path, dtype=dtype)
-    llava.resize_token_embeddings(len(llava_processor.tokenizer))
-    sam = load_sam(sam_path, dtype=dtype)
+    family = vlm_family(PretrainedConfig.get_config_dict(base_path)[0], source=base_path)
+    vlm_processor = family.load_processor(base_path)
+    seg_token_id = add_seg_token(vlm_processor.tokenizer)
+    vlm = family.model_class.from_pretrained(base_path, dtype=dtype)
+    vlm.resize_token_embeddings(len(vlm_processor.tokenizer))
+    sam = load_mask_head(sam_path, dtype=dtype)
     prompt_width = sam.config.prompt_encoder_config.hidden_size
     if out_dim not in (None, prompt_width):
         raise ValueError(f"out_dim {out_dim} must equal the prompt width {prompt_width} of the SAM in {sam_path}")
 
     config = LisaConfig(
-        llava_config=llava.config, sam_config=sam.config, seg_token_id=seg_token_id, out_dim=prompt_width,
+        vlm_config=vlm.config, sam_config=sam.config, seg_token_id=seg_token_id, out_dim=prompt_width,
         **config_kwargs,
     )
-    model = LisaForCausalLM(config, llava=llava, sam=sam)
+    model = LisaForCausalLM(config, vlm=vlm, sam=sam)
     # Wrapping the loaded parts' configs in LisaConfig clears their resolved attention implementation, and a
     # language model without one attends bidirectionally; set it once for the whole model, as loading does.
     model.set_attn_implementation(config._attn_implementation)
     if dtype is not None:
         model.text_hidden_fcs.to(dtype)
-    processor = LisaProcessor(llava_processor, sam_image_size=config.sam_config.vision_config.image_size)
-    processor.set_chat_template(conv_type)
+    sam_family = mask_head_family(sam.config)
+    processor = LisaProcessor(vlm_processor, sam_image_size=sam_family.image_size(sam.config), sam_family=sam_family.name)
+    processor.set_chat_template(conv_type or family.chat_templates[0])
     return model, processor
 
 
@@ -92,8 +101,8 @@ def load_lisa(path: str, dtype: torch.dtype | None = None, **kwargs) -> tuple[Li
         details = "; ".join(f"{k}: {sorted(map(str, v))}" for k, v in problems.items())
         raise ValueError(f"{path}: the weights do not match the LISA model ({details})")
     if dtype is not None and "quantization_config" not in kwargs:
-        # LLaVA builds its CLIP tower and language model from their own sub-configs, which keep the saved
-        # dtype; one cast makes the whole model uniform.
+        # The vision-language model builds its vision tower and language model from their own sub-configs, which
+        # keep the saved dtype; one cast makes the whole model uniform.
         model.to(dtype)
     return model, LisaProcessor.from_pretrained(path)
 

@@ -10,6 +10,8 @@ to produce. A prompt for generation ends with the assistant prefix (`add_generat
 * `llava_v1_im_start_end` — `llava_v1` with every `<image>` of a user message written
   `<im_start><image><im_end>` (the original's `mm_use_im_start_end`): the prompt format of the released LISA
   checkpoints (`model/convert_lisa.py`).
+* `qwen2_5_vl` — Qwen2.5-VL's ChatML format (`<|im_start|>role\n...<|im_end|>`, Qwen's default system prompt),
+  with every `<image>` written `<|vision_start|><|image_pad|><|vision_end|>`.
 """
 
 LLAVA_V1_SYSTEM = (
@@ -61,4 +63,20 @@ CHAT_TEMPLATES["llava_v1_im_start_end"] = (
     "{% else %}{{ 'ASSISTANT:' }}{% generation %}{{ ' ' + message['content'] + eos_token }}{% endgeneration %}"
     "{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
+
+# Qwen2.5-VL-Instruct's own format for string contents; its template writes an image as the content item
+# {"type": "image"}, which LISA's data writes as `<image>` in the text. The newline after `<|im_end|>` opens the
+# next turn and is not part of the answer.
+QWEN_SYSTEM = "You are a helpful assistant."
+CHAT_TEMPLATES["qwen2_5_vl"] = (
+    "{% if messages[0]['role'] != 'system' %}{{ '<|im_start|>system\\n" + QWEN_SYSTEM + "<|im_end|>\\n' }}{% endif %}"
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' }}"
+    "{% if message['role'] == 'assistant' %}"
+    "{% generation %}{{ message['content'] + '<|im_end|>' }}{% endgeneration %}{{ '\\n' }}"
+    "{% else %}"
+    "{{ message['content'] | replace('<image>', '<|vision_start|><|image_pad|><|vision_end|>') + '<|im_end|>\\n' }}"
+    "{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )

@@ -264,13 +264,13 @@ def convert_lisa(src: str, clip: str, out: str) -> None:
     }
     sam_config = sam_config_from_original_state_dict(state_dict, prefix=SAM_PREFIX)
     config = LisaConfig(
-        llava_config=llava_config,
+        vlm_config=llava_config,
         sam_config=sam_config,
         seg_token_id=tokenizer.convert_tokens_to_ids(SEG_TOKEN),
         out_dim=original.get("out_dim", 256),
     )
-    weights = {f"llava.{key}": value for key, value in llm.items()}
-    weights |= {f"llava.model.vision_tower.{key}": value for key, value in clip_model.state_dict().items()}
+    weights = {f"vlm.{key}": value for key, value in llm.items()}
+    weights |= {f"vlm.model.vision_tower.{key}": value for key, value in clip_model.state_dict().items()}
     weights |= {f"sam.{key}": value for key, value in convert_original_sam_state_dict(state_dict, SAM_PREFIX).items()}
     weights |= {f"text_hidden_fcs.{key}": value for key, value in fcs.items()}
     # Every weight comes from the checkpoints: build on the meta device (no random 7B/13B init, which would also
@@ -281,7 +281,7 @@ def convert_lisa(src: str, clip: str, out: str) -> None:
         model = LisaForCausalLM(config)
     model.load_state_dict(weights, strict=True, assign=True)
     model.tie_weights()  # SAM's positional-encoding matrix is one parameter used twice
-    model.llava.generation_config.update(
+    model.vlm.generation_config.update(
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
     )
 

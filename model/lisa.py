@@ -1,8 +1,11 @@
-"""LISA: a LLaVA model whose `[SEG]` tokens prompt SAM's mask decoder.
+"""LISA: a vision-language model whose `[SEG]` tokens prompt SAM's mask decoder.
 
 The language model answers; for every `[SEG]` in the answer, the last-layer (post-norm) hidden state at the
 position *before* it — the position whose logits predict `[SEG]` — is projected by `text_hidden_fcs` to a
 256-d sparse prompt of SAM's mask decoder, which turns it into one mask (reference/lisa.md §2.4-2.5).
+
+The vision-language model is of a family of `model.vlm_families` (LLaVA-1.5, Qwen2.5-VL), the mask head of one of
+`model.mask_heads` (SAM, SAM 2); this module is the same for every pair.
 """
 
 from __future__ import annotations
@@ -11,15 +14,16 @@ import logging
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from huggingface_hub.dataclasses import strict
 from torch import nn
-from transformers import LlavaConfig, LlavaForConditionalGeneration, PreTrainedModel, SamConfig, SamModel
+from transformers import AutoConfig, PreTrainedModel
 from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import ModelOutput
 
 from model.losses import causal_lm_loss, dice_per_mask, mean_over_masks, sigmoid_ce_per_mask
+from model.mask_heads import mask_head_family
+from model.vlm_families import vlm_family
 
 logger = logging.getLogger(__name__)
 
@@ -27,20 +31,22 @@ logger = logging.getLogger(__name__)
 @strict
 class LisaConfig(PreTrainedConfig):
     r"""
-    llava_config: the multimodal LLM (`LlavaConfig`: CLIP tower, projector, language model).
-    sam_config: the segmentation model (`SamConfig`).
+    vlm_config: the vision-language model: a `LlavaConfig` (CLIP tower, projector, language model) or a
+        `Qwen2_5_VLConfig` (vision transformer with patch merger, language model).
+    sam_config: the segmentation model: a `SamConfig` or a `Sam2Config`.
     seg_token_id: id of `[SEG]` in the tokenizer saved beside the model.
     out_dim: width of SAM's prompt embeddings, the output of `text_hidden_fcs`.
     ce_loss_weight, bce_loss_weight, dice_loss_weight: LISA's loss weights (1.0, 2.0, 0.5).
     """
 
     model_type = "lisa"
+    # The family of each part is its config's `model_type`; without one, LISA's original pair.
     sub_configs_defaults = {
-        "llava_config": SubConfigSpec(config_class=LlavaConfig),
-        "sam_config": SubConfigSpec(config_class=SamConfig),
+        "vlm_config": SubConfigSpec(config_class=AutoConfig, model_type="llava"),
+        "sam_config": SubConfigSpec(config_class=AutoConfig, model_type="sam"),
     }
 
-    llava_config: dict | PreTrainedConfig | None = None
+    vlm_config: dict | PreTrainedConfig | None = None
     sam_config: dict | PreTrainedConfig | None = None
     seg_token_id: int | None = None
     out_dim: int = 256
@@ -75,44 +81,23 @@ class LisaPrediction:
     masks: list[torch.Tensor]
 
 
-def postprocess_masks(
-    low_res_logits: torch.Tensor,
-    image_size: int,
-    resized_size: tuple[int, int],
-    original_size: tuple[int, int],
-) -> torch.Tensor:
-    """Mask logits of SAM's decoder back to the original image.
-
-    Args:
-        low_res_logits: (n, h, w) decoder logits (256 x 256 for the released SAM).
-        image_size: SAM's square input size.
-        resized_size: (h', w') of the image inside the padded SAM input.
-        original_size: (H, W) of the original image.
-
-    Returns:
-        (n, H, W) float32 logits; a pixel belongs to the mask where the logit is > 0.
-    """
-    masks = low_res_logits.float().unsqueeze(1)
-    masks = F.interpolate(masks, (image_size, image_size), mode="bilinear", align_corners=False)
-    masks = masks[..., : resized_size[0], : resized_size[1]]
-    masks = F.interpolate(masks, tuple(original_size), mode="bilinear", align_corners=False)
-    return masks.squeeze(1)
-
-
 class LisaForCausalLM(PreTrainedModel):
     config_class = LisaConfig
     base_model_prefix = "lisa"
     input_modalities = ("image", "text")
     supports_gradient_checkpointing = True
     _supports_sdpa = True
-    _no_split_modules = ["LlamaDecoderLayer", "CLIPEncoderLayer", "SamVisionLayer"]
+    # `_no_split_modules` and tied weights: `post_init` gathers them from the two parts.
 
-    def __init__(self, config: LisaConfig, llava: LlavaForConditionalGeneration | None = None, sam: SamModel | None = None):
-        """`llava` and `sam`, when given, are used as they are (training init from pretrained parts)."""
+    def __init__(self, config: LisaConfig, vlm: PreTrainedModel | None = None, sam: PreTrainedModel | None = None):
+        """`vlm` and `sam`, when given, are used as they are (training init from pretrained parts)."""
         super().__init__(config)
-        self.llava = llava if llava is not None else LlavaForConditionalGeneration(config.llava_config)
-        self.sam = sam if sam is not None else SamModel(config.sam_config)
-        hidden_size = config.llava_config.text_config.hidden_size
+        self.vlm_family = vlm_family(config.vlm_config)
+        self.sam_family = mask_head_family(config.sam_config)
+        self.vlm = vlm if vlm is not None else self.vlm_family.model_class(config.vlm_config)
+        self.sam = sam if sam is not None else self.sam_family.model_class(config.sam_config)
+        self.sam_family.prepare(self.sam)
+        hidden_size = config.vlm_config.text_config.hidden_size
         self.text_hidden_fcs = nn.Sequential(
             nn.Linear(hidden_size, hidden_size),
             nn.ReLU(inplace=True),
@@ -122,47 +107,48 @@ class LisaForCausalLM(PreTrainedModel):
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
-        # Only the projection is LISA's own; LLaVA and SAM initialise their modules themselves.
+        # Only the projection is LISA's own; the two parts initialise their modules themselves.
         if module in (self.text_hidden_fcs[0], self.text_hidden_fcs[2]):
             module.reset_parameters()
 
     def get_input_embeddings(self) -> nn.Module:
-        return self.llava.get_input_embeddings()
+        return self.vlm.get_input_embeddings()
 
     def set_input_embeddings(self, value: nn.Module) -> None:
-        self.llava.set_input_embeddings(value)
+        self.vlm.set_input_embeddings(value)
 
     def get_output_embeddings(self) -> nn.Module:
-        return self.llava.get_output_embeddings()
+        return self.vlm.get_output_embeddings()
 
     @property
     def context_length(self) -> int:
         """Positions the language model was trained for; longer sequences run, but its answers degrade silently."""
-        return self.config.llava_config.text_config.max_position_embeddings
+        return self.config.vlm_config.text_config.max_position_embeddings
 
     @property
     def sam_image_size(self) -> int:
-        return self.config.sam_config.vision_config.image_size
+        return self.sam_family.image_size(self.config.sam_config)
 
     # ------------------------------------------------------------------------------------------ SAM side
-    def embed_images(self, sam_pixel_values: torch.Tensor) -> torch.Tensor:
-        """SAM image embeddings, once per image.
+    def embed_images(self, sam_pixel_values: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
+        """The mask head's image encoding, once per image.
 
         Args:
-            sam_pixel_values: (N, 3, S, S) SAM-preprocessed images.
+            sam_pixel_values: (N, 3, S, S) images preprocessed for the mask head.
 
         Returns:
-            (N, C, s, s) embeddings (256 x 64 x 64 for the released SAM). Without gradient unless the image
-            encoder has been made trainable (a research option; frozen in LISA's recipe).
+            per image, the feature maps its mask decoder reads: SAM's (C, s, s) embedding (256 x 64 x 64 for the
+            released SAM); for SAM 2 also its two higher-resolution maps before it. Without gradient unless the
+            image encoder has been made trainable (a research option; frozen in LISA's recipe).
         """
         encoder = self.sam.vision_encoder
         trainable = torch.is_grad_enabled() and any(p.requires_grad for p in encoder.parameters())
         with torch.set_grad_enabled(trainable):
-            return encoder(sam_pixel_values.to(self.sam.dtype)).last_hidden_state
+            return self.sam_family.embed(self.sam, sam_pixel_values)
 
     def decode_masks(
         self,
-        image_embeddings: torch.Tensor,
+        image_embeddings: tuple[torch.Tensor, ...],
         queries: torch.Tensor,
         resized_size: tuple[int, int],
         original_size: tuple[int, int],
@@ -170,7 +156,7 @@ class LisaForCausalLM(PreTrainedModel):
         """Masks of one image, one per `[SEG]` query.
 
         Args:
-            image_embeddings: (C, s, s) SAM embedding of the image.
+            image_embeddings: the image's entry of `embed_images`.
             queries: (n, out_dim) projected `[SEG]` hidden states.
 
         Returns:
@@ -178,16 +164,8 @@ class LisaForCausalLM(PreTrainedModel):
         """
         if queries.shape[0] == 0:
             return queries.new_zeros((0, *original_size), dtype=torch.float32)
-        dense = self.sam.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
-        low_res, _ = self.sam.mask_decoder(
-            image_embeddings=image_embeddings[None],
-            image_positional_embeddings=self.sam.get_image_wide_positional_embeddings(),
-            # Every [SEG] of the image is one entry of SAM's point batch: [1, n, 1, out_dim].
-            sparse_prompt_embeddings=queries[None, :, None, :].to(image_embeddings.dtype),
-            dense_prompt_embeddings=dense.expand(1, -1, *image_embeddings.shape[-2:]),
-            multimask_output=False,
-        )
-        return postprocess_masks(low_res[0, :, 0], self.sam_image_size, resized_size, original_size)
+        low_res = self.sam_family.decode(self.sam, image_embeddings, queries)
+        return self.sam_family.postprocess(low_res, self.sam_image_size, resized_size, original_size)
 
     # ---------------------------------------------------------------------------------------- LLM side
     def query_positions(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -204,15 +182,21 @@ class LisaForCausalLM(PreTrainedModel):
         return positions
 
     def _language_forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor, image_index: torch.Tensor
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        pixel_values: torch.Tensor,
+        image_grid_thw: torch.Tensor | None,
+        image_index: torch.Tensor,
     ) -> torch.Tensor:
-        """Last-layer, post-norm hidden states (R, L, h). CLIP runs once per image, not once per row."""
-        llava = self.llava.model
-        image_features = llava.get_image_features(pixel_values=pixel_values.to(self.llava.dtype)).pooler_output
+        """Last-layer, post-norm hidden states (R, L, h). The vision tower runs once per image, not once per row."""
+        image_features = self.vlm_family.image_features(self.vlm, pixel_values, image_grid_thw)
         per_row = [image_features[i] for i in image_index.tolist()]
-        outputs = llava(
+        row_grid_thw = None if image_grid_thw is None else image_grid_thw[image_index]
+        outputs = self.vlm.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
+            position_ids=self.vlm_family.position_ids(self.vlm, input_ids, attention_mask, row_grid_thw),
             mm_encoder_outputs={"image": BaseModelOutputWithPooling(pooler_output=per_row)},
             use_cache=False,
         )
@@ -230,27 +214,30 @@ class LisaForCausalLM(PreTrainedModel):
         original_sizes: torch.LongTensor,
         labels: torch.LongTensor | None = None,
         masks: list[torch.Tensor] | None = None,
+        image_grid_thw: torch.LongTensor | None = None,
     ) -> LisaOutput:
         r"""Training and teacher-forced forward: all conversations are given in full.
 
         Args:
             input_ids: (R, L) token ids of R conversations, image tokens expanded.
             attention_mask: (R, L) 1 on tokens, 0 on padding.
-            pixel_values: (N, 3, h, w) CLIP pixel values of N images.
-            sam_pixel_values: (N, 3, S, S) SAM pixel values of the same images.
+            pixel_values: the vision-language model's pixel values of N images ((N, 3, h, w) for LLaVA, (patches,
+                C·t·p·p) for Qwen2.5-VL).
+            sam_pixel_values: (N, 3, S, S) the mask head's pixel values of the same images.
             image_index: (R,) the image of each conversation.
             resized_sizes, original_sizes: (N, 2) image sizes inside SAM's input and originally.
             labels: (R, L) next-token targets, `IGNORE_LABEL` (-100) where no loss is taken; adds `ce_loss`.
             masks: per image, (n_i, H_i, W_i) ground truth, one per `[SEG]` of its conversations in row
                 order; adds the mask losses.
+            image_grid_thw: (N, 3) Qwen2.5-VL's patch grid of each image; None for LLaVA.
         """
         if input_ids.shape[1] > self.context_length:
             raise ValueError(
                 f"conversations of {input_ids.shape[1]} tokens (image tokens included) are longer than the model's "
                 f"context of {self.context_length} positions: shorten them"
             )
-        hidden_states = self._language_forward(input_ids, attention_mask, pixel_values, image_index)
-        logits = self.llava.lm_head(hidden_states)
+        hidden_states = self._language_forward(input_ids, attention_mask, pixel_values, image_grid_thw, image_index)
+        logits = self.vlm.lm_head(hidden_states)
 
         query_mask = self.query_positions(input_ids, attention_mask)
         queries = self.text_hidden_fcs(hidden_states[query_mask])  # (total [SEG], out_dim), row-major order
@@ -301,6 +288,7 @@ class LisaForCausalLM(PreTrainedModel):
         resized_sizes: torch.LongTensor,
         original_sizes: torch.LongTensor,
         image_index: torch.LongTensor | None = None,
+        image_grid_thw: torch.LongTensor | None = None,
         max_new_tokens: int = 512,
         **generate_kwargs,
     ) -> list[LisaPrediction]:
@@ -314,7 +302,8 @@ class LisaForCausalLM(PreTrainedModel):
             input_ids: (B, L) prompts ending with the assistant prefix, left padded.
             pixel_values, sam_pixel_values, resized_sizes, original_sizes: the N images (see `forward`).
             image_index: (B,) the image of each prompt; None means prompt b is about image b.
-            generate_kwargs: passed to `LlavaForConditionalGeneration.generate` (greedy by default).
+            image_grid_thw: (N, 3) Qwen2.5-VL's patch grids (see `forward`).
+            generate_kwargs: passed to the vision-language model's `generate` (greedy by default).
 
         Returns:
             per prompt: the generated ids (cut after the end-of-turn token) and one (H, W) bool mask per `[SEG]`.
@@ -335,10 +324,10 @@ class LisaForCausalLM(PreTrainedModel):
             )
             max_new_tokens = room
         generate_kwargs.setdefault("do_sample", False)
-        out = self.llava.generate(
+        out = self.vlm.generate(
             input_ids=input_ids,
             attention_mask=attention_mask,
-            pixel_values=pixel_values[image_index].to(self.llava.dtype),
+            **self.vlm_family.generation_inputs(self.vlm, input_ids, pixel_values, image_grid_thw, image_index),
             max_new_tokens=max_new_tokens,
             use_cache=True,
             output_hidden_states=True,
@@ -349,7 +338,7 @@ class LisaForCausalLM(PreTrainedModel):
         hidden_states = torch.cat([step[-1] for step in out.hidden_states], dim=1)
         new_tokens = out.sequences[:, prompt_length:]
         image_embeddings = self.embed_images(sam_pixel_values)
-        eos_ids = self.llava.generation_config.eos_token_id
+        eos_ids = self.vlm.generation_config.eos_token_id
         eos_ids = set(eos_ids if isinstance(eos_ids, list) else [eos_ids])
 
         results = []

@@ -14,7 +14,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 from transformers import PretrainedConfig
 
-from model.builder import build_lisa_from_llava, load_lisa
+from model.builder import build_lisa_from_base, load_lisa
 from model.lisa import LisaForCausalLM
 from model.processing import LisaProcessor
 
@@ -88,7 +88,7 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
 
 
 def is_lisa(version: str) -> bool:
-    """Whether `version` (hub id or folder) is a trained LISA (config `model_type` "lisa") or a LLaVA base."""
+    """Whether `version` (hub id or folder) is a trained LISA (config `model_type` "lisa") or a base to build one on."""
     config, _ = PretrainedConfig.get_config_dict(version)
     return config.get("model_type") == "lisa"
 
@@ -104,12 +104,13 @@ def load_for_training(
     """The model a training run starts from, and its processor.
 
     Args:
-        version: a LLaVA base (llava-hf layout): `[SEG]` is added and the LISA parts are new, SAM comes from
-            `vision_pretrained`; or a trained LISA folder: restored exactly, nothing re-initialised and
-            `vision_pretrained` unused (its SAM is part of it).
-        conv_type: conversation format; None keeps the base's (llava_1_5) or the folder's own.
-        out_dim: width of SAM's prompt embeddings, the new projection's output (LLaVA base only; default:
-            read from the SAM weights).
+        version: a vision-language base (LLaVA-1.5 or Qwen2.5-VL): `[SEG]` is added and the LISA parts are new,
+            SAM or SAM 2 comes from `vision_pretrained`; or a trained LISA folder: restored exactly, nothing
+            re-initialised and `vision_pretrained` unused (its SAM is part of it).
+        conv_type: conversation format; None keeps the base family's default (llava_1_5, qwen2_5_vl) or the
+            folder's own.
+        out_dim: width of SAM's prompt embeddings, the new projection's output (base only; default: read from the
+            SAM weights).
         loss_weights: `ce_loss_weight`, `bce_loss_weight`, `dice_loss_weight` — they replace a LISA folder's
             saved weights, so fine-tuning uses the flags.
     """
@@ -118,6 +119,4 @@ def load_for_training(
         if conv_type is not None:
             processor.set_chat_template(conv_type)
         return model, processor
-    return build_lisa_from_llava(
-        version, vision_pretrained, conv_type=conv_type or "llava_1_5", dtype=dtype, out_dim=out_dim, **loss_weights
-    )
+    return build_lisa_from_base(version, vision_pretrained, conv_type=conv_type, dtype=dtype, out_dim=out_dim, **loss_weights)

@@ -1,9 +1,10 @@
 """Turning images and conversations into model inputs, shared by training, evaluation and chat.
 
-Two image paths feed LISA (reference/lisa.md §2.6):
-  * the CLIP path, through the base model's own image processor (resize + centre crop + CLIP mean/std);
-  * the SAM path: longest side resized to SAM's input size, SAM mean/std on the 0-255 scale, zero pad
-    bottom/right to a square. The resized size is kept so predicted masks can be cropped back.
+Two image paths feed LISA:
+  * the vision-language model's, through its own image processor (CLIP's resize + centre crop for LLaVA, dynamic
+    resolution patches for Qwen2.5-VL: `model.vlm_families`);
+  * the mask head's (`model.mask_heads`): SAM's longest side + padding, or SAM 2's square resize. The size the image
+    fills of the mask head's input is kept so predicted masks can be mapped back.
 
 Text goes through a chat template whose assistant turns are wrapped in ``{% generation %}`` blocks, so the
 tokenizer itself reports which tokens are answer tokens (the only ones that carry a training label).
@@ -19,46 +20,17 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image
-from transformers import AutoProcessor, LlavaProcessor
 
 from model.conversation import CHAT_TEMPLATES
 from model.losses import IGNORE_LABEL
+from model.mask_heads import MASK_HEAD_FAMILIES
+from model.vlm_families import VLM_FAMILIES, ImageInput, VlmProcessor, vlm_family_of_processor
 
-SAM_PIXEL_MEAN = (123.675, 116.28, 103.53)
-SAM_PIXEL_STD = (58.395, 57.12, 57.375)
 SEG_TOKEN = "[SEG]"
+# The image's place in a user message, as LISA's data writes it; each family's chat templates turn it into the
+# model's own image tokens.
+IMAGE_PLACEHOLDER = "<image>"
 PROCESSOR_CONFIG_NAME = "lisa_processor.json"
-
-
-def sam_resized_size(height: int, width: int, image_size: int) -> tuple[int, int]:
-    """Size of an image whose longest side is scaled to `image_size` (segment-anything's rounding)."""
-    scale = image_size / max(height, width)
-    return int(height * scale + 0.5), int(width * scale + 0.5)
-
-
-def preprocess_sam(image: np.ndarray, image_size: int) -> tuple[torch.Tensor, tuple[int, int]]:
-    """SAM input for one RGB image.
-
-    Args:
-        image: (H, W, 3) uint8.
-        image_size: SAM's square input size (1024 for the released SAM).
-
-    Returns:
-        pixel values of shape (3, image_size, image_size), float32, zero outside the resized image, and
-        the resized (h', w') before padding.
-    """
-    resized_h, resized_w = sam_resized_size(image.shape[0], image.shape[1], image_size)
-    # PIL bilinear, as the original's ResizeLongestSide (torchvision on a PIL image) did.
-    resized = np.array(Image.fromarray(image).resize((resized_w, resized_h), Image.BILINEAR))
-    pixels = torch.from_numpy(resized).permute(2, 0, 1).float()
-    mean = torch.tensor(SAM_PIXEL_MEAN).view(3, 1, 1)
-    std = torch.tensor(SAM_PIXEL_STD).view(3, 1, 1)
-    pixels = (pixels - mean) / std
-    # Pad after normalisation, so the padding is zero in normalised space, as in segment-anything.
-    pixels = F.pad(pixels, (0, image_size - resized_w, 0, image_size - resized_h))
-    return pixels, (resized_h, resized_w)
 
 
 @dataclass
@@ -70,7 +42,9 @@ class LisaBatch(Mapping):
     is an attribute only, for messages.
 
     input_ids, attention_mask: (R, L); labels: (R, L), `IGNORE_LABEL` where no loss is taken.
-    pixel_values: (N, 3, h, w) CLIP input; sam_pixel_values: (N, 3, S, S) SAM input.
+    pixel_values: the vision-language model's input of the N images: (N, 3, h, w) for LLaVA, (patches, C·t·p·p)
+        for Qwen2.5-VL; image_grid_thw: (N, 3) Qwen2.5-VL's patch grid of each image, None for LLaVA.
+    sam_pixel_values: (N, 3, S, S) the mask head's input.
     image_index: (R,) the image of each row; resized_sizes, original_sizes: (N, 2) sizes inside SAM's input
         and originally.
     masks: per image, (n_i, H_i, W_i) bool ground truth, one per `[SEG]` of its rows in order.
@@ -85,6 +59,7 @@ class LisaBatch(Mapping):
     original_sizes: torch.Tensor
     labels: torch.Tensor | None = None
     masks: list[torch.Tensor] | None = None
+    image_grid_thw: torch.Tensor | None = None
     sample_ids: list[str] = field(default_factory=list)
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "LisaBatch":
@@ -116,18 +91,22 @@ class LisaBatch(Mapping):
 class LisaProcessor:
     """Turns images and chat messages into LISA model inputs, and back.
 
-    Wraps the base model's `LlavaProcessor` (tokenizer, CLIP image processor, chat template) and adds the
-    SAM path. Saved beside the model weights; `from_pretrained` of the same folder restores it.
+    Wraps the base model's own processor (`LlavaProcessor`, or Qwen2.5-VL's tokenizer and image processor: chat
+    template included) and adds the mask head's image path. Saved beside the model weights; `from_pretrained` of the same
+    folder restores it.
     """
 
-    def __init__(self, llava_processor: LlavaProcessor, sam_image_size: int, seg_token: str = SEG_TOKEN):
-        self.llava_processor = llava_processor
-        self.tokenizer = llava_processor.tokenizer
-        self.image_processor = llava_processor.image_processor
+    def __init__(self, vlm_processor: VlmProcessor, sam_image_size: int, seg_token: str = SEG_TOKEN, sam_family: str = "sam"):
+        """`sam_image_size`, `sam_family`: the mask head's input size and family (`model.mask_heads`)."""
+        self.vlm_processor = vlm_processor
+        self.vlm_family = vlm_family_of_processor(vlm_processor)
+        self.sam_family = MASK_HEAD_FAMILIES[sam_family]
+        self.tokenizer = vlm_processor.tokenizer
+        self.image_processor = vlm_processor.image_processor
         self.sam_image_size = sam_image_size
         self.seg_token = seg_token
         self.seg_token_id = self.tokenizer.convert_tokens_to_ids(seg_token)
-        self.image_token_id = llava_processor.image_token_id
+        self.image_token_id = vlm_processor.image_token_id
         if self.tokenizer.pad_token_id is None:
             # LLaMA tokenizers ship without a pad token; LISA pads with <unk>.
             self.tokenizer.pad_token = self.tokenizer.unk_token
@@ -137,42 +116,54 @@ class LisaProcessor:
     # ----------------------------------------------------------------------------------------- persistence
     @classmethod
     def from_pretrained(cls, path: str, **kwargs: Any) -> "LisaProcessor":
-        llava_processor = AutoProcessor.from_pretrained(path, **kwargs)
         config_file = os.path.join(path, PROCESSOR_CONFIG_NAME)
         if not os.path.isfile(config_file):
             raise FileNotFoundError(f"{config_file}: not a LISA folder (no {PROCESSOR_CONFIG_NAME})")
         with open(config_file) as f:
             config = json.load(f)
-        return cls(llava_processor, sam_image_size=config["sam_image_size"], seg_token=config["seg_token"])
+        # Folders written before other families were supported name none: theirs are LLaVA and SAM.
+        vlm_processor = VLM_FAMILIES[config.get("vlm_family", "llava")].load_processor(path)
+        return cls(
+            vlm_processor, sam_image_size=config["sam_image_size"], seg_token=config["seg_token"],
+            sam_family=config.get("sam_family", "sam"),
+        )
 
     def save_pretrained(self, path: str) -> None:
-        self.llava_processor.save_pretrained(path)
+        self.vlm_processor.save_pretrained(path)
+        config = {
+            "sam_image_size": self.sam_image_size, "seg_token": self.seg_token,
+            "vlm_family": self.vlm_family.name, "sam_family": self.sam_family.name,
+        }
         with open(os.path.join(path, PROCESSOR_CONFIG_NAME), "w") as f:
-            json.dump({"sam_image_size": self.sam_image_size, "seg_token": self.seg_token}, f, indent=2)
+            json.dump(config, f, indent=2)
 
     # ------------------------------------------------------------------------------------------------ text
     @property
     def chat_template(self) -> str | None:
-        return self.llava_processor.chat_template
+        return self.vlm_processor.chat_template
 
     def set_chat_template(self, conv_type: str) -> None:
-        """Selects one of the conversation formats of `model.conversation.CHAT_TEMPLATES`."""
+        """Selects one of the conversation formats of `model.conversation.CHAT_TEMPLATES` that fit the model's family."""
         if conv_type not in CHAT_TEMPLATES:
             raise ValueError(f"unknown conv_type {conv_type!r}; choose from {', '.join(CHAT_TEMPLATES)}")
-        self.llava_processor.chat_template = CHAT_TEMPLATES[conv_type]
+        if conv_type not in self.vlm_family.chat_templates:
+            raise ValueError(
+                f"conv_type {conv_type!r} is not a format of {self.vlm_family.title} models; choose from "
+                f"{', '.join(self.vlm_family.chat_templates)}"
+            )
+        self.vlm_processor.chat_template = CHAT_TEMPLATES[conv_type]
 
     @property
     def image_seq_length(self) -> int:
-        """Number of image tokens one `<image>` placeholder stands for (576 for llava-1.5, 256 for LISA v1)."""
-        crop = self.image_processor.crop_size
-        count = (crop["height"] // self.llava_processor.patch_size) * (crop["width"] // self.llava_processor.patch_size)
-        count += self.llava_processor.num_additional_image_tokens
-        if self.llava_processor.vision_feature_select_strategy == "default":
-            count -= 1
-        return count
+        """Number of image tokens every image takes (576 for llava-1.5, 256 for LISA v1).
+
+        Raises:
+            ValueError: for Qwen2.5-VL, whose images take a number of tokens that depends on their size.
+        """
+        return self.vlm_family.image_seq_length(self.vlm_processor)
 
     def encode_conversation(
-        self, messages: list[dict[str, str]], add_generation_prompt: bool = False
+        self, messages: list[dict[str, str]], add_generation_prompt: bool = False, image_tokens: int | None = None
     ) -> tuple[list[int], list[int]]:
         """Tokenizes one conversation.
 
@@ -180,11 +171,15 @@ class LisaProcessor:
             messages: chat messages `{"role": "user"|"assistant"|"system", "content": str}`; the image is the
                 literal `<image>` in a user message.
             add_generation_prompt: end with the assistant prefix, for generation.
+            image_tokens: image tokens the conversation's image takes (`ImageInput.token_count`); None:
+                `image_seq_length`, for families where every image takes the same number.
 
         Returns:
-            `input_ids` with each `<image>` expanded to `image_seq_length` image tokens, and `labels`: the
+            `input_ids` with each image token of the template repeated `image_tokens` times, and `labels`: the
             same ids on assistant answers and their end-of-turn token, `IGNORE_LABEL` everywhere else.
         """
+        if image_tokens is None:
+            image_tokens = self.image_seq_length
         encoded = self.tokenizer.apply_chat_template(
             messages,
             chat_template=self.chat_template,
@@ -196,8 +191,8 @@ class LisaProcessor:
         input_ids, labels = [], []
         for token, is_answer in zip(encoded["input_ids"], encoded["assistant_masks"]):
             if token == self.image_token_id:
-                input_ids += [token] * self.image_seq_length
-                labels += [IGNORE_LABEL] * self.image_seq_length
+                input_ids += [token] * image_tokens
+                labels += [IGNORE_LABEL] * image_tokens
             else:
                 input_ids.append(token)
                 labels.append(token if is_answer else IGNORE_LABEL)
@@ -212,12 +207,13 @@ class LisaProcessor:
         return self.tokenizer.decode(token_ids, skip_special_tokens=False).strip()
 
     # ---------------------------------------------------------------------------------------------- images
-    def preprocess_clip(self, image: np.ndarray) -> torch.Tensor:
-        """(H, W, 3) uint8 -> (3, h, w) float32 CLIP pixel values."""
-        return self.image_processor(images=image, return_tensors="pt")["pixel_values"][0]
+    def preprocess_image(self, image: np.ndarray) -> ImageInput:
+        """(H, W, 3) uint8 -> the image as the vision-language model takes it, and its image-token count."""
+        return self.vlm_family.preprocess_image(self.vlm_processor, image)
 
     def preprocess_sam(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
-        return preprocess_sam(image, self.sam_image_size)
+        """(H, W, 3) uint8 -> (3, S, S) float32 mask-head pixel values and the (h', w') the image fills of them."""
+        return self.sam_family.preprocess(image, self.sam_image_size)
 
     # ----------------------------------------------------------------------------------------------- batch
     def __call__(
@@ -268,7 +264,8 @@ class LisaProcessor:
             an item for `collate`.
         """
         height, width = image.shape[:2]
-        encoded = [self.encode_conversation(c, add_generation_prompt) for c in conversations]
+        image_input = self.preprocess_image(image)
+        encoded = [self.encode_conversation(c, add_generation_prompt, image_input.token_count) for c in conversations]
         if masks is not None:
             if masks.shape[1:] != (height, width):
                 raise ValueError(f"{sample_id}: masks of shape {masks.shape} for an image of size {(height, width)}")
@@ -280,7 +277,7 @@ class LisaProcessor:
         sam_pixel_values, resized_size = self.preprocess_sam(image)
         return {
             "sample_id": sample_id,
-            "pixel_values": self.preprocess_clip(image),
+            "image": image_input,
             "sam_pixel_values": sam_pixel_values,
             "resized_size": resized_size,
             "original_size": (height, width),
@@ -312,10 +309,12 @@ class LisaProcessor:
             attention_mask[r, span] = 1
             if row_labels is not None:
                 labels[r, span] = torch.tensor(row_labels[r])
+        pixel_values, image_grid_thw = self.vlm_family.batch_images([item["image"] for item in items])
         return LisaBatch(
             input_ids=input_ids,
             attention_mask=attention_mask,
-            pixel_values=torch.stack([item["pixel_values"] for item in items]),
+            pixel_values=pixel_values,
+            image_grid_thw=image_grid_thw,
             sam_pixel_values=torch.stack([item["sam_pixel_values"] for item in items]),
             image_index=torch.tensor([i for _, i in rows], dtype=torch.long),
             resized_sizes=torch.tensor([item["resized_size"] for item in items], dtype=torch.long),

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
-from transformers import SamConfig, SamMaskDecoderConfig, SamModel, SamPromptEncoderConfig, SamVisionConfig
+from transformers import PretrainedConfig, SamConfig, SamMaskDecoderConfig, SamModel, SamPromptEncoderConfig, SamVisionConfig
 
 __all__ = [
     "convert_original_sam_state_dict",
@@ -339,19 +339,34 @@ def load_sam(path_or_id: str | Path, dtype: torch.dtype | None = None, prefix: s
                 "nor a SamModel folder"
             )
         state_dict = torch.load(path, map_location="cpu", weights_only=True)
+        if _is_original_sam2(state_dict):
+            raise ValueError(
+                f"{path} is an original SAM 2 checkpoint (facebookresearch/sam2 layout), not a SAM one: give SAM 2 as "
+                "a Sam2Model folder or hub id, e.g. facebook/sam2.1-hiera-tiny"
+            )
         if not isinstance(state_dict, Mapping) or not all(isinstance(value, Tensor) for value in state_dict.values()):
             raise ValueError(f"{path} does not hold a flat state dict (name -> tensor)")
         return sam_from_original_state_dict(state_dict, prefix=prefix, dtype=dtype)
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ValueError(f"{path} is a folder without config.json, so not a SamModel folder")
-        return SamModel.from_pretrained(path, dtype=dtype).eval()
-    if path.suffix in ORIGINAL_CHECKPOINT_SUFFIXES or path.is_absolute() or str(path_or_id).startswith("."):
+    elif path.suffix in ORIGINAL_CHECKPOINT_SUFFIXES or path.is_absolute() or str(path_or_id).startswith("."):
         raise FileNotFoundError(f"SAM checkpoint not found: {path}")
     try:
-        return SamModel.from_pretrained(str(path_or_id), dtype=dtype).eval()
+        config, _ = PretrainedConfig.get_config_dict(str(path_or_id))
     except OSError as error:
         raise OSError(
             f"{path_or_id!r} is neither an original SAM checkpoint file ({', '.join(ORIGINAL_CHECKPOINT_SUFFIXES)}), "
             "nor a SamModel folder, nor a loadable hub id"
         ) from error
+    if config.get("model_type") != "sam":
+        # `SamModel.from_pretrained` would build a SAM around whatever weights match and leave the rest random.
+        kind = "a SAM 2 checkpoint" if config.get("model_type") == "sam2" else f"a {config.get('model_type')!r} model"
+        raise ValueError(f"{path_or_id} is {kind}, not a SAM (SamModel) one")
+    return SamModel.from_pretrained(str(path_or_id), dtype=dtype).eval()
+
+
+def _is_original_sam2(checkpoint: object) -> bool:
+    """Whether a loaded file is facebookresearch/sam2's: `{"model": {"image_encoder.trunk.…": …}}`."""
+    weights = checkpoint.get("model") if isinstance(checkpoint, Mapping) else None
+    return isinstance(weights, Mapping) and any(str(key).startswith("image_encoder.trunk.") for key in weights)

@@ -8,7 +8,7 @@ import numpy as np
 
 from model.inference import Answer, answer
 from model.lisa import LisaForCausalLM
-from model.processing import LisaProcessor
+from model.processing import IMAGE_PLACEHOLDER, LisaProcessor
 
 
 @dataclass
@@ -40,15 +40,14 @@ class ChatSession:
         Raises:
             ValueError: an empty prompt, or no image set yet.
         """
-        placeholder = self.processor.llava_processor.image_token
         # The image goes once, at the front of the first question (as the original's "<image>\n"); a typed
         # placeholder would add a second image slot with no image behind it.
-        prompt = prompt.replace(placeholder, "").strip()
+        prompt = prompt.replace(IMAGE_PLACEHOLDER, "").strip()
         if not prompt:
             raise ValueError("empty prompt: please type a question")
         if self.image is None:
             raise ValueError("no image yet: give an image first")
-        content = prompt if self.messages else f"{placeholder}\n{prompt}"
+        content = prompt if self.messages else f"{IMAGE_PLACEHOLDER}\n{prompt}"
         messages = self.messages + [{"role": "user", "content": content}]
         reply = answer(self.model, self.processor, [self.image], [messages], max_new_tokens=self.max_new_tokens)[0]
         self.messages = messages + [{"role": "assistant", "content": reply.text}]

@@ -1,11 +1,15 @@
 """A tiny random LISA base in the real layouts, built offline in seconds.
 
-    python -m model.tiny --out DIR
+    python -m model.tiny --out DIR [--vlm llava|qwen2_5_vl] [--sam sam|sam2]
 
-writes `DIR/llava` (a llava-hf style folder: config, weights, LLaMA-style BPE tokenizer with byte fallback,
-CLIP image processor, chat template), `DIR/sam` (a `SamModel` folder) and `DIR/lisa` (an untrained LISA
-built from those two by the training-init builder). Tests, the toy training run and a first try use it in
-place of the 7B base.
+writes the vision-language base to `DIR/<vlm>`, the mask head to `DIR/<sam>` and an untrained LISA built from
+those two by the training-init builder to `DIR/lisa`:
+* `llava`: a llava-hf style folder (config, weights, LLaMA-style BPE tokenizer with byte fallback, CLIP image
+  processor, chat template);
+* `qwen2_5_vl`: a Qwen2.5-VL folder (config, weights, Qwen-style byte-level BPE tokenizer with Qwen's special
+  tokens, dynamic-resolution image processor, chat template), word embeddings tied as in Qwen2.5-VL-3B;
+* `sam`: a `SamModel` folder; `sam2`: a `Sam2Model` folder (Hiera image encoder with its feature pyramid).
+Tests, the toy training run and a first try use them in place of the 7B (or 3B) bases.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import json
 import os
 
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
 from transformers import (
     CLIPImageProcessor,
     CLIPVisionConfig,
@@ -24,15 +28,27 @@ from transformers import (
     LlavaConfig,
     LlavaForConditionalGeneration,
     LlavaProcessor,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2Tokenizer,
+    Sam2Config,
+    Sam2HieraDetConfig,
+    Sam2MaskDecoderConfig,
+    Sam2Model,
+    Sam2PromptEncoderConfig,
+    Sam2VisionConfig,
     SamConfig,
     SamMaskDecoderConfig,
     SamModel,
     SamPromptEncoderConfig,
     SamVisionConfig,
 )
+from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-from model.builder import build_lisa_from_llava, save_lisa
-from model.conversation import CHAT_TEMPLATES, LLAMA_2_SYSTEM, LLAVA_V1_SYSTEM
+from model.builder import build_lisa_from_base, save_lisa
+from model.conversation import CHAT_TEMPLATES, LLAMA_2_SYSTEM, LLAVA_V1_SYSTEM, QWEN_SYSTEM
+from model.vlm_families import Qwen2_5_VLTextImageProcessor
 
 CLIP_IMAGE_SIZE = 32
 CLIP_PATCH_SIZE = 8
@@ -40,6 +56,14 @@ SAM_IMAGE_SIZE = 64
 SAM_PATCH_SIZE = 8
 SAM_WIDTH = 64  # also the prompt width, i.e. LISA's out_dim for the tiny model
 LLM_HIDDEN_SIZE = 64
+# Qwen2.5-VL: 8-px patches merged 2 x 2 into one token, at most 64 x 64 pixels per image (16 tokens, as many as the
+# tiny CLIP gives); the toy corpus's 64-96 px images come out at 12-16 tokens, depending on their shape.
+QWEN_PATCH_SIZE = 8
+QWEN_MERGE_SIZE = 2
+QWEN_MAX_PIXELS = 64 * 64
+QWEN_SPECIAL_TOKENS = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+# SAM 2: a 128-px input, so that its decoder's embedding (input / 16) is 8 x 8 as the tiny SAM's (input / 8).
+SAM2_IMAGE_SIZE = 128
 # An upper bound for the BPE trainer, high enough that every word of _CORPUS ends up one token (832 tokens in all),
 # as common English words are for a real LLaMA tokenizer. At 600 the toy queries' words were split into shared
 # pieces ("red" = "▁re" "d", and "coloured" ended in the piece "red").
@@ -64,6 +88,7 @@ _CORPUS = [
     "because the shape looks describe explain why reason answer question please thanks yes no",
     "Which Where What Can Sure It There The find colour color points point has and no one ones picture",
     "ball box tent flag kite book sports wall Circle Square Triangle Star Unlabeled",
+    f"system user assistant {QWEN_SYSTEM}",
 ]
 
 
@@ -83,6 +108,62 @@ def build_tokenizer() -> LlamaTokenizer:
     tokenizer.add_tokens(["<image>"], special_tokens=True)
     tokenizer.image_token = "<image>"
     return tokenizer
+
+
+def build_qwen_tokenizer() -> Qwen2Tokenizer:
+    """A Qwen-style byte-level BPE tokenizer (Qwen's pre-tokenizer and special tokens) trained on the offline corpus."""
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(_CORPUS * 4, trainer=trainer)
+    state = json.loads(bpe.to_str())["model"]
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in state["merges"]]
+    # As Qwen2.5-VL-Instruct's: "<|im_end|>" ends a turn, "<|endoftext|>" pads.
+    tokenizer = Qwen2Tokenizer(vocab=state["vocab"], merges=merges, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    tokenizer.add_special_tokens({"additional_special_tokens": QWEN_SPECIAL_TOKENS})
+    return tokenizer
+
+
+def build_qwen2_5_vl(seed: int = 0) -> tuple[Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLTextImageProcessor]:
+    torch.manual_seed(seed)
+    tokenizer = build_qwen_tokenizer()
+    head_dim = LLM_HIDDEN_SIZE // 4
+    config = Qwen2_5_VLConfig(
+        text_config=dict(
+            vocab_size=len(tokenizer), hidden_size=LLM_HIDDEN_SIZE, intermediate_size=128, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+            # Multimodal RoPE: the head's rotary frequency pairs split between the t, h and w positions, in Qwen's
+            # proportions (16, 24, 24 of 64 pairs).
+            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [2, 3, 3]},
+            bos_token_id=None, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        ),
+        vision_config=dict(
+            depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=QWEN_PATCH_SIZE,
+            spatial_merge_size=QWEN_MERGE_SIZE, temporal_patch_size=2, window_size=2 * QWEN_PATCH_SIZE * QWEN_MERGE_SIZE,
+            fullatt_block_indexes=[1], out_hidden_size=LLM_HIDDEN_SIZE,
+        ),
+        image_token_id=tokenizer.convert_tokens_to_ids("<|image_pad|>"),
+        video_token_id=tokenizer.convert_tokens_to_ids("<|video_pad|>"),
+        vision_start_token_id=tokenizer.convert_tokens_to_ids("<|vision_start|>"),
+        vision_end_token_id=tokenizer.convert_tokens_to_ids("<|vision_end|>"),
+        tie_word_embeddings=True,
+    )
+    assert sum(config.text_config.rope_parameters["mrope_section"]) == head_dim // 2
+    model = Qwen2_5_VLForConditionalGeneration(config)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    image_processor = Qwen2VLImageProcessorPil(
+        patch_size=QWEN_PATCH_SIZE, merge_size=QWEN_MERGE_SIZE, temporal_patch_size=2,
+        min_pixels=(QWEN_PATCH_SIZE * QWEN_MERGE_SIZE) ** 2, max_pixels=QWEN_MAX_PIXELS,
+    )
+    tokenizer.chat_template = CHAT_TEMPLATES["qwen2_5_vl"]
+    return model, Qwen2_5_VLTextImageProcessor(tokenizer, image_processor)
 
 
 def build_llava(seed: int = 0) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
@@ -136,23 +217,52 @@ def build_sam(seed: int = 0) -> SamModel:
     return SamModel(config)
 
 
-def write_tiny(out: str, seed: int = 0) -> None:
-    llava, llava_processor = build_llava(seed)
-    llava.save_pretrained(os.path.join(out, "llava"))
-    llava_processor.save_pretrained(os.path.join(out, "llava"))
-    build_sam(seed).save_pretrained(os.path.join(out, "sam"))
+def build_sam2(seed: int = 0) -> Sam2Model:
     torch.manual_seed(seed)
-    model, processor = build_lisa_from_llava(os.path.join(out, "llava"), os.path.join(out, "sam"))
+    stage_widths = [16, 32, 64, 128]
+    # The feature pyramid drops the last (lowest-resolution) stage: inputs / 4, / 8, / 16.
+    feature_sizes = [[SAM2_IMAGE_SIZE // stride] * 2 for stride in (4, 8, 16)]
+    config = Sam2Config(
+        vision_config=Sam2VisionConfig(
+            backbone_config=Sam2HieraDetConfig(
+                hidden_size=stage_widths[0], image_size=[SAM2_IMAGE_SIZE] * 2, blocks_per_stage=[1, 1, 2, 1],
+                embed_dim_per_stage=stage_widths, num_attention_heads_per_stage=[1, 1, 2, 2],
+                window_size_per_stage=[8, 4, 4, 2], global_attention_blocks=[3], window_positional_embedding_background_size=[4, 4],
+            ),
+            backbone_channel_list=stage_widths[::-1], backbone_feature_sizes=feature_sizes, fpn_hidden_size=SAM_WIDTH,
+        ),
+        prompt_encoder_config=Sam2PromptEncoderConfig(hidden_size=SAM_WIDTH, image_size=SAM2_IMAGE_SIZE, patch_size=16),
+        mask_decoder_config=Sam2MaskDecoderConfig(
+            hidden_size=SAM_WIDTH, mlp_dim=2 * SAM_WIDTH, num_hidden_layers=2, num_attention_heads=2, iou_head_hidden_dim=SAM_WIDTH
+        ),
+    )
+    return Sam2Model(config)
+
+
+VLM_BUILDERS = {"llava": build_llava, "qwen2_5_vl": build_qwen2_5_vl}
+SAM_BUILDERS = {"sam": build_sam, "sam2": build_sam2}
+
+
+def write_tiny(out: str, seed: int = 0, vlm: str = "llava", sam: str = "sam") -> None:
+    """Writes `out/<vlm>`, `out/<sam>` and `out/lisa` (see the module docstring)."""
+    base, base_processor = VLM_BUILDERS[vlm](seed)
+    base.save_pretrained(os.path.join(out, vlm))
+    base_processor.save_pretrained(os.path.join(out, vlm))
+    SAM_BUILDERS[sam](seed).save_pretrained(os.path.join(out, sam))
+    torch.manual_seed(seed)
+    model, processor = build_lisa_from_base(os.path.join(out, vlm), os.path.join(out, sam))
     save_lisa(model, processor, os.path.join(out, "lisa"))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", required=True, help="folder to write llava/, sam/ and lisa/ into")
+    parser.add_argument("--out", required=True, help="folder to write <vlm>/, <sam>/ and lisa/ into")
+    parser.add_argument("--vlm", default="llava", choices=sorted(VLM_BUILDERS), help="vision-language model family")
+    parser.add_argument("--sam", default="sam", choices=sorted(SAM_BUILDERS), help="mask head family")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     args = parser.parse_args()
-    write_tiny(args.out, args.seed)
-    print(f"wrote {args.out}/llava, {args.out}/sam, {args.out}/lisa")
+    write_tiny(args.out, args.seed, args.vlm, args.sam)
+    print(f"wrote {args.out}/{args.vlm}, {args.out}/{args.sam}, {args.out}/lisa")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ def write_seg_emitter(lisa_dir: str, out_dir: str, after_seg: str | None = ".") 
     tokenizer = processor.tokenizer
     seg = processor.seg_token_id
     follow = tokenizer.eos_token_id if after_seg is None else tokenizer.convert_tokens_to_ids(after_seg)
-    language_model = model.llava.model.language_model
+    language_model = model.vlm.model.language_model
     with torch.no_grad():
         for layer in language_model.layers:
             layer.self_attn.o_proj.weight.zero_()

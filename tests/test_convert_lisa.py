@@ -289,7 +289,7 @@ def test_token_ids_of_the_original(released):
             assert tokenizer.convert_tokens_to_ids(token) == token_id
     # 7B: the unused <im_patch> slot is the image token; 13B: a new id after the released vocabulary.
     expected_image_id = reference.added.get("<im_patch>", len(reference.added) + reference.sp.get_piece_size())
-    assert processor.image_token_id == released["model"].config.llava_config.image_token_id == expected_image_id
+    assert processor.image_token_id == released["model"].config.vlm_config.image_token_id == expected_image_id
 
     system = LLAVA_V1_SYSTEM + " "
     cases = {
@@ -337,7 +337,7 @@ def test_logits_and_masks_match_the_original(released):
 def test_generation_matches_the_original(released):
     model, processor, reference = released["model"], released["processor"], released["reference"]
     (reply,) = answer(model, processor, [image(1)], [conversation(None)], max_new_tokens=8)
-    clip_pixels = processor.preprocess_clip(image(1))
+    clip_pixels = processor.preprocess_image(image(1)).pixel_values
     prompt = reference.tokenize(f"{LLAVA_V1_SYSTEM} USER: {QUESTION} ASSISTANT:")
     assert reply.token_ids == reference.generate(prompt, clip_pixels, max_new_tokens=8)
 
@@ -366,9 +366,9 @@ def test_dtypes_are_kept(released):
     the identity."""
     # (as `save_pretrained` writes them: llava-hf's checkpoint names)
     weights = load_file(str(released["out"] / "model.safetensors"))
-    assert weights["llava.language_model.model.embed_tokens.weight"].dtype == torch.bfloat16
-    assert weights["llava.multi_modal_projector.linear_1.weight"].dtype == torch.bfloat16
-    assert torch.equal(weights["llava.multi_modal_projector.linear_2.weight"], torch.eye(HIDDEN, dtype=torch.bfloat16))
+    assert weights["vlm.language_model.model.embed_tokens.weight"].dtype == torch.bfloat16
+    assert weights["vlm.multi_modal_projector.linear_1.weight"].dtype == torch.bfloat16
+    assert torch.equal(weights["vlm.multi_modal_projector.linear_2.weight"], torch.eye(HIDDEN, dtype=torch.bfloat16))
     assert weights["sam.mask_decoder.iou_token.weight"].dtype == torch.float32
     assert weights["text_hidden_fcs.0.weight"].dtype == torch.float32
 

@@ -68,7 +68,7 @@ def test_forward_shapes_and_losses(lisa):
     out = model(**batch)
     rows, length = batch["input_ids"].shape
     assert rows == 4
-    assert out.logits.shape == (rows, length, model.config.llava_config.text_config.vocab_size)
+    assert out.logits.shape == (rows, length, model.config.vlm_config.text_config.vocab_size)
     assert [tuple(p.shape) for p in out.pred_masks] == [(2, 48, 60), (1, 30, 20), (0, 48, 60)]
     for name in ("loss", "ce_loss", "mask_bce_loss", "mask_dice_loss", "mask_loss"):
         assert torch.isfinite(getattr(out, name)), name
@@ -119,7 +119,7 @@ def test_mask_query_is_the_position_before_seg(lisa):
     batch = processor.collate([item])
     with torch.no_grad():
         pred = model(**batch).pred_masks[0]
-        hidden = model.llava(
+        hidden = model.vlm(
             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], pixel_values=batch["pixel_values"],
             output_hidden_states=True,
         ).hidden_states[-1][0]
@@ -165,7 +165,7 @@ def test_cached_generation_equals_uncached_recomputation(lisa):
     seg, eos = processor.seg_token_id, processor.tokenizer.eos_token_id
     force = LogitsProcessorList([ForceTokens(prompt_length, {2: seg, 5: seg, 9: eos})])
     cached = model.generate(**inputs, max_new_tokens=12, logits_processor=force)[0]
-    uncached_ids = model.llava.generate(
+    uncached_ids = model.vlm.generate(
         input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], pixel_values=inputs["pixel_values"],
         max_new_tokens=12, use_cache=False, do_sample=False, logits_processor=force,
     )[0, prompt_length:].tolist()
@@ -189,7 +189,7 @@ def test_prompts_beyond_the_context_are_refused_and_answers_capped_visibly(lisa,
     model, processor = lisa
     inputs = generate_inputs(processor, [random_image(4)], [QUESTION])
     prompt_length = inputs["input_ids"].shape[1]
-    text_config = model.config.llava_config.text_config
+    text_config = model.config.vlm_config.text_config
     monkeypatch.setattr(text_config, "max_position_embeddings", prompt_length + 3)
     with caplog.at_level("WARNING", logger="model.lisa"):
         prediction = model.generate(**inputs, max_new_tokens=20, min_new_tokens=20)[0]
@@ -312,9 +312,9 @@ def test_training_init_keeps_the_pretrained_weights(tiny_dir):
     """The builder must not re-initialise the LLaVA and SAM it was given (the original's users got random SAM)."""
     from transformers import LlavaForConditionalGeneration, SamModel
 
-    from model.builder import build_lisa_from_llava
+    from model.builder import build_lisa_from_base
 
-    model, processor = build_lisa_from_llava(str(tiny_dir / "llava"), str(tiny_dir / "sam"), out_dim=64)
+    model, processor = build_lisa_from_base(str(tiny_dir / "llava"), str(tiny_dir / "sam"), out_dim=64)
     llava = LlavaForConditionalGeneration.from_pretrained(str(tiny_dir / "llava"))
     sam = SamModel.from_pretrained(str(tiny_dir / "sam"))
     for name, tensor in sam.state_dict().items():
@@ -322,15 +322,15 @@ def test_training_init_keeps_the_pretrained_weights(tiny_dir):
     for name, tensor in llava.state_dict().items():
         if "embed_tokens" in name or "lm_head" in name:
             tensor = tensor[: len(processor.tokenizer) - 1]  # [SEG] is one new row
-            assert model.llava.state_dict()[name].shape[0] == len(processor.tokenizer)
-        torch.testing.assert_close(model.llava.state_dict()[name][: tensor.shape[0]], tensor, rtol=0, atol=0, msg=name)
+            assert model.vlm.state_dict()[name].shape[0] == len(processor.tokenizer)
+        torch.testing.assert_close(model.vlm.state_dict()[name][: tensor.shape[0]], tensor, rtol=0, atol=0, msg=name)
 
 
 def test_training_init_behaves_like_its_saved_folder(tiny_dir, tmp_path):
     """Same outputs before and after a save/load: catches e.g. a lost (causal) attention implementation."""
-    from model.builder import build_lisa_from_llava
+    from model.builder import build_lisa_from_base
 
-    model, processor = build_lisa_from_llava(str(tiny_dir / "llava"), str(tiny_dir / "sam"), out_dim=64)
+    model, processor = build_lisa_from_base(str(tiny_dir / "llava"), str(tiny_dir / "sam"), out_dim=64)
     save_lisa(model, processor, str(tmp_path / "built"))
     loaded, _ = load_lisa(str(tmp_path / "built"))
     item = processor.process_sample(random_image(11), [[user(), assistant("It is [SEG].")]], random_masks(11, 1), "b")
@@ -356,10 +356,10 @@ def test_prompts_sharing_an_image_equal_separate_images(lisa):
 
 
 def test_projection_width_comes_from_sam(tiny_dir):
-    from model.builder import build_lisa_from_llava
+    from model.builder import build_lisa_from_base
 
-    model, _ = build_lisa_from_llava(str(tiny_dir / "llava"), str(tiny_dir / "sam"))
+    model, _ = build_lisa_from_base(str(tiny_dir / "llava"), str(tiny_dir / "sam"))
     assert model.config.out_dim == model.config.sam_config.prompt_encoder_config.hidden_size == 64
     assert model.text_hidden_fcs[2].out_features == 64
     with pytest.raises(ValueError, match="out_dim 256 must equal the prompt width 64"):
-        build_lisa_from_llava(str(tiny_dir / "llava"), str(tiny_dir / "sam"), out_dim=256)
+        build_lisa_from_base(str(tiny_dir / "llava"), str(tiny_dir / "sam"), out_dim=256)

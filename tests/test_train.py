@@ -99,8 +99,8 @@ def expected_trainable(name: str, train_sam_encoder: bool) -> bool:
 
 def test_lora_regex_only_hits_the_language_model():
     pattern = lora_target_regex("q_proj,v_proj")
-    assert re.fullmatch(pattern, "llava.model.language_model.layers.0.self_attn.q_proj")
-    assert not re.fullmatch(pattern, "llava.model.vision_tower.encoder.layers.0.self_attn.q_proj")
+    assert re.fullmatch(pattern, "vlm.model.language_model.layers.0.self_attn.q_proj")
+    assert not re.fullmatch(pattern, "vlm.model.vision_tower.encoder.layers.0.self_attn.q_proj")
     assert not re.fullmatch(pattern, "sam.mask_decoder.transformer.layers.0.self_attn.v_proj")
 
 

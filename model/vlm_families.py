@@ -1,0 +1,269 @@
+"""The vision-language models LISA can stand on, and what differs between them.
+
+LISA asks four things of its vision-language model (VLM), and the families answer them differently:
+
+* **Image input.** LLaVA-1.5 resizes and centre-crops every image to CLIP's square, so an image is always the same
+  number of tokens (576 at 336 px). Qwen2.5-VL keeps the image's aspect ratio and (up to a pixel budget) its
+  resolution: an image becomes a sequence of patches and a patch grid `image_grid_thw` (t, h, w), and takes
+  `t·h·w / merge²` tokens — a count that depends on the image ("dynamic resolution").
+* **Position ids.** LLaVA's language model counts tokens (1-D RoPE). Qwen2.5-VL gives image tokens 3-D
+  (t, h, w) positions and lets the text after an image continue from the image's largest position (multimodal
+  RoPE), so positions are computed from the tokens, the grids and the padding (`position_ids`).
+* **Generation inputs.** Qwen2.5-VL's `generate` needs the grids and which tokens are image tokens
+  (`mm_token_type_ids`) to compute those positions itself, under left padding and with the KV cache.
+* **Chat templates.** Each family has its own conversation formats (`model.conversation.CHAT_TEMPLATES`).
+
+The rest is alike in both, so the code outside this module does not ask which family it runs: image features are
+scattered over the image tokens (`mm_encoder_outputs`), the language model is `vlm.model.language_model` (LoRA's
+`q_proj`/`v_proj` and the quantised linears live there), the output head is `vlm.lm_head`, and `[SEG]` is an
+added token of the family's tokenizer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from transformers import (
+    AutoImageProcessor,
+    AutoProcessor,
+    AutoTokenizer,
+    LlavaForConditionalGeneration,
+    LlavaProcessor,
+    PretrainedConfig,
+    PreTrainedModel,
+    Qwen2_5_VLForConditionalGeneration,
+)
+from transformers.image_processing_utils import BaseImageProcessor
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+
+@dataclass
+class ImageInput:
+    """One image as its VLM takes it.
+
+    pixel_values: LLaVA (3, h, w) CLIP pixels; Qwen2.5-VL (patches, C·t·p·p) flattened patches.
+    grid_thw: Qwen2.5-VL's (3,) patch grid (t, h, w); None for LLaVA.
+    token_count: image tokens the image takes in the sequence.
+    """
+
+    pixel_values: torch.Tensor
+    grid_thw: torch.Tensor | None
+    token_count: int
+
+
+class Qwen2_5_VLTextImageProcessor:
+    """Qwen2.5-VL's tokenizer and image processor, the part of `Qwen2_5_VLProcessor` LISA uses.
+
+    transformers' `Qwen2_5_VLProcessor` cannot be built, nor loaded, without its video processor, which needs
+    torchvision — which this project does not install (it breaks CPU-only installs). This holds the same files
+    (tokenizer with its chat template, `preprocessor_config.json`), so a `Qwen/Qwen2.5-VL-*` folder loads as it is.
+    """
+
+    image_token = "<|image_pad|>"
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, image_processor: BaseImageProcessor):
+        self.tokenizer, self.image_processor = tokenizer, image_processor
+        self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
+
+    @property
+    def chat_template(self) -> str | None:
+        return self.tokenizer.chat_template
+
+    @chat_template.setter
+    def chat_template(self, template: str) -> None:
+        self.tokenizer.chat_template = template
+
+    @classmethod
+    def from_pretrained(cls, path: str) -> "Qwen2_5_VLTextImageProcessor":
+        # Without torchvision, AutoImageProcessor gives the PIL version of Qwen's image processor.
+        return cls(AutoTokenizer.from_pretrained(path), AutoImageProcessor.from_pretrained(path))
+
+    def save_pretrained(self, path: str) -> None:
+        self.tokenizer.save_pretrained(path)
+        self.image_processor.save_pretrained(path)
+
+
+VlmProcessor = LlavaProcessor | Qwen2_5_VLTextImageProcessor
+
+
+class VlmFamily:
+    """What one family of vision-language models does its own way (see the module docstring)."""
+
+    name: str  # the `model_type` of the family's configs
+    title: str
+    model_class: type[PreTrainedModel]
+    processor_class: type[VlmProcessor]
+    chat_templates: tuple[str, ...]  # names in `CHAT_TEMPLATES` the family's tokens fit; the first is the default
+
+    # ------------------------------------------------------------------------------------------ processor side
+    def load_processor(self, path: str) -> VlmProcessor:
+        """The tokenizer, image processor and chat template of a base or LISA folder (or hub id) of the family."""
+        raise NotImplementedError
+
+    def preprocess_image(self, processor: VlmProcessor, image: np.ndarray) -> ImageInput:
+        """(H, W, 3) uint8 RGB -> the image as the VLM takes it."""
+        raise NotImplementedError
+
+    def image_seq_length(self, processor: VlmProcessor) -> int:
+        """Image tokens of every image, for families where it does not depend on the image."""
+        raise ValueError(f"{self.title} images take a number of tokens that depends on their size")
+
+    def batch_images(self, images: Sequence[ImageInput]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """N images -> (`pixel_values`, `image_grid_thw` or None) of a batch."""
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------------------------------------- model side
+    def image_features(
+        self, vlm: PreTrainedModel, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor | None
+    ) -> Sequence[torch.Tensor]:
+        """Per image, its (n_i, h) features for the language model's image tokens."""
+        raise NotImplementedError
+
+    def position_ids(
+        self,
+        vlm: PreTrainedModel,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        row_grid_thw: torch.Tensor | None,
+    ) -> torch.Tensor | None:
+        """Position ids of (R, L) rows whose image grids are `row_grid_thw` (R, 3); None: the model counts tokens."""
+        return None
+
+    def generation_inputs(
+        self,
+        vlm: PreTrainedModel,
+        input_ids: torch.Tensor,
+        pixel_values: torch.Tensor,
+        image_grid_thw: torch.Tensor | None,
+        image_index: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        """The image inputs of the VLM's own `generate` for (B, L) prompts about images `image_index` (B,)."""
+        raise NotImplementedError
+
+
+class LlavaFamily(VlmFamily):
+    name = "llava"
+    title = "LLaVA-1.5"
+    model_class = LlavaForConditionalGeneration
+    processor_class = LlavaProcessor
+    chat_templates = ("llava_1_5", "llava_v1", "llava_llama_2", "llava_v1_im_start_end")
+
+    def load_processor(self, path: str) -> LlavaProcessor:
+        return AutoProcessor.from_pretrained(path)
+
+    def preprocess_image(self, processor: LlavaProcessor, image: np.ndarray) -> ImageInput:
+        pixel_values = processor.image_processor(images=image, return_tensors="pt")["pixel_values"][0]
+        return ImageInput(pixel_values, None, self.image_seq_length(processor))
+
+    def image_seq_length(self, processor: LlavaProcessor) -> int:
+        """576 for llava-1.5 (336 px, patch 14), 256 for LISA v1 (224 px)."""
+        crop = processor.image_processor.crop_size
+        count = (crop["height"] // processor.patch_size) * (crop["width"] // processor.patch_size)
+        count += processor.num_additional_image_tokens
+        if processor.vision_feature_select_strategy == "default":
+            count -= 1  # the CLS token's feature is dropped
+        return count
+
+    def batch_images(self, images: Sequence[ImageInput]) -> tuple[torch.Tensor, None]:
+        return torch.stack([image.pixel_values for image in images]), None
+
+    def image_features(self, vlm: LlavaForConditionalGeneration, pixel_values: torch.Tensor, image_grid_thw: None) -> torch.Tensor:
+        return vlm.model.get_image_features(pixel_values=pixel_values.to(vlm.dtype)).pooler_output
+
+    def generation_inputs(
+        self, vlm: LlavaForConditionalGeneration, input_ids: torch.Tensor, pixel_values: torch.Tensor,
+        image_grid_thw: None, image_index: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        return {"pixel_values": pixel_values[image_index].to(vlm.dtype)}
+
+
+class Qwen2_5_VLFamily(VlmFamily):
+    name = "qwen2_5_vl"
+    title = "Qwen2.5-VL"
+    model_class = Qwen2_5_VLForConditionalGeneration
+    processor_class = Qwen2_5_VLTextImageProcessor
+    chat_templates = ("qwen2_5_vl",)
+
+    def load_processor(self, path: str) -> Qwen2_5_VLTextImageProcessor:
+        return Qwen2_5_VLTextImageProcessor.from_pretrained(path)
+
+    def preprocess_image(self, processor: Qwen2_5_VLTextImageProcessor, image: np.ndarray) -> ImageInput:
+        out = processor.image_processor(images=image, return_tensors="pt")
+        grid_thw = out["image_grid_thw"][0]
+        return ImageInput(out["pixel_values"], grid_thw, int(grid_thw.prod()) // processor.image_processor.merge_size**2)
+
+    def batch_images(self, images: Sequence[ImageInput]) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.cat([image.pixel_values for image in images]), torch.stack([image.grid_thw for image in images])
+
+    def image_features(
+        self, vlm: Qwen2_5_VLForConditionalGeneration, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
+        return vlm.model.get_image_features(pixel_values.to(vlm.dtype), image_grid_thw).pooler_output
+
+    def position_ids(
+        self,
+        vlm: Qwen2_5_VLForConditionalGeneration,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        row_grid_thw: torch.Tensor,
+    ) -> torch.Tensor:
+        """(3, R, L) multimodal RoPE positions, counted over each row's unpadded tokens (0 on padding).
+
+        Computed here and passed to the model rather than left to it: the model would otherwise keep the rows'
+        offsets (`rope_deltas`) as state between calls."""
+        positions, _ = vlm.model.get_rope_index(
+            input_ids, self._image_token_types(vlm, input_ids), image_grid_thw=row_grid_thw, attention_mask=attention_mask
+        )
+        return positions
+
+    def generation_inputs(
+        self, vlm: Qwen2_5_VLForConditionalGeneration, input_ids: torch.Tensor, pixel_values: torch.Tensor,
+        image_grid_thw: torch.Tensor, image_index: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        patches = pixel_values.split(image_grid_thw.prod(-1).tolist())
+        return {
+            "pixel_values": torch.cat([patches[i] for i in image_index.tolist()]).to(vlm.dtype),
+            "image_grid_thw": image_grid_thw[image_index],
+            # With these, Qwen's generate computes the 3-D positions of the left-padded prompts and continues them
+            # step by step from the KV cache.
+            "mm_token_type_ids": self._image_token_types(vlm, input_ids),
+        }
+
+    @staticmethod
+    def _image_token_types(vlm: Qwen2_5_VLForConditionalGeneration, input_ids: torch.Tensor) -> torch.Tensor:
+        """(R, L) 1 on image tokens, 0 on text (Qwen's `mm_token_type_ids`)."""
+        return (input_ids == vlm.config.image_token_id).int()
+
+
+VLM_FAMILIES: dict[str, VlmFamily] = {family.name: family for family in (LlavaFamily(), Qwen2_5_VLFamily())}
+
+
+def supported_vlm_families() -> str:
+    return ", ".join(f"{name} ({family.title})" for name, family in VLM_FAMILIES.items())
+
+
+def vlm_family(config: PretrainedConfig | dict, source: str = "") -> VlmFamily:
+    """The family of a VLM config (or config dict); `source` names where it came from, for the error.
+
+    Raises:
+        ValueError: a model of no supported family, naming the supported ones.
+    """
+    model_type = config.get("model_type") if isinstance(config, dict) else config.model_type
+    if model_type not in VLM_FAMILIES:
+        where = f"{source} holds" if source else "got"
+        raise ValueError(
+            f"{where} a {model_type or 'model without model_type'!r} model, not a supported vision-language model; "
+            f"supported families: {supported_vlm_families()}"
+        )
+    return VLM_FAMILIES[model_type]
+
+
+def vlm_family_of_processor(processor: VlmProcessor) -> VlmFamily:
+    """The family whose processor class `processor` is."""
+    for family in VLM_FAMILIES.values():
+        if isinstance(processor, family.processor_class):
+            return family
+    raise ValueError(f"a {type(processor).__name__} is no processor of a supported family ({supported_vlm_families()})")
