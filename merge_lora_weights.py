@@ -161,7 +161,13 @@ def main(argv: list[str] | None = None) -> None:
     if os.path.isfile(os.path.join(args.weight, "adapter_config.json")):
         load_adapter(peft_model, args.weight)
     else:
-        peft_model.load_state_dict(read_checkpoint(args.weight, args.tag), strict=True)
+        state_dict = read_checkpoint(args.weight, args.tag)
+        try:
+            peft_model.get_base_model().check_weights_fit(state_dict, args.weight)
+        except ValueError as error:
+            raise SystemExit(f"{error} (built from --version {settings['version']}, --vision_pretrained "
+                             f"{settings['vision_pretrained']}: give the ones the run was trained from)")
+        peft_model.load_state_dict(state_dict, strict=True)
 
     dtype = DTYPES[args.precision]
     os.makedirs(args.save_path, exist_ok=True)

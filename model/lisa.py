@@ -11,6 +11,7 @@ The vision-language model is of a family of `model.vlm_families` (LLaVA-1.5, Qwe
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -22,8 +23,8 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import ModelOutput
 
 from model.losses import causal_lm_loss, dice_per_mask, mean_over_masks, sigmoid_ce_per_mask
-from model.mask_heads import mask_head_family
-from model.vlm_families import vlm_family
+from model.mask_heads import MASK_HEAD_FAMILIES, mask_head_family
+from model.vlm_families import VLM_FAMILIES, vlm_family
 
 logger = logging.getLogger(__name__)
 
@@ -128,6 +129,19 @@ class LisaForCausalLM(PreTrainedModel):
     @property
     def sam_image_size(self) -> int:
         return self.sam_family.image_size(self.config.sam_config)
+
+    def check_weights_fit(self, weight_names: Iterable[str], source: str) -> None:
+        """Raises when weights (named as in this model, possibly under a prefix such as PEFT's) are those of a model of
+        other families — say, SAM 2 weights for a model built with SAM — naming the families, where loading them would
+        only list missing and unexpected keys."""
+        names = list(weight_names)
+        parts = (("vlm", "vision-language model", VLM_FAMILIES, self.vlm_family),
+                 ("sam", "mask head", MASK_HEAD_FAMILIES, self.sam_family))
+        for attribute, part, families, own in parts:
+            held = [f for f in families.values() if any(f"{attribute}.{f.weights_marker}" in name for name in names)]
+            if held and own not in held:
+                raise ValueError(f"{source} holds the weights of a {held[0].title} {part}, not of a {own.title} one as the "
+                                 f"model built for them has")
 
     # ------------------------------------------------------------------------------------------ SAM side
     def embed_images(self, sam_pixel_values: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:

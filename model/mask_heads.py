@@ -36,6 +36,7 @@ class MaskHeadFamily:
     name: str  # the `model_type` of the family's configs
     title: str
     model_class: type[PreTrainedModel]
+    weights_marker: str  # the start of weight names only this family's models have
     pixel_mean: tuple[float, float, float]
     pixel_std: tuple[float, float, float]
 
@@ -83,6 +84,7 @@ class SamFamily(MaskHeadFamily):
     name = "sam"
     title = "SAM"
     model_class = SamModel
+    weights_marker = "vision_encoder.layers."  # a ViT; SAM 2's encoder is a Hiera `backbone` with a feature pyramid
     pixel_mean = (123.675, 116.28, 103.53)  # on the 0-255 scale
     pixel_std = (58.395, 57.12, 57.375)
 
@@ -131,6 +133,7 @@ class Sam2Family(MaskHeadFamily):
     name = "sam2"
     title = "SAM 2"
     model_class = Sam2Model
+    weights_marker = "vision_encoder.backbone."
     pixel_mean = (0.485, 0.456, 0.406)  # ImageNet's, on the 0-1 scale
     pixel_std = (0.229, 0.224, 0.225)
 

@@ -95,6 +95,7 @@ class VlmFamily:
     name: str  # the `model_type` of the family's configs
     title: str
     model_class: type[PreTrainedModel]
+    weights_marker: str  # the start of weight names only this family's models have
     processor_class: type[VlmProcessor]
     chat_templates: tuple[str, ...]  # names in `CHAT_TEMPLATES` the family's tokens fit; the first is the default
 
@@ -148,6 +149,7 @@ class LlavaFamily(VlmFamily):
     name = "llava"
     title = "LLaVA-1.5"
     model_class = LlavaForConditionalGeneration
+    weights_marker = "model.vision_tower."
     processor_class = LlavaProcessor
     chat_templates = ("llava_1_5", "llava_v1", "llava_llama_2", "llava_v1_im_start_end")
 
@@ -184,6 +186,7 @@ class Qwen2_5_VLFamily(VlmFamily):
     name = "qwen2_5_vl"
     title = "Qwen2.5-VL"
     model_class = Qwen2_5_VLForConditionalGeneration
+    weights_marker = "model.visual."
     processor_class = Qwen2_5_VLTextImageProcessor
     chat_templates = ("qwen2_5_vl",)
 

@@ -3,10 +3,36 @@ import importlib.util
 import sys
 import types
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 from model.tiny import write_tiny
+
+# Every (vision-language model, mask head) pair of families; the first is LISA's original.
+PAIRS = [("llava", "sam"), ("llava", "sam2"), ("qwen2_5_vl", "sam"), ("qwen2_5_vl", "sam2")]
+
+
+@dataclass
+class TinyBase:
+    """A tiny base of one pair of families, as `python -m model.tiny --vlm V --sam S` writes it."""
+
+    root: Path
+    vlm: str
+    sam: str
+
+    @property
+    def vlm_dir(self) -> Path:
+        return self.root / self.vlm
+
+    @property
+    def sam_dir(self) -> Path:
+        return self.root / self.sam
+
+    @property
+    def lisa_dir(self) -> Path:
+        return self.root / "lisa"
 
 
 @pytest.fixture(scope="session")
@@ -15,6 +41,17 @@ def tiny_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny")
     write_tiny(str(out))
     return out
+
+
+@pytest.fixture(scope="session", params=PAIRS, ids="+".join)
+def tiny_base(request, tiny_dir, tmp_path_factory) -> TinyBase:
+    """The tiny base of each pair of families in turn (a test using it runs once per pair); written once per session."""
+    vlm, sam = request.param
+    if (vlm, sam) == PAIRS[0]:
+        return TinyBase(tiny_dir, vlm, sam)
+    out = tmp_path_factory.mktemp(f"tiny_{vlm}_{sam}")
+    write_tiny(str(out), vlm=vlm, sam=sam)
+    return TinyBase(out, vlm, sam)
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,8 @@
-"""The LISA model on the tiny base: shapes, [SEG] handling, generation, persistence, precision."""
+"""The LISA model on the tiny bases of every pair of families (LLaVA-1.5 or Qwen2.5-VL, with SAM or SAM 2): shapes,
+[SEG] handling, generation (batched, left-padded, KV-cached), persistence, precision."""
+
+from contextlib import contextmanager
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -29,9 +33,38 @@ def random_masks(seed, n, height=48, width=60):
 
 
 @pytest.fixture(scope="module")
-def lisa(tiny_dir):
-    model, processor = load_lisa(str(tiny_dir / "lisa"))
+def lisa(tiny_base):
+    model, processor = load_lisa(str(tiny_base.lisa_dir))
     return model.eval(), processor
+
+
+def vlm_image_inputs(model, batch, rows=None):
+    """The image inputs of the vision-language model's own forward / generate for the rows (default: row r about
+    image r): Qwen2.5-VL also takes the patch grids and which tokens are image tokens, from which it computes its
+    3-D positions itself."""
+    rows = torch.arange(batch["input_ids"].shape[0]) if rows is None else rows
+    if "image_grid_thw" not in batch:
+        return {"pixel_values": batch["pixel_values"][rows]}
+    patches = batch["pixel_values"].split(batch["image_grid_thw"].prod(-1).tolist())
+    return {
+        "pixel_values": torch.cat([patches[i] for i in rows.tolist()]),
+        "image_grid_thw": batch["image_grid_thw"][rows],
+        "mm_token_type_ids": (batch["input_ids"] == model.config.vlm_config.image_token_id).int(),
+    }
+
+
+@contextmanager
+def recorded_queries(model):
+    """Yields a list that fills with the hidden states read as mask queries, (n, h) per call of `text_hidden_fcs`.
+
+    The tiny random SAM answers with logits of ~1e-4, too close to 0 for its masks to tell hidden states apart: the
+    queries themselves are compared."""
+    calls = []
+    handle = model.text_hidden_fcs.register_forward_hook(lambda module, args, output: calls.append(args[0].detach()))
+    try:
+        yield calls
+    finally:
+        handle.remove()
 
 
 class ForceTokens(LogitsProcessor):
@@ -117,10 +150,10 @@ def test_mask_query_is_the_position_before_seg(lisa):
     model, processor = lisa
     item = processor.process_sample(random_image(3), [[user(), assistant("Sure, it is [SEG].")]], None, "q")
     batch = processor.collate([item])
-    with torch.no_grad():
+    with torch.no_grad(), recorded_queries(model) as queries:
         pred = model(**batch).pred_masks[0]
         hidden = model.vlm(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], pixel_values=batch["pixel_values"],
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **vlm_image_inputs(model, batch),
             output_hidden_states=True,
         ).hidden_states[-1][0]
         seg = (batch["input_ids"][0] == processor.seg_token_id).nonzero().item()
@@ -129,6 +162,7 @@ def test_mask_query_is_the_position_before_seg(lisa):
         before = model.decode_masks(embedding, model.text_hidden_fcs(hidden[seg - 1 : seg]), *size)
         at_seg = model.decode_masks(embedding, model.text_hidden_fcs(hidden[seg : seg + 1]), *size)
     torch.testing.assert_close(pred, before)
+    torch.testing.assert_close(queries[0], hidden[seg - 1 : seg])
     assert not torch.allclose(pred, at_seg, atol=1e-4)
 
 
@@ -164,21 +198,19 @@ def test_cached_generation_equals_uncached_recomputation(lisa):
     prompt_length = inputs["input_ids"].shape[1]
     seg, eos = processor.seg_token_id, processor.tokenizer.eos_token_id
     force = LogitsProcessorList([ForceTokens(prompt_length, {2: seg, 5: seg, 9: eos})])
-    cached = model.generate(**inputs, max_new_tokens=12, logits_processor=force)[0]
+    with recorded_queries(model) as cached_queries:
+        cached = model.generate(**inputs, max_new_tokens=12, logits_processor=force)[0]
     uncached_ids = model.vlm.generate(
-        input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], pixel_values=inputs["pixel_values"],
+        input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], **vlm_image_inputs(model, inputs),
         max_new_tokens=12, use_cache=False, do_sample=False, logits_processor=force,
     )[0, prompt_length:].tolist()
     assert cached.token_ids == uncached_ids[: len(cached.token_ids)]
     assert cached.token_ids.count(seg) == 2 and cached.token_ids[-1] == eos
 
     full = torch.cat([inputs["input_ids"], torch.tensor([cached.token_ids])], dim=1)
-    with torch.no_grad():
-        recomputed = model(
-            input_ids=full, attention_mask=torch.ones_like(full), pixel_values=inputs["pixel_values"],
-            sam_pixel_values=inputs["sam_pixel_values"], image_index=torch.tensor([0]),
-            resized_sizes=inputs["resized_sizes"], original_sizes=inputs["original_sizes"],
-        ).pred_masks[0]
+    with torch.no_grad(), recorded_queries(model) as recomputed_queries:
+        recomputed = model(**replace(inputs, input_ids=full, attention_mask=torch.ones_like(full))).pred_masks[0]
+    torch.testing.assert_close(cached_queries[0], recomputed_queries[0], rtol=1e-4, atol=1e-5)
     assert len(cached.masks) == 2
     for mask, logits in zip(cached.masks, recomputed):
         # Equal wherever the logit is not within float noise of the threshold.
@@ -213,15 +245,51 @@ def test_batched_generation_equals_one_at_a_time(lisa):
     def run(indices):
         inputs = generate_inputs(processor, [images[i] for i in indices], [prompts[i] for i in indices])
         force = LogitsProcessorList([ForceTokens(inputs["input_ids"].shape[1], {1: seg, 4: seg, 7: eos})])
-        return model.generate(**inputs, max_new_tokens=8, logits_processor=force)
+        with recorded_queries(model) as queries:
+            predictions = model.generate(**inputs, max_new_tokens=8, logits_processor=force)
+        return predictions, queries
 
-    batched = run([0, 1])
+    batched, batched_queries = run([0, 1])
     for i in range(2):
-        single = run([i])[0]
+        (single,), single_queries = run([i])
+        torch.testing.assert_close(batched_queries[i], single_queries[0], rtol=1e-4, atol=1e-5)
         assert batched[i].token_ids == single.token_ids
         assert len(batched[i].masks) == len(single.masks) == 2
         for a, b in zip(batched[i].masks, single.masks):
             assert (a != b).float().mean() < 1e-3
+
+
+def test_batched_left_padded_generation_equals_recomputation(lisa):
+    """Prompts of different lengths, left-padded (with Qwen2.5-VL the two images also take different numbers of image
+    tokens), answered together with the KV cache == one teacher-forced forward over the same padded rows without
+    cache. The trap is Qwen's multimodal RoPE: each row's 3-D positions start after its padding and text after the
+    image continues from the image's largest position, in the first step and in every cached step after it."""
+    model, processor = lisa
+    images = [random_image(5), random_image(6, 40, 30)]
+    prompts = [QUESTION, "<image>\nWhere is the blue square? Please output segmentation mask. Be brief please."]
+    seg, eos = processor.seg_token_id, processor.tokenizer.eos_token_id
+    inputs = generate_inputs(processor, images, prompts)
+    assert inputs["attention_mask"].sum(1).tolist()[0] != inputs["attention_mask"].sum(1).tolist()[1]
+    force = LogitsProcessorList([ForceTokens(inputs["input_ids"].shape[1], {1: seg, 4: seg, 7: eos})])
+    with recorded_queries(model) as generated_queries:
+        generated = model.generate(**inputs, max_new_tokens=8, logits_processor=force)
+
+    new_tokens = torch.tensor([prediction.token_ids for prediction in generated])
+    full = replace(
+        inputs,
+        input_ids=torch.cat([inputs["input_ids"], new_tokens], dim=1),
+        attention_mask=torch.cat([inputs["attention_mask"], torch.ones_like(new_tokens)], dim=1),
+    )
+    with torch.no_grad(), recorded_queries(model) as recomputed_queries:
+        recomputed = model(**full).pred_masks
+    # Generation decodes row by row, the forward image by image: the same rows here, one per image.
+    torch.testing.assert_close(torch.cat(generated_queries), torch.cat(recomputed_queries), rtol=1e-4, atol=1e-5)
+    for prediction, logits in zip(generated, recomputed):
+        assert len(prediction.masks) == logits.shape[0] == 2
+        for mask, mask_logits in zip(prediction.masks, logits):
+            # Equal wherever the logit is not within float noise of the threshold.
+            sure = mask_logits.abs() > 1e-4
+            assert torch.equal(mask[sure], (mask_logits > 0)[sure])
 
 
 def test_zero_seg_answer_gives_no_mask(lisa):
@@ -273,13 +341,13 @@ def test_loading_a_folder_with_missing_weights_fails(lisa, tmp_path):
         load_lisa(str(folder))
 
 
-def test_loss_weights_are_configurable_at_load(tiny_dir):
-    model, _ = load_lisa(str(tiny_dir / "lisa"), ce_loss_weight=0.25, dice_loss_weight=1.5)
+def test_loss_weights_are_configurable_at_load(tiny_base):
+    model, _ = load_lisa(str(tiny_base.lisa_dir), ce_loss_weight=0.25, dice_loss_weight=1.5)
     assert (model.config.ce_loss_weight, model.config.bce_loss_weight, model.config.dice_loss_weight) == (0.25, 2.0, 1.5)
 
 
-def test_bf16_forward_and_generate(tiny_dir):
-    model, processor = load_lisa(str(tiny_dir / "lisa"), dtype=torch.bfloat16)
+def test_bf16_forward_and_generate(tiny_base):
+    model, processor = load_lisa(str(tiny_base.lisa_dir), dtype=torch.bfloat16)
     assert model.dtype == torch.bfloat16
     item = processor.process_sample(random_image(10), [[user(), assistant("It is [SEG].")]], random_masks(10, 1), "bf16")
     batch = processor.collate([item])
@@ -291,46 +359,81 @@ def test_bf16_forward_and_generate(tiny_dir):
     assert len(reply.token_ids) <= 3
 
 
-@pytest.mark.parametrize("conv_type", ["llava_1_5", "llava_v1", "llava_llama_2"])
+@pytest.mark.parametrize(
+    "tiny_base, conv_type",
+    [(("llava", "sam"), "llava_1_5"), (("llava", "sam"), "llava_v1"), (("llava", "sam"), "llava_llama_2"),
+     (("qwen2_5_vl", "sam2"), "qwen2_5_vl")],
+    indirect=["tiny_base"],
+)
 def test_labels_cover_exactly_the_answers(lisa, conv_type):
     model, processor = lisa
+    default = processor.vlm_family.chat_templates[0]
     processor.set_chat_template(conv_type)
     try:
         messages = [user(), assistant("It is [SEG]."), user("And the square?"), assistant("Sure, [SEG].")]
-        ids, labels = processor.encode_conversation(messages)
+        image_tokens = processor.preprocess_image(random_image(0)).token_count
+        ids, labels = processor.encode_conversation(messages, image_tokens=image_tokens)
         text = processor.tokenizer.decode([i for i, l in zip(ids, labels) if l != -100])
         eos = processor.tokenizer.eos_token
         assert text.replace(" ", "") == f"It is [SEG].{eos}Sure, [SEG].{eos}".replace(" ", "")
-        assert ids.count(processor.image_token_id) == processor.image_seq_length
-        prompt, _ = processor.encode_conversation(messages[:1], add_generation_prompt=True)
+        assert ids.count(processor.image_token_id) == image_tokens
+        prompt, _ = processor.encode_conversation(messages[:1], add_generation_prompt=True, image_tokens=image_tokens)
         assert ids[: len(prompt)] == prompt  # training rows start exactly as a generation prompt does
     finally:
+        processor.set_chat_template(default)
+
+
+@pytest.mark.parametrize("tiny_base", [("llava", "sam")], indirect=True)
+def test_llava_images_take_a_fixed_number_of_tokens(lisa):
+    _, processor = lisa
+    messages = [user(), assistant("It is [SEG].")]
+    for size in ((48, 60), (90, 20)):
+        assert processor.preprocess_image(random_image(0, *size)).token_count == processor.image_seq_length == 16
+    ids, _ = processor.encode_conversation(messages)
+    assert ids.count(processor.image_token_id) == processor.image_seq_length
+
+
+@pytest.mark.parametrize("tiny_base", [("qwen2_5_vl", "sam")], indirect=True)
+def test_qwen_images_take_tokens_by_their_size(lisa):
+    """Dynamic resolution: an image's token count is its patch grid (t, h, w) over the 2 x 2 merge, and the grid
+    follows the image's shape (sides rounded to the 16-px merged patch, at most 64 x 64 pixels in the tiny base)."""
+    _, processor = lisa
+    grids = {}
+    for size in ((48, 64), (32, 32), (96, 24)):
+        image = processor.preprocess_image(random_image(0, *size))
+        grids[size] = image.grid_thw.tolist()
+        assert image.token_count == image.grid_thw.prod() // 4 == image.pixel_values.shape[0] // 4
+    assert grids == {(48, 64): [1, 6, 8], (32, 32): [1, 4, 4], (96, 24): [1, 12, 4]}
+    with pytest.raises(ValueError, match="depends on their size"):
+        processor.image_seq_length
+    with pytest.raises(ValueError, match="conv_type 'llava_1_5' is not a format of Qwen2.5-VL models; choose from qwen2_5_vl"):
         processor.set_chat_template("llava_1_5")
 
 
-def test_training_init_keeps_the_pretrained_weights(tiny_dir):
-    """The builder must not re-initialise the LLaVA and SAM it was given (the original's users got random SAM)."""
-    from transformers import LlavaForConditionalGeneration, SamModel
+def test_training_init_keeps_the_pretrained_weights(tiny_base):
+    """The builder must not re-initialise the base and SAM it was given (the original's users got random SAM)."""
+    from transformers import AutoModel, AutoModelForImageTextToText
 
     from model.builder import build_lisa_from_base
 
-    model, processor = build_lisa_from_base(str(tiny_dir / "llava"), str(tiny_dir / "sam"), out_dim=64)
-    llava = LlavaForConditionalGeneration.from_pretrained(str(tiny_dir / "llava"))
-    sam = SamModel.from_pretrained(str(tiny_dir / "sam"))
+    model, processor = build_lisa_from_base(str(tiny_base.vlm_dir), str(tiny_base.sam_dir), out_dim=64)
+    base = AutoModelForImageTextToText.from_pretrained(str(tiny_base.vlm_dir))
+    sam = AutoModel.from_pretrained(str(tiny_base.sam_dir))
+    assert (type(model.vlm), type(model.sam)) == (type(base), type(sam))
     for name, tensor in sam.state_dict().items():
         torch.testing.assert_close(model.sam.state_dict()[name], tensor, rtol=0, atol=0, msg=name)
-    for name, tensor in llava.state_dict().items():
+    for name, tensor in base.state_dict().items():
         if "embed_tokens" in name or "lm_head" in name:
             tensor = tensor[: len(processor.tokenizer) - 1]  # [SEG] is one new row
             assert model.vlm.state_dict()[name].shape[0] == len(processor.tokenizer)
         torch.testing.assert_close(model.vlm.state_dict()[name][: tensor.shape[0]], tensor, rtol=0, atol=0, msg=name)
 
 
-def test_training_init_behaves_like_its_saved_folder(tiny_dir, tmp_path):
+def test_training_init_behaves_like_its_saved_folder(tiny_base, tmp_path):
     """Same outputs before and after a save/load: catches e.g. a lost (causal) attention implementation."""
     from model.builder import build_lisa_from_base
 
-    model, processor = build_lisa_from_base(str(tiny_dir / "llava"), str(tiny_dir / "sam"), out_dim=64)
+    model, processor = build_lisa_from_base(str(tiny_base.vlm_dir), str(tiny_base.sam_dir), out_dim=64)
     save_lisa(model, processor, str(tmp_path / "built"))
     loaded, _ = load_lisa(str(tmp_path / "built"))
     item = processor.process_sample(random_image(11), [[user(), assistant("It is [SEG].")]], random_masks(11, 1), "b")
@@ -355,11 +458,11 @@ def test_prompts_sharing_an_image_equal_separate_images(lisa):
         assert torch.equal(a.masks[0], b.masks[0])
 
 
-def test_projection_width_comes_from_sam(tiny_dir):
+def test_projection_width_comes_from_sam(tiny_base):
     from model.builder import build_lisa_from_base
 
-    model, _ = build_lisa_from_base(str(tiny_dir / "llava"), str(tiny_dir / "sam"))
+    model, _ = build_lisa_from_base(str(tiny_base.vlm_dir), str(tiny_base.sam_dir))
     assert model.config.out_dim == model.config.sam_config.prompt_encoder_config.hidden_size == 64
     assert model.text_hidden_fcs[2].out_features == 64
     with pytest.raises(ValueError, match="out_dim 256 must equal the prompt width 64"):
-        build_lisa_from_base(str(tiny_dir / "llava"), str(tiny_dir / "sam"), out_dim=256)
+        build_lisa_from_base(str(tiny_base.vlm_dir), str(tiny_base.sam_dir), out_dim=256)

@@ -105,24 +105,30 @@ def test_lora_regex_only_hits_the_language_model():
 
 
 # Trainable, but with no or a zero gradient on the first step: LoRA's A while B is still zero (its initial value), and
-# the parts of SAM's decoder that single-mask output never uses (masks 1-3 and the IoU head), SAM's zero-initialised
-# relative-position tables.
+# the parts of SAM's decoder that single-mask output never uses (masks 1-3 and the IoU head; SAM 2's object-score
+# head), SAM's zero-initialised relative-position tables.
 NO_GRADIENT_YET = ("lora_A", "rel_pos_", "output_hypernetworks_mlps.1.", "output_hypernetworks_mlps.2.",
-                   "output_hypernetworks_mlps.3.", "iou_prediction_head", "iou_token")
+                   "output_hypernetworks_mlps.3.", "iou_prediction_head", "iou_token", "obj_score_token",
+                   "pred_obj_score_head")
 
 
 @pytest.mark.parametrize("train_sam_encoder", [False, True])
-def test_exactly_the_intended_parameters_train(tiny_dir, train_sam_encoder):
+def test_exactly_the_intended_parameters_train(tiny_base, train_sam_encoder):
     torch.manual_seed(0)
-    model, processor = load_lisa(str(tiny_dir / "lisa"))
+    model, processor = load_lisa(str(tiny_base.lisa_dir))
     model = setup_trainable(model, train_sam_encoder=train_sam_encoder)
     params = dict(model.named_parameters())
     trainable = {n for n, p in params.items() if p.requires_grad}
     assert trainable == {n for n in params if expected_trainable(n, train_sam_encoder)}
-    assert any("lora_" in n for n in trainable)
-    # Frozen: CLIP, projector, SAM prompt encoder (and the image encoder in LISA's recipe), base LLM weights.
+    # LoRA on exactly q_proj and v_proj of every layer of the language model.
+    lora_modules = {n.split(".lora_A")[0] for n in trainable if ".lora_A" in n}
+    layers = model.get_base_model().config.vlm_config.text_config.num_hidden_layers
+    assert len(lora_modules) == 2 * layers and all(".language_model.layers." in n for n in lora_modules)
+    # Frozen: the vision tower (CLIP, Qwen's ViT), projector / patch merger, SAM prompt encoder (and the image encoder
+    # in LISA's recipe), base LLM weights.
     for name in params:
-        if any(k in name for k in ("vision_tower", "multi_modal_projector", "prompt_encoder", "base_layer", "language_model.norm", "_layernorm")):
+        if any(k in name for k in ("vision_tower", "multi_modal_projector", "model.visual.", "prompt_encoder", "base_layer",
+                                   "language_model.norm", "_layernorm")):
             assert name not in trainable, name
 
     before = {n: p.detach().clone() for n, p in params.items()}

@@ -1,0 +1,147 @@
+"""What differs between the families of vision-language models and mask heads (`model/vlm_families.py`,
+`model/mask_heads.py`), checked against transformers' own models; and how a base or checkpoint of the wrong family
+is refused."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from transformers import Sam2Model, SamModel
+
+from model.builder import build_lisa_from_base
+from model.mask_heads import MASK_HEAD_FAMILIES, load_mask_head
+from model.sam import load_sam
+from model.tiny import build_sam, build_sam2
+from model.vlm_families import vlm_family
+
+
+@pytest.fixture(scope="module")
+def sams():
+    """The tiny SAM and SAM 2, in eval mode, as LISA uses them."""
+    models = {"sam": build_sam().eval(), "sam2": build_sam2().eval()}
+    for name, model in models.items():
+        MASK_HEAD_FAMILIES[name].prepare(model)
+    return models
+
+
+@pytest.mark.parametrize("name", ["sam", "sam2"])
+def test_decoding_one_image_equals_transformers_pipeline(sams, name):
+    """Our split — image encoder once per image, then the decoder per image with one prompt token per [SEG] — gives
+    the masks of transformers' own: `get_image_embeddings` (for SAM 2: the decoder's projections of the two
+    high-resolution maps and the "no memory" embedding applied there), then the mask decoder."""
+    family, sam = MASK_HEAD_FAMILIES[name], sams[name]
+    size = family.image_size(sam.config)
+    pixels = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    queries = torch.randn(3, sam.config.prompt_encoder_config.hidden_size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ours = family.decode(sam, family.embed(sam, pixels)[1], queries)
+
+        embeddings = sam.get_image_embeddings(pixels[1:])
+        image_embedding = embeddings[-1] if name == "sam2" else embeddings
+        extra = {"high_resolution_features": embeddings[:-1]} if name == "sam2" else {}
+        dense = sam.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(1, -1, *image_embedding.shape[-2:])
+        expected = sam.mask_decoder(
+            image_embeddings=image_embedding,
+            image_positional_embeddings=sam.get_image_wide_positional_embeddings(),
+            sparse_prompt_embeddings=queries[None, :, None, :],
+            dense_prompt_embeddings=dense,
+            multimask_output=False,
+            **extra,
+        )[0][0, :, 0]
+    # The decoder upscales its embedding 4 x (64 -> 256 for the released models).
+    assert ours.shape == (3, 4 * image_embedding.shape[-2], 4 * image_embedding.shape[-1])
+    torch.testing.assert_close(ours, expected)
+
+
+def test_sam2_answers_with_its_single_mask_output_in_eval_mode_too(sams):
+    """SAM 2's decoder would swap in one of its multimask outputs at inference where the single mask looks unstable;
+    LISA trains the single-mask output and must answer with it."""
+    family, sam = MASK_HEAD_FAMILIES["sam2"], sams["sam2"]
+    features = family.embed(sam, torch.randn(1, 3, 128, 128, generator=torch.Generator().manual_seed(2)))[0]
+    queries = torch.randn(4, 64, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        sam.train()
+        trained_output = family.decode(sam, features, queries)
+        sam.eval()
+        answered = family.decode(sam, features, queries)
+    torch.testing.assert_close(answered, trained_output)
+
+
+def test_mask_head_inputs_and_masks_back_to_the_image():
+    """SAM: longest side to the input size, SAM's statistics on 0-255, zero padding; SAM 2: a square resize, ImageNet
+    statistics on 0-1. Masks come back at the original size either way."""
+    image = np.zeros((30, 60, 3), np.uint8)
+    image[...] = (255, 0, 128)
+    sam, sam2 = MASK_HEAD_FAMILIES["sam"], MASK_HEAD_FAMILIES["sam2"]
+
+    pixels, resized = sam.preprocess(image, 64)
+    assert resized == (32, 64) and pixels.shape == (3, 64, 64)
+    expected = (torch.tensor([255.0, 0.0, 128.0]) - torch.tensor(sam.pixel_mean)) / torch.tensor(sam.pixel_std)
+    torch.testing.assert_close(pixels[:, :32].mean((1, 2)), expected)
+    assert torch.equal(pixels[:, 32:], torch.zeros(3, 32, 64))
+
+    pixels, resized = sam2.preprocess(image, 128)
+    assert resized == (128, 128) and pixels.shape == (3, 128, 128)
+    expected = (torch.tensor([1.0, 0.0, 128 / 255]) - torch.tensor(sam2.pixel_mean)) / torch.tensor(sam2.pixel_std)
+    torch.testing.assert_close(pixels.mean((1, 2)), expected)
+
+    low_res = torch.randn(2, 32, 32)
+    assert sam2.postprocess(low_res, 128, (128, 128), (30, 60)).shape == (2, 30, 60)
+    # A mask covering the left half of SAM 2's square input covers the left half of the image.
+    half = torch.full((1, 32, 32), -10.0)
+    half[..., :16] = 10.0
+    assert torch.equal(sam2.postprocess(half, 128, (128, 128), (30, 60))[0] > 0, torch.arange(60).expand(30, 60) < 30)
+
+
+# ------------------------------------------------------------------------------------------ wrong families
+def test_mask_heads_are_loaded_by_the_family_their_config_names(tmp_path):
+    build_sam().save_pretrained(tmp_path / "sam")
+    build_sam2().save_pretrained(tmp_path / "sam2")
+    assert type(load_mask_head(str(tmp_path / "sam"))) is SamModel
+    assert type(load_mask_head(str(tmp_path / "sam2"))) is Sam2Model
+
+    config = json.loads((tmp_path / "sam2" / "config.json").read_text())
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "config.json").write_text(json.dumps({**config, "model_type": "sam_hq"}))
+    with pytest.raises(ValueError, match=r"holds a 'sam_hq' model, not a supported mask head; supported families: "
+                                         r"sam \(SAM\), sam2 \(SAM 2\)"):
+        load_mask_head(str(tmp_path / "other"))
+
+
+def test_a_sam2_checkpoint_where_sam_is_expected_says_so(tmp_path):
+    build_sam2().save_pretrained(tmp_path / "sam2")
+    with pytest.raises(ValueError, match="is a SAM 2 checkpoint, not a SAM \\(SamModel\\) one"):
+        load_sam(str(tmp_path / "sam2"))
+    # facebookresearch/sam2's own checkpoint files: {"model": {"image_encoder.trunk...": ...}}.
+    torch.save({"model": {"image_encoder.trunk.patch_embed.proj.weight": torch.zeros(1)}}, tmp_path / "sam2.1_hiera_tiny.pt")
+    with pytest.raises(ValueError, match="is an original SAM 2 checkpoint .* not a SAM one: give SAM 2 as a Sam2Model folder"):
+        load_mask_head(str(tmp_path / "sam2.1_hiera_tiny.pt"))
+
+
+def test_an_unsupported_base_names_the_supported_families(tiny_dir, tmp_path):
+    config = json.loads((tiny_dir / "llava" / "config.json").read_text())
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "config.json").write_text(json.dumps({**config, "model_type": "qwen2_vl"}))
+    message = r"holds a 'qwen2_vl' model, not a supported vision-language model; supported families: llava \(LLaVA-1.5\), qwen2_5_vl \(Qwen2.5-VL\)"
+    with pytest.raises(ValueError, match=message):
+        build_lisa_from_base(str(tmp_path / "base"), str(tiny_dir / "sam"))
+    with pytest.raises(ValueError, match="got a 'llama' model, not a supported vision-language model"):
+        vlm_family({"model_type": "llama"})
+
+
+@pytest.mark.parametrize("tiny_base", [("qwen2_5_vl", "sam2")], indirect=True)
+def test_weights_of_other_families_are_named(tiny_base, tiny_dir):
+    """A LISA checkpoint of one pair loaded into a model built for another says which part differs."""
+    from model.builder import load_lisa
+
+    qwen_sam2, _ = load_lisa(str(tiny_base.lisa_dir))
+    llava_sam, _ = load_lisa(str(tiny_dir / "lisa"))
+    with pytest.raises(ValueError, match="run/ckpt holds the weights of a Qwen2.5-VL vision-language model, not of a LLaVA-1.5 one"):
+        llava_sam.check_weights_fit([f"base_model.model.{n}" for n in qwen_sam2.state_dict()], "run/ckpt")
+    mixed = [n for n in llava_sam.state_dict() if n.startswith("vlm.")] + [n for n in qwen_sam2.state_dict() if n.startswith("sam.")]
+    with pytest.raises(ValueError, match="holds the weights of a SAM 2 mask head, not of a SAM one"):
+        llava_sam.check_weights_fit(mixed, "run/ckpt")
+    llava_sam.check_weights_fit(llava_sam.state_dict(), "run/ckpt")  # its own weights fit
