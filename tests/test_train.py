@@ -44,13 +44,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def train_command(tiny_dir, toy_dir, run_dir, *extra: str, nproc: int = 1, launcher: str = "deepspeed") -> list[str]:
+def train_command(tiny_dir, toy_dir, run_dir, *extra: str, nproc: int = 1, launcher: str = "deepspeed", vlm: str = "llava",
+                  sam: str = "sam") -> list[str]:
     if launcher == "deepspeed":
         head = [os.path.join(BIN, "deepspeed"), "--num_gpus", str(nproc), "--master_port", str(free_port())]
     else:
         head = [os.path.join(BIN, "torchrun"), "--nproc_per_node", str(nproc), "--master_port", str(free_port())]
     return head + [
-        "train_ds.py", "--version", str(tiny_dir / "llava"), "--vision_pretrained", str(tiny_dir / "sam"),
+        "train_ds.py", "--version", str(tiny_dir / vlm), "--vision_pretrained", str(tiny_dir / sam),
         "--out_dim", "64", "--dataset_dir", str(toy_dir), "--precision", "fp32", "--workers", "0",
         "--log_base_dir", str(run_dir.parent), "--exp_name", run_dir.name, "--batch_size", "2",
         "--grad_accumulation_steps", "2", "--warmup_steps", "2", "--lr", "1e-3", "--no_gradient_checkpointing",
@@ -340,6 +341,45 @@ def test_merged_model_matches_unmerged(reference_run, merged_dir, tmp_path):
     remerged, _ = load_lisa(str(again))
     for (name, p), q in zip(merged.state_dict().items(), remerged.state_dict().values()):
         assert torch.equal(p, q), name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tiny_base", [("qwen2_5_vl", "sam2")], indirect=True)
+def test_qwen_sam2_through_the_scripts(tiny_base, tiny_dir, toy_dir, tmp_path):
+    """Qwen2.5-VL + SAM 2 through the same scripts as LLaVA + SAM: DeepSpeed training with LoRA, resume, merge (the
+    merged model answers as the unmerged one), evaluation and chat."""
+    run_dir = tmp_path / "qwen_sam2"
+    ckpt_dir = run_dir / "ckpt_model"
+    command = train_command(tiny_base.root, toy_dir, run_dir, "--steps_per_epoch", "2", "--val_mode", "generate",
+                            vlm="qwen2_5_vl", sam="sam2")
+    run(command + ["--epochs", "1"])
+    assert f"resumed from {ckpt_dir}/{step_tag(2)}" in run(command + ["--epochs", "2"])
+    assert read_pointer(str(ckpt_dir)) == step_tag(4)
+
+    merged_dir = tmp_path / "merged"
+    merge = [sys.executable, "merge_lora_weights.py", "--weight", str(ckpt_dir), "--precision", "fp32"]
+    run(merge + ["--save_path", str(merged_dir)])
+    peft_model, _ = unmerged_model(run_dir)
+    merged, processor = load_lisa(str(merged_dir))
+    assert (merged.vlm_family.name, merged.sam_family.name) == ("qwen2_5_vl", "sam2")
+    batch = toy_batch(processor)
+    with torch.no_grad():
+        expected, actual = peft_model(**batch), merged.eval()(**batch)
+    assert torch.allclose(expected.logits, actual.logits, atol=1e-4)
+    for e, a in zip(expected.pred_masks, actual.pred_masks):
+        assert torch.allclose(e, a, atol=1e-3)
+    # Merging with a mask head of the other family names it.
+    output = run(merge + ["--save_path", str(tmp_path / "wrong"), "--vision_pretrained", str(tiny_dir / "sam")], succeed=False)
+    assert "holds the weights of a SAM 2 mask head, not of a SAM one" in output
+
+    report = tmp_path / "eval.json"
+    run([sys.executable, "eval_reasonseg.py", "--version", str(merged_dir), "--dataset_dir", str(toy_dir), "--split", "val",
+         "--mode", "generate", "--precision", "fp32", "--workers", "0", "--output", str(report)])
+    assert 0 <= json.loads(report.read_text())["giou"] <= 1
+    image = sorted((toy_dir / "reason_seg" / "ReasonSeg" / "val").glob("*.jpg"))[0]
+    output = run([sys.executable, "chat.py", "--version", str(merged_dir), "--precision", "fp32", "--image", str(image),
+                  "--prompt", "Where is the red circle? Please output segmentation mask.", "--vis_save_path", str(tmp_path / "vis")])
+    assert "Answer:" in output
 
 
 @pytest.mark.slow
