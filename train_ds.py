@@ -2,11 +2,14 @@
 
     deepspeed train_ds.py --version llava-hf/llava-1.5-7b-hf --vision_pretrained sam_vit_h_4b8939.pth \\
         --dataset_dir ./dataset --exp_name lisa-7b
+    deepspeed train_ds.py --version Qwen/Qwen2.5-VL-3B-Instruct --vision_pretrained facebook/sam2.1-hiera-tiny \\
+        --dataset_dir ./dataset --exp_name lisa-qwen-3b
     torchrun --standalone --nproc_per_node 2 train_ds.py ...
     python train_ds.py ...          # one process, no launcher
 
-`--version` is a LLaVA base (llava-hf layout) or a trained LISA folder (fine-tuning: nothing is re-initialised,
-the loss weights come from the flags). Logs, TensorBoard events and checkpoints go to
+`--version` is a vision-language base — LLaVA-1.5 (llava-hf layout) or Qwen2.5-VL — or a trained LISA folder
+(fine-tuning: nothing is re-initialised, the loss weights come from the flags); `--vision_pretrained` is SAM or SAM 2.
+Each family is read from its folder's (or hub id's) config. Logs, TensorBoard events and checkpoints go to
 `<log_base_dir>/<exp_name>/`; `ckpt_model/` there holds the last checkpoint (`latest`, for `--auto_resume`) and
 the one with the best validation gIoU (`best`). `merge_lora_weights.py` turns either into a LISA folder.
 """
@@ -64,15 +67,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     model = parser.add_argument_group("model")
     model.add_argument("--version", default="llava-hf/llava-1.5-7b-hf",
-                       help="LLaVA base (hub id or folder, llava-hf layout) or a trained LISA folder to fine-tune")
+                       help="vision-language base (hub id or folder): LLaVA-1.5 (llava-hf layout) or Qwen2.5-VL; or a "
+                            "trained LISA folder to fine-tune")
     model.add_argument("--vision_pretrained", default="facebook/sam-vit-huge",
-                       help="SAM weights: sam_vit_h_4b8939.pth (original layout), a SamModel folder or hub id; "
-                            "unused when --version is a LISA folder")
+                       help="SAM weights: sam_vit_h_4b8939.pth (original layout), a SamModel folder or hub id; or SAM 2: "
+                            "a Sam2Model folder or hub id such as facebook/sam2.1-hiera-tiny; unused when --version is "
+                            "a LISA folder")
     model.add_argument("--conv_type", default=None, choices=sorted(CHAT_TEMPLATES),
-                       help="conversation format (default: llava_1_5 for a LLaVA base, the folder's own for LISA)")
+                       help="conversation format (default: llava_1_5 for a LLaVA base, qwen2_5_vl for a Qwen2.5-VL base, "
+                            "the folder's own for LISA)")
     model.add_argument("--out_dim", type=int, default=None,
                        help="output width of the [SEG] projection; must equal SAM's prompt width (default: read from "
-                            "the SAM weights, 256 for the released SAM; LLaVA base only)")
+                            "the SAM weights, 256 for the released SAM and SAM 2; base only)")
     model.add_argument("--precision", default="bf16", choices=sorted(DTYPES), help="training precision")
     add_switch(model, "gradient_checkpointing", True, "recompute activations in the backward pass to save memory")
 
@@ -441,7 +447,7 @@ def main(argv: list[str] | None = None) -> None:
             return
         os.makedirs(ckpt_dir, exist_ok=True)
 
-    torch.manual_seed(args.seed)  # the new [SEG] row and projection of a LLaVA base
+    torch.manual_seed(args.seed)  # the new [SEG] row and projection of a base
     model, processor = load_for_training(
         args.version, args.vision_pretrained, args.conv_type, dtype=dtype, out_dim=args.out_dim,
         ce_loss_weight=args.ce_loss_weight, bce_loss_weight=args.bce_loss_weight, dice_loss_weight=args.dice_loss_weight,

@@ -30,7 +30,7 @@ def real_size_processor(folder: str) -> LisaProcessor:
     processor = LisaProcessor.from_pretrained(os.path.join(folder, "lisa"))
     processor.image_processor.size = {"shortest_edge": 336}
     processor.image_processor.crop_size = {"height": 336, "width": 336}
-    processor.llava_processor.patch_size = 14
+    processor.vlm_processor.patch_size = 14
     processor.sam_image_size = 1024
     return processor
 

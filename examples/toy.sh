@@ -2,9 +2,10 @@
 # The whole LISA pipeline on CPU in about 10 minutes: a tiny random base, the toy corpus (coloured shapes in
 # every real data layout), DeepSpeed training on all four data families, merging, evaluation and a chat.
 #
-#     bash examples/toy.sh OUT
+#     bash examples/toy.sh OUT [--vlm llava|qwen2_5_vl] [--sam sam|sam2]
 #
-# Writes OUT/tiny (the base), OUT/data (the corpus), OUT/runs/toy (TensorBoard + checkpoints), OUT/lisa-toy (the
+# --vlm and --sam choose the families of the tiny base (default: LISA's LLaVA-1.5 + SAM; `--vlm qwen2_5_vl --sam sam2`
+# is the Qwen2.5-VL + SAM 2 pair). Writes OUT/tiny (the base), OUT/data (the corpus), OUT/runs/toy (TensorBoard + checkpoints), OUT/lisa-toy (the
 # merged model), OUT/eval_val.json (toy ReasonSeg val, generate mode), OUT/baseline_val.json (the query-blind
 # baseline: every shape of the image) and OUT/vis (the chat's masks).
 #
@@ -15,20 +16,31 @@
 # colour, and the decoder learns to read it; an encoder trained from step 0 turns to shape alone, and queries that
 # name only a colour then stay at the query-blind baseline.
 set -euo pipefail
-OUT=${1:?usage: bash examples/toy.sh OUT}
+USAGE="usage: bash examples/toy.sh OUT [--vlm llava|qwen2_5_vl] [--sam sam|sam2]"
+OUT=${1:?$USAGE}
+shift
+VLM=llava
+SAM=sam
+while (( $# )); do
+    case "$1" in
+        --vlm) VLM=${2:?$USAGE}; shift 2 ;;
+        --sam) SAM=${2:?$USAGE}; shift 2 ;;
+        *) echo "$USAGE" >&2; exit 2 ;;
+    esac
+done
 cd "$(dirname "$0")/.."
 mkdir -p "$OUT"
 # Two processes of one thread each, one per core of a 2-core machine: 8 samples per step at ~14-15 steps/s against
 # 4 at ~18 for one process (torch's default of 2 threads per process oversubscribes the cores and runs far slower).
 export OMP_NUM_THREADS=1
 
-python -m model.tiny --out "$OUT/tiny"
+python -m model.tiny --out "$OUT/tiny" --vlm "$VLM" --sam "$SAM"
 # 20x the default training images: with a few dozen per family the model memorises them and fails on val.
 python -m datasets.toy --out "$OUT/data" --train_factor 20
 
 start=$(date +%s)
 deepspeed --num_gpus 2 train_ds.py \
-    --version "$OUT/tiny/llava" --vision_pretrained "$OUT/tiny/sam" --out_dim 64 \
+    --version "$OUT/tiny/$VLM" --vision_pretrained "$OUT/tiny/$SAM" --out_dim 64 \
     --dataset_dir "$OUT/data" --dataset "sem_seg||refer_seg||vqa||reason_seg" --sample_rates "3,3,1,3" \
     --precision fp32 --no_gradient_checkpointing --train_sam_encoder --sam_encoder_frozen_steps 1500 \
     --lr 1e-3 --warmup_steps 50 --epochs ${TOY_EPOCHS:-10} --steps_per_epoch ${TOY_STEPS_PER_EPOCH:-700} \

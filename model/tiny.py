@@ -88,8 +88,9 @@ _CORPUS = [
     "because the shape looks describe explain why reason answer question please thanks yes no",
     "Which Where What Can Sure It There The find colour color points point has and no one ones picture",
     "ball box tent flag kite book sports wall Circle Square Triangle Star Unlabeled",
-    f"system user assistant {QWEN_SYSTEM}",
 ]
+# And the words of Qwen's chat format, for the Qwen tokenizer only (the LLaVA one stays as it was).
+_QWEN_CORPUS = _CORPUS + [f"system user assistant {QWEN_SYSTEM}"]
 
 
 def build_tokenizer() -> LlamaTokenizer:
@@ -121,7 +122,7 @@ def build_qwen_tokenizer() -> Qwen2Tokenizer:
         vocab_size=VOCAB_SIZE, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    bpe.train_from_iterator(_CORPUS * 4, trainer=trainer)
+    bpe.train_from_iterator(_QWEN_CORPUS * 4, trainer=trainer)
     state = json.loads(bpe.to_str())["model"]
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in state["merges"]]
     # As Qwen2.5-VL-Instruct's: "<|im_end|>" ends a turn, "<|endoftext|>" pads.

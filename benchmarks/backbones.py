@@ -1,0 +1,230 @@
+"""Per-answer latency and peak memory of two LISA pairs at their real widths, random weights, side by side:
+LLaVA-1.5-7B + SAM ViT-H (the original's) against Qwen2.5-VL-3B + SAM 2.1-hiera-tiny.
+
+    python -m benchmarks.backbones [--fractions 0.25,0.5] [--image_size 480,640] [--new_tokens 16] [--threads 2]
+
+One answer is what `chat.py` does for a question about an image: preprocessing, the vision tower, the prompt, the
+KV-cached generation of `--new_tokens` tokens (a `[SEG]` among them), SAM's image encoder and mask decoder, masks back
+at the image's size. Both pairs answer the same question about the same image, each in its family's default chat
+format; bf16 weights (`--dtype`).
+
+Depth cut: a full 7B model does not fit a small machine's time (or memory), so each deep stack — the language model,
+the vision tower, SAM's ViT — is built with a fraction of its layers (`--fractions`, global-attention layers kept in
+their proportion), and time and memory are extrapolated to full depth by a straight line through the measured
+fractions: both grow linearly with the number of layers, and what does not grow with it (embeddings, output head,
+SAM 2's small Hiera encoder, which is never cut, the process itself) stays in the intercept. `--fractions 1` measures
+the full models (a GPU). Each fraction of each pair runs in its own process, so its peak memory is its own: the
+process's peak resident set on the CPU, `torch.cuda.max_memory_allocated` on CUDA.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+from transformers import (
+    CLIPImageProcessor,
+    CLIPVisionConfig,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaProcessor,
+    LogitsProcessor,
+    LogitsProcessorList,
+    Qwen2_5_VLConfig,
+    Sam2Config,
+    SamConfig,
+    SamVisionConfig,
+)
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+from model.builder import add_seg_token
+from model.conversation import CHAT_TEMPLATES
+from model.inference import answer
+from model.lisa import LisaConfig, LisaForCausalLM
+from model.processing import LisaProcessor
+from model.tiny import build_qwen_tokenizer, build_tokenizer
+from model.vlm_families import Qwen2_5_VLTextImageProcessor
+
+QUESTION = "<image>\nWhat is the object that keeps the food cold in this kitchen? Please output segmentation mask."
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def cut(layers: int, fraction: float) -> int:
+    return max(1, round(layers * fraction))
+
+
+def llava_7b_sam_vit_h(fraction: float) -> tuple[LisaConfig, LisaProcessor]:
+    """`llava-hf/llava-1.5-7b-hf` + `facebook/sam-vit-huge`, their stacks cut to `fraction` of their depth."""
+    tokenizer = build_tokenizer()  # the vocabulary size is the real one below; the ids used are all inside it
+    seg_token_id = add_seg_token(tokenizer)
+    clip = CLIPVisionConfig(
+        hidden_size=1024, intermediate_size=4096, num_hidden_layers=cut(24, fraction), num_attention_heads=16,
+        image_size=336, patch_size=14, projection_dim=768, hidden_act="quick_gelu",
+    )
+    llama = LlamaConfig(
+        vocab_size=32064, hidden_size=4096, intermediate_size=11008, num_hidden_layers=cut(32, fraction),
+        num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096, rms_norm_eps=1e-5,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    vlm = LlavaConfig(
+        vision_config=clip, text_config=llama, image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        image_seq_length=576, vision_feature_layer=-2, vision_feature_select_strategy="default",
+    )
+    sam_layers = cut(32, fraction)
+    sam = SamConfig(vision_config=SamVisionConfig(
+        hidden_size=1280, num_hidden_layers=sam_layers, num_attention_heads=16, mlp_dim=5120, output_channels=256,
+        # ViT-H's every 8th layer attends globally (7, 15, 23, 31), the others in 14 x 14 windows.
+        global_attn_indexes=[i for i in range(sam_layers) if i % 8 == 7], window_size=14,
+    ))
+    processor = LisaProcessor(
+        LlavaProcessor(
+            image_processor=CLIPImageProcessor(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336}),
+            tokenizer=tokenizer, patch_size=14, vision_feature_select_strategy="default", num_additional_image_tokens=1,
+            chat_template=CHAT_TEMPLATES["llava_1_5"],
+        ),
+        sam_image_size=1024,
+    )
+    return LisaConfig(vlm_config=vlm, sam_config=sam, seg_token_id=seg_token_id, out_dim=256), processor
+
+
+def qwen_3b_sam2_tiny(fraction: float) -> tuple[LisaConfig, LisaProcessor]:
+    """`Qwen/Qwen2.5-VL-3B-Instruct` + `facebook/sam2.1-hiera-tiny`, the Qwen stacks cut to `fraction` of their
+    depth (SAM 2's Hiera is small and kept whole)."""
+    tokenizer = build_qwen_tokenizer()
+    seg_token_id = add_seg_token(tokenizer)
+    tokenizer.chat_template = CHAT_TEMPLATES["qwen2_5_vl"]
+    vision_layers = cut(32, fraction)
+    vlm = Qwen2_5_VLConfig(
+        text_config=dict(
+            vocab_size=151936, hidden_size=2048, intermediate_size=11008, num_hidden_layers=cut(36, fraction),
+            num_attention_heads=16, num_key_value_heads=2, max_position_embeddings=128000, rms_norm_eps=1e-6,
+            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]},
+            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None,
+        ),
+        vision_config=dict(
+            depth=vision_layers, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=2048,
+            patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112, tokens_per_second=2,
+            # Every 8th block attends over the whole image, the others in windows.
+            fullatt_block_indexes=[i for i in range(vision_layers) if i % 8 == 7],
+        ),
+        image_token_id=tokenizer.convert_tokens_to_ids("<|image_pad|>"),
+        video_token_id=tokenizer.convert_tokens_to_ids("<|video_pad|>"),
+        vision_start_token_id=tokenizer.convert_tokens_to_ids("<|vision_start|>"),
+        vision_end_token_id=tokenizer.convert_tokens_to_ids("<|vision_end|>"),
+        tie_word_embeddings=True,
+    )
+    # Qwen's default pixel budget (up to 1280 tokens an image) and SAM 2.1-hiera-tiny's configuration.
+    processor = LisaProcessor(
+        Qwen2_5_VLTextImageProcessor(tokenizer, Qwen2VLImageProcessorPil()), sam_image_size=1024, sam_family="sam2"
+    )
+    return LisaConfig(vlm_config=vlm, sam_config=Sam2Config(), seg_token_id=seg_token_id, out_dim=256), processor
+
+
+PAIRS = {"LLaVA-1.5-7B + SAM ViT-H": llava_7b_sam_vit_h, "Qwen2.5-VL-3B + SAM 2.1-hiera-tiny": qwen_3b_sam2_tiny}
+
+
+class FixedAnswer(LogitsProcessor):
+    """Forces `[SEG]` as the second token and the end of turn as the last, so both pairs answer alike."""
+
+    def __init__(self, prompt_length: int, new_tokens: int, seg_token_id: int, eos_token_id: int):
+        self.prompt_length, self.new_tokens, self.seg, self.eos = prompt_length, new_tokens, seg_token_id, eos_token_id
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        step = input_ids.shape[1] - self.prompt_length
+        scores = scores.clone()
+        scores[:, self.eos] = -1e9
+        forced = {1: self.seg, self.new_tokens - 1: self.eos}.get(step)
+        if forced is not None:
+            scores[:, forced] = 1e9
+        return scores
+
+
+def measure(pair: str, fraction: float, height: int, width: int, new_tokens: int, repeats: int, dtype: torch.dtype) -> dict:
+    """Runs in a child process: one pair at one depth per process, so the peak memory is its own."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    config, processor = PAIRS[pair](fraction)
+    torch.manual_seed(0)
+    model = LisaForCausalLM._from_config(config, dtype=dtype).to(device).eval()
+    image = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    messages = [{"role": "user", "content": QUESTION}]
+    prompt_length = processor([image], [[messages]], add_generation_prompt=True)["input_ids"].shape[1]
+    force = LogitsProcessorList([FixedAnswer(prompt_length, new_tokens, processor.seg_token_id, processor.tokenizer.eos_token_id)])
+    timings = []
+    for _ in range(repeats + 1):  # one warm-up answer
+        started = time.perf_counter()
+        (reply,) = answer(model, processor, [image], [messages], max_new_tokens=new_tokens, logits_processor=force)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        timings.append(time.perf_counter() - started)
+    assert len(reply.token_ids) == new_tokens and len(reply.masks) == 1 and reply.masks[0].shape == (height, width)
+    if device.type == "cuda":
+        peak_gib = torch.cuda.max_memory_allocated() / 2**30
+    else:
+        peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return {"seconds": min(timings[1:]), "peak_gib": peak_gib, "prompt_tokens": prompt_length,
+            "parameters": sum(p.numel() for p in model.parameters()), "device": device.type}
+
+
+def extrapolate(fractions: list[float], values: list[float]) -> float:
+    """The value at full depth (fraction 1) of the least-squares line through (fraction, value)."""
+    if fractions == [1.0]:
+        return values[0]
+    slope, intercept = np.polyfit(fractions, values, 1)
+    return float(slope + intercept)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--fractions", default="0.25,0.5",
+                        help="depth fractions measured, comma-separated; '1' measures the full models (default on CPU: "
+                             "0.25,0.5, extrapolated to 1)")
+    parser.add_argument("--image_size", default="480,640", help="height,width of the image (a COCO-sized photo)")
+    parser.add_argument("--new_tokens", type=int, default=16, help="tokens of each answer (one [SEG] among them)")
+    parser.add_argument("--repeats", type=int, default=2, help="timed answers per setting after a warm-up (the best is kept)")
+    parser.add_argument("--dtype", default="bf16", choices=sorted(DTYPES), help="weights' dtype")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
+    parser.add_argument("--child", help=argparse.SUPPRESS)  # internal: "PAIR|FRACTION", one measurement
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    height, width = (int(v) for v in args.image_size.split(","))
+    if args.child:
+        pair, fraction = args.child.split("|")
+        print(json.dumps(measure(pair, float(fraction), height, width, args.new_tokens, args.repeats, DTYPES[args.dtype])))
+        return
+
+    fractions = [float(f) for f in args.fractions.split(",")]
+    if fractions != [1.0] and (len(set(fractions)) < 2 or any((4 * f) % 1 or not 0 < f <= 1 for f in fractions)):
+        # Quarters of the depth keep the every-8th global-attention layers of SAM's ViT-H and Qwen's ViT in proportion.
+        parser.error("--fractions: '1', or at least two different multiples of 0.25 up to 1")
+    print(f"one answer of {args.new_tokens} tokens about a {height} x {width} image, {args.dtype} weights, "
+          f"{args.threads} thread(s); depth fractions {fractions}")
+    print(f"{'pair':36} {'depth':>6} {'params':>8} {'prompt':>7} {'seconds':>9} {'peak GiB':>9}")
+    full = {}
+    for pair in PAIRS:
+        results = []
+        for fraction in fractions:
+            command = [sys.executable, "-m", "benchmarks.backbones", "--child", f"{pair}|{fraction}",
+                       "--image_size", args.image_size, "--new_tokens", str(args.new_tokens),
+                       "--repeats", str(args.repeats), "--dtype", args.dtype, "--threads", str(args.threads)]
+            out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+            result = json.loads(out.strip().splitlines()[-1])
+            results.append(result)
+            print(f"{pair:36} {fraction:>6.3g} {result['parameters'] / 1e9:>7.2f}B {result['prompt_tokens']:>7} "
+                  f"{result['seconds']:>9.2f} {result['peak_gib']:>9.2f}", flush=True)
+        full[pair] = {key: extrapolate(fractions, [r[key] for r in results]) for key in ("seconds", "peak_gib", "parameters")}
+        if fractions != [1.0]:
+            print(f"{pair:36} {'1 (ex)':>6} {full[pair]['parameters'] / 1e9:>7.2f}B {'':>7} {full[pair]['seconds']:>9.2f} "
+                  f"{full[pair]['peak_gib']:>9.2f}")
+    old, new = full.values()
+    print(f"Qwen2.5-VL-3B + SAM 2.1-hiera-tiny / LLaVA-1.5-7B + SAM ViT-H at full depth: time "
+          f"{new['seconds'] / old['seconds']:.2f}x, peak memory {new['peak_gib'] / old['peak_gib']:.2f}x (target <= 0.6x each)")
+
+
+if __name__ == "__main__":
+    main()
