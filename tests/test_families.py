@@ -5,6 +5,7 @@ is refused."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -145,3 +146,23 @@ def test_weights_of_other_families_are_named(tiny_base, tiny_dir):
     with pytest.raises(ValueError, match="holds the weights of a SAM 2 mask head, not of a SAM one"):
         llava_sam.check_weights_fit(mixed, "run/ckpt")
     llava_sam.check_weights_fit(llava_sam.state_dict(), "run/ckpt")  # its own weights fit
+
+
+@pytest.mark.parametrize("tiny_base", [("qwen2_5_vl", "sam2")], indirect=True)
+def test_tied_word_embeddings_stay_tied(tiny_base, tmp_path):
+    """Qwen2.5-VL-3B ties its output head to its input embeddings (the tiny base does not): `[SEG]`'s new row, saving and
+    loading keep them one tensor."""
+    from model.builder import load_lisa, save_lisa
+
+    base = tmp_path / "tied"
+    shutil.copytree(tiny_base.vlm_dir, base)
+    config = json.loads((base / "config.json").read_text())
+    (base / "config.json").write_text(json.dumps({**config, "tie_word_embeddings": True}))
+    model, processor = build_lisa_from_base(str(base), str(tiny_base.sam_dir))
+    head, embeddings = model.get_output_embeddings().weight, model.get_input_embeddings().weight
+    assert head is embeddings and head.shape[0] == len(processor.tokenizer)
+
+    save_lisa(model, processor, str(tmp_path / "lisa"))
+    loaded, _ = load_lisa(str(tmp_path / "lisa"))
+    assert loaded.get_output_embeddings().weight is loaded.get_input_embeddings().weight
+    torch.testing.assert_close(loaded.get_input_embeddings().weight, embeddings, rtol=0, atol=0)
