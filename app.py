@@ -1,6 +1,6 @@
 """A web demo of a LISA model (Gradio): upload an image, ask a question, get the answer and its masks.
 
-    python app.py --version DIR [--host 127.0.0.1 --port 7860]
+    python app.py --version DIR [--host 127.0.0.1 --port 7860] [--load_in_4bit]
 
 then open http://127.0.0.1:7860. Every [SEG] of an answer is overlaid on the image in its own colour and
 its mask is offered as a PNG (0/255) beside the overlay. Follow-up questions continue the conversation on
@@ -21,8 +21,8 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
 
+from chat import add_model_arguments, load_model  # noqa: E402
 from model.lisa import LisaForCausalLM  # noqa: E402
-from model.loading import add_model_arguments, load_from_arguments  # noqa: E402
 from model.processing import LisaProcessor, load_image  # noqa: E402
 from model.session import ChatSession  # noqa: E402
 from utils.vis import mask_colour, overlay, save_masks  # noqa: E402
@@ -130,7 +130,7 @@ def build_demo(model: LisaForCausalLM, processor: LisaProcessor, max_new_tokens:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    model, processor = load_from_arguments(args)
+    model, processor = load_model(args)
     vis_save_path = args.vis_save_path or tempfile.mkdtemp(prefix="lisa_demo_")
     os.makedirs(vis_save_path, exist_ok=True)
     demo = build_demo(model, processor, args.max_new_tokens, vis_save_path)

@@ -1,4 +1,4 @@
-"""Train LISA with DeepSpeed (ZeRO-2) and LoRA — LISA's recipe (reference/lisa.md §4).
+"""Train LISA with DeepSpeed (ZeRO-2) and LoRA — LISA's recipe (Lai et al., CVPR 2024, and the original code).
 
     deepspeed train_ds.py --version llava-hf/llava-1.5-7b-hf --vision_pretrained sam_vit_h_4b8939.pth \\
         --dataset_dir ./dataset --exp_name lisa-7b
@@ -31,15 +31,17 @@ from datasets.hybrid import HybridDataset, build_val_dataset
 from model.conversation import CHAT_TEMPLATES
 from model.evaluation import evaluate
 from model.inference import move_batch
-from model.peft_setup import count_parameters, load_for_training, parameter_groups, setup_trainable
-from utils.checkpoint import read_best, read_pointer, save_checkpoint
+from model.lisa import LisaConfig
+from model.loading import PRECISIONS, load_for_training
+from model.peft_setup import (
+    LORA_ALPHA, LORA_DROPOUT, LORA_R, LORA_TARGET_MODULES, count_parameters, parameter_groups, setup_trainable,
+)
+from utils.checkpoint import TRAIN_ARGS_FILE, read_best, read_pointer, save_checkpoint
 from utils.deepspeed_config import deepspeed_config, delayed_start_scale
 from utils.evaluation import finish_distributed
 from utils.metrics import format_table
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 LOSS_TERMS = ("loss", "ce_loss", "mask_bce_loss", "mask_dice_loss", "mask_loss")
-TRAIN_ARGS_FILE = "train_args.json"  # beside the checkpoints: what merge_lora_weights.py needs to rebuild the model
 
 
 def add_switch(parser: argparse.ArgumentParser, name: str, default: bool, help: str) -> None:
@@ -63,16 +65,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument("--out_dim", type=int, default=None,
                        help="output width of the [SEG] projection; must equal SAM's prompt width (default: read from "
                             "the SAM weights, 256 for the released SAM; LLaVA base only)")
-    model.add_argument("--precision", default="bf16", choices=sorted(DTYPES), help="training precision")
+    model.add_argument("--precision", default="bf16", choices=list(PRECISIONS), help="training precision (default: %(default)s)")
+    model.add_argument("--load_in_4bit", action="store_true",
+                       help="QLoRA: the frozen language model in 4-bit NF4 (bitsandbytes, CUDA or CPU); LoRA on it and the "
+                            "fully trained modules in --precision")
     add_switch(model, "gradient_checkpointing", True, "recompute activations in the backward pass to save memory")
 
     lora = parser.add_argument_group("trainable parameters (LoRA on the language model; lm_head, embed_tokens, "
                                       "SAM mask decoder and [SEG] projection in full)")
-    lora.add_argument("--lora_r", type=int, default=8, help="LoRA rank")
-    lora.add_argument("--lora_alpha", type=int, default=16, help="LoRA scaling numerator (scale = alpha / r)")
-    lora.add_argument("--lora_dropout", type=float, default=0.05, help="dropout on the LoRA input")
-    lora.add_argument("--lora_target_modules", default="q_proj,v_proj",
-                      help="comma-separated linear names of the *language model* that get LoRA")
+    lora.add_argument("--lora_r", type=int, default=LORA_R, help="LoRA rank (default: %(default)s)")
+    lora.add_argument("--lora_alpha", type=int, default=LORA_ALPHA,
+                      help="LoRA scaling numerator (scale = alpha / r; default: %(default)s)")
+    lora.add_argument("--lora_dropout", type=float, default=LORA_DROPOUT, help="dropout on the LoRA input (default: %(default)s)")
+    lora.add_argument("--lora_target_modules", default=LORA_TARGET_MODULES,
+                      help="comma-separated linear names of the *language model* that get LoRA (default: %(default)s)")
     add_switch(lora, "train_sam_encoder", False,
                "research option: also train SAM's image encoder in full (frozen in LISA's recipe)")
     lora.add_argument("--sam_encoder_frozen_steps", type=int, default=0,
@@ -107,9 +113,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     optim.add_argument("--steps_per_epoch", type=int, default=500, help="optimizer steps per epoch")
     optim.add_argument("--batch_size", type=int, default=2, help="images per micro-batch per process")
     optim.add_argument("--grad_accumulation_steps", type=int, default=10, help="micro-batches per optimizer step")
-    optim.add_argument("--ce_loss_weight", type=float, default=1.0, help="weight of the text cross-entropy")
-    optim.add_argument("--bce_loss_weight", type=float, default=2.0, help="weight of the mask BCE")
-    optim.add_argument("--dice_loss_weight", type=float, default=0.5, help="weight of the mask Dice loss")
+    optim.add_argument("--ce_loss_weight", type=float, default=LisaConfig.ce_loss_weight,
+                       help="weight of the text cross-entropy (default: %(default)s)")
+    optim.add_argument("--bce_loss_weight", type=float, default=LisaConfig.bce_loss_weight,
+                       help="weight of the mask BCE (default: %(default)s)")
+    optim.add_argument("--dice_loss_weight", type=float, default=LisaConfig.dice_loss_weight,
+                       help="weight of the mask Dice loss (default: %(default)s)")
+    add_switch(optim, "deepspeed_adam", False,
+               "DeepSpeed's own fused Adam instead of torch's fused AdamW (on CUDA it is JIT-compiled with nvcc)")
     optim.add_argument("--seed", type=int, default=0, help="seed of the data order, new weights and dropout")
 
     run = parser.add_argument_group("run")
@@ -127,6 +138,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.sam_encoder_frozen_steps and not args.train_sam_encoder:
         parser.error("--sam_encoder_frozen_steps needs --train_sam_encoder")
+    if args.precision == "fp16" and not deepspeed.get_accelerator().is_fp16_supported():
+        # Checked here, before minutes of loading: DeepSpeed refuses only when the engine starts.
+        parser.error(f"--precision fp16: DeepSpeed cannot train in fp16 on {deepspeed.get_accelerator().device_name()} "
+                     "(with or without --load_in_4bit); use bf16 or fp32")
     return args
 
 
@@ -183,7 +198,7 @@ def main(argv: list[str] | None = None) -> None:
     deepspeed.init_distributed()  # gloo on CPU, nccl on CUDA; reads the launcher's (deepspeed / torchrun) variables
     rank, world = dist.get_rank(), dist.get_world_size()
     device = torch.device(deepspeed.get_accelerator().device_name(int(os.environ.get("LOCAL_RANK", 0))))
-    dtype = DTYPES[args.precision]
+    dtype = PRECISIONS[args.precision]
     run_dir = os.path.join(args.log_base_dir, args.exp_name)
     ckpt_dir = os.path.join(run_dir, "ckpt_model")
     os.makedirs(ckpt_dir, exist_ok=True)
@@ -192,6 +207,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(args.seed)  # the new [SEG] row and projection of a LLaVA base
     model, processor = load_for_training(
         args.version, args.vision_pretrained, args.conv_type, dtype=dtype, out_dim=args.out_dim,
+        quantization="4bit" if args.load_in_4bit else None, device=device,
         ce_loss_weight=args.ce_loss_weight, bce_loss_weight=args.bce_loss_weight, dice_loss_weight=args.dice_loss_weight,
     )
     val_dataset = build_val_dataset(args.dataset_dir, args.val_dataset) if args.eval or args.eval_only else None
@@ -227,7 +243,7 @@ def main(argv: list[str] | None = None) -> None:
     total_steps = args.epochs * args.steps_per_epoch
     ds_config = deepspeed_config(
         args.batch_size, args.grad_accumulation_steps, args.lr, (args.beta1, args.beta2), args.precision,
-        total_steps, args.warmup_steps, on_cpu=device.type == "cpu",
+        total_steps, args.warmup_steps, torch_adam=not args.deepspeed_adam,
     )
     # Two optimizer groups with --train_sam_encoder (the encoder's learning rate can start late), else one.
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=parameter_groups(model), config=ds_config)

@@ -14,7 +14,7 @@ import time
 import numpy as np
 import torch
 
-from model.builder import load_lisa
+from model.loading import load_lisa
 from model.inference import GENERATE_INPUTS
 from model.tiny import write_tiny
 

@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 from model.inference import move_batch
-from model.peft_setup import load_for_training, setup_trainable
+from model.loading import load_for_training
+from model.peft_setup import setup_trainable
 from model.tiny import write_tiny
 
 

@@ -1,4 +1,4 @@
-"""Which parameters of LISA train, and how (reference/lisa.md §2.7).
+"""Which parameters of LISA train, and how.
 
 LISA's recipe: LoRA on the language model's attention projections, plus a few modules trained in full
 (`lm_head`, `embed_tokens` — they hold the new `[SEG]` row —, SAM's mask decoder and the `[SEG]` projection).
@@ -9,19 +9,17 @@ from __future__ import annotations
 
 import re
 
-import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
-from transformers import PretrainedConfig
 
-from model.builder import build_lisa_from_llava, load_lisa
 from model.lisa import LisaForCausalLM
-from model.processing import LisaProcessor
 
 # Modules trained in full in LISA's recipe, matched as substrings of parameter names (as the original did).
 FULLY_TRAINED = ("lm_head", "embed_tokens", "mask_decoder", "text_hidden_fcs")
 # A research option: SAM's image encoder, frozen in LISA's recipe (the paper ablates unfreezing it).
 SAM_IMAGE_ENCODER = "sam.vision_encoder"
+# LISA's LoRA: rank 8, alpha 16, dropout 0.05 on the language model's q_proj and v_proj (Lai et al., 2024).
+LORA_R, LORA_ALPHA, LORA_DROPOUT, LORA_TARGET_MODULES = 8, 16, 0.05, "q_proj,v_proj"
 
 
 def lora_target_regex(target_modules: str) -> str:
@@ -36,7 +34,9 @@ def lora_target_regex(target_modules: str) -> str:
     return rf".*language_model.*\.({'|'.join(names)})"
 
 
-def lora_config(r: int = 8, alpha: int = 16, dropout: float = 0.05, target_modules: str = "q_proj,v_proj") -> LoraConfig:
+def lora_config(
+    r: int = LORA_R, alpha: int = LORA_ALPHA, dropout: float = LORA_DROPOUT, target_modules: str = LORA_TARGET_MODULES
+) -> LoraConfig:
     # No task_type: the PEFT wrapper then forwards LISA's own arguments unchanged to `LisaForCausalLM.forward`.
     return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=lora_target_regex(target_modules), bias="none")
 
@@ -48,10 +48,10 @@ def is_trained_in_full(name: str, train_sam_encoder: bool = False) -> bool:
 
 def setup_trainable(
     model: LisaForCausalLM,
-    lora_r: int = 8,
-    lora_alpha: int = 16,
-    lora_dropout: float = 0.05,
-    lora_target_modules: str = "q_proj,v_proj",
+    lora_r: int = LORA_R,
+    lora_alpha: int = LORA_ALPHA,
+    lora_dropout: float = LORA_DROPOUT,
+    lora_target_modules: str = LORA_TARGET_MODULES,
     train_sam_encoder: bool = False,
 ) -> PeftModel:
     """Wraps `model` with LoRA and sets `requires_grad` per LISA's recipe.
@@ -85,39 +85,3 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     """(trainable, total) parameter counts."""
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return trainable, sum(p.numel() for p in model.parameters())
-
-
-def is_lisa(version: str) -> bool:
-    """Whether `version` (hub id or folder) is a trained LISA (config `model_type` "lisa") or a LLaVA base."""
-    config, _ = PretrainedConfig.get_config_dict(version)
-    return config.get("model_type") == "lisa"
-
-
-def load_for_training(
-    version: str,
-    vision_pretrained: str,
-    conv_type: str | None = None,
-    dtype: torch.dtype | None = None,
-    out_dim: int | None = None,
-    **loss_weights: float,
-) -> tuple[LisaForCausalLM, LisaProcessor]:
-    """The model a training run starts from, and its processor.
-
-    Args:
-        version: a LLaVA base (llava-hf layout): `[SEG]` is added and the LISA parts are new, SAM comes from
-            `vision_pretrained`; or a trained LISA folder: restored exactly, nothing re-initialised and
-            `vision_pretrained` unused (its SAM is part of it).
-        conv_type: conversation format; None keeps the base's (llava_1_5) or the folder's own.
-        out_dim: width of SAM's prompt embeddings, the new projection's output (LLaVA base only; default:
-            read from the SAM weights).
-        loss_weights: `ce_loss_weight`, `bce_loss_weight`, `dice_loss_weight` — they replace a LISA folder's
-            saved weights, so fine-tuning uses the flags.
-    """
-    if is_lisa(version):
-        model, processor = load_lisa(version, dtype=dtype, **loss_weights)
-        if conv_type is not None:
-            processor.set_chat_template(conv_type)
-        return model, processor
-    return build_lisa_from_llava(
-        version, vision_pretrained, conv_type=conv_type or "llava_1_5", dtype=dtype, out_dim=out_dim, **loss_weights
-    )

@@ -31,7 +31,7 @@ from transformers import (
     SamVisionConfig,
 )
 
-from model.builder import build_lisa_from_llava, save_lisa
+from model.loading import build_lisa_from_llava, save_lisa
 from model.conversation import CHAT_TEMPLATES, LLAMA_2_SYSTEM, LLAVA_V1_SYSTEM
 
 CLIP_IMAGE_SIZE = 32

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from model.builder import load_lisa, save_lisa
+from model.loading import load_lisa, save_lisa
 
 
 def write_seg_emitter(lisa_dir: str, out_dir: str, after_seg: str | None = ".") -> str:

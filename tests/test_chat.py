@@ -123,11 +123,25 @@ def test_session_history(seg_model_dir, files):
     assert session.messages[0]["content"].startswith("<image>\n") and "<image>" not in session.messages[2]["content"]
 
 
-def test_quantisation_needs_cuda(seg_model_dir, files):
-    for flag in ("--load_in_8bit", "--load_in_4bit"):
-        with pytest.raises(SystemExit) as exit_info:
-            chat.main(args(seg_model_dir, files, flag))
-        assert "CUDA" in str(exit_info.value.code) or "bitsandbytes" in str(exit_info.value.code)
+@pytest.mark.parametrize("flag", ["--load_in_8bit", "--load_in_4bit"])
+def test_one_shot_quantised(seg_model_dir, files, capsys, flag):
+    """The language model quantised by bitsandbytes (here on the CPU) answers as the unquantised one: the same
+    text and the same masks (IoU >= 0.9)."""
+    question = ("--image", files["image"], "--prompt", "What is the red thing?")
+    chat.main(args(seg_model_dir, files, *question))
+    expected = capsys.readouterr().out.splitlines()[0]
+    chat.main(args(seg_model_dir, files, *question, flag, "--vis_save_path", str(files["out"] / "quantised")))
+    assert capsys.readouterr().out.splitlines()[0] == expected == "Answer: [SEG].[SEG]"
+    for k in (0, 1):
+        full = np.asarray(Image.open(files["out"] / f"photo_mask_{k}.png")) > 0
+        quantised = np.asarray(Image.open(files["out"] / "quantised" / f"photo_mask_{k}.png")) > 0
+        assert (full & quantised).sum() >= 0.9 * (full | quantised).sum()
+
+
+def test_both_quantisations_at_once_is_a_usage_error(seg_model_dir, files, capsys):
+    with pytest.raises(SystemExit):
+        chat.main(args(seg_model_dir, files, "--load_in_8bit", "--load_in_4bit"))
+    assert "not allowed with argument" in capsys.readouterr().err
 
 
 def test_usage_errors(seg_model_dir, files):

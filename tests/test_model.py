@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from model.builder import add_seg_token, load_lisa, save_lisa
+from model.loading import add_seg_token, load_lisa, save_lisa
 from model.inference import GENERATE_INPUTS, answer
 from model.losses import dice_per_mask, mean_over_masks, sigmoid_ce_per_mask
 
@@ -296,7 +296,7 @@ def test_training_init_keeps_the_pretrained_weights(tiny_dir):
     """The builder must not re-initialise the LLaVA and SAM it was given (the original's users got random SAM)."""
     from transformers import LlavaForConditionalGeneration, SamModel
 
-    from model.builder import build_lisa_from_llava
+    from model.loading import build_lisa_from_llava
 
     model, processor = build_lisa_from_llava(str(tiny_dir / "llava"), str(tiny_dir / "sam"), out_dim=64)
     llava = LlavaForConditionalGeneration.from_pretrained(str(tiny_dir / "llava"))
@@ -312,7 +312,7 @@ def test_training_init_keeps_the_pretrained_weights(tiny_dir):
 
 def test_training_init_behaves_like_its_saved_folder(tiny_dir, tmp_path):
     """Same outputs before and after a save/load: catches e.g. a lost (causal) attention implementation."""
-    from model.builder import build_lisa_from_llava
+    from model.loading import build_lisa_from_llava
 
     model, processor = build_lisa_from_llava(str(tiny_dir / "llava"), str(tiny_dir / "sam"), out_dim=64)
     save_lisa(model, processor, str(tmp_path / "built"))
@@ -340,7 +340,7 @@ def test_prompts_sharing_an_image_equal_separate_images(lisa):
 
 
 def test_projection_width_comes_from_sam(tiny_dir):
-    from model.builder import build_lisa_from_llava
+    from model.loading import build_lisa_from_llava
 
     model, _ = build_lisa_from_llava(str(tiny_dir / "llava"), str(tiny_dir / "sam"))
     assert model.config.out_dim == model.config.sam_config.prompt_encoder_config.hidden_size == 64

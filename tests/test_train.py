@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 import torch
 
-from model.builder import load_lisa
-from model.peft_setup import FULLY_TRAINED, load_for_training, lora_target_regex, setup_trainable
+from model.loading import load_for_training, load_lisa
+from model.peft_setup import FULLY_TRAINED, lora_target_regex, setup_trainable
 from train_ds import parse_args
 from utils.checkpoint import LATEST, read_pointer, save_checkpoint, step_tag
 
