@@ -82,6 +82,12 @@ def parameter_groups(model: nn.Module) -> list[dict]:
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
-    """(trainable, total) parameter counts."""
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return trainable, sum(p.numel() for p in model.parameters())
+    """(trainable, total) parameter counts; a 4-bit weight counts as its unpacked shape (bitsandbytes stores two
+    values per byte)."""
+
+    def size(param: nn.Parameter) -> int:
+        quant_state = getattr(param, "quant_state", None)
+        return quant_state.shape.numel() if quant_state is not None else param.numel()
+
+    trainable = sum(size(p) for p in model.parameters() if p.requires_grad)
+    return trainable, sum(size(p) for p in model.parameters())
