@@ -9,7 +9,8 @@ One-shot (scriptable):
     python chat.py --version DIR --image PATH --prompt "Where can the driver see the speed? Please output segmentation mask."
 
 For the [SEG] number k of a conversation, writes {vis_save_path}/{stem}_mask_{k}.png (0/255, image size) and
-{stem}_masked_img_{k}.png (the image with that mask overlaid) and prints their paths.
+{stem}_masked_img_{k}.png (the image with that mask overlaid) and prints their paths. {stem} is the image's file
+name without extension; another image of the same name in the same session gets {stem}_2, {stem}_3, ...
 """
 
 from __future__ import annotations
@@ -19,13 +20,14 @@ import os
 import sys
 
 from model.loading import add_model_arguments, load_from_arguments
+from utils.cli import HelpFormatter
 from utils.images import ImageError, load_image
 from model.session import ChatSession
-from utils.vis import save_masks
+from utils.vis import FileStems, save_masks
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_model_arguments(parser)
     parser.add_argument("--vis_save_path", default="./vis_output", help="folder for the mask and overlay PNGs")
     parser.add_argument("--image", help="one-shot: the image to ask about (with --prompt)")
@@ -58,7 +60,7 @@ def read(prompt: str) -> str | None:
 
 
 def interact(session: ChatSession, vis_save_path: str) -> None:
-    stem = None
+    stems, stem = FileStems(), None
     while True:
         prompt = read("Please input your prompt: ")
         if prompt is None:
@@ -75,7 +77,7 @@ def interact(session: ChatSession, vis_save_path: str) -> None:
             except ImageError as error:
                 print(error)
                 continue
-            stem = os.path.splitext(os.path.basename(path))[0]
+            stem = stems(path)
         elif session.image is None:
             print("No image yet: please give an image path.")
             continue

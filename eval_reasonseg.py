@@ -5,7 +5,7 @@
     python eval_reasonseg.py --pred_dir MASKS --split val          # saved masks, no model
     python eval_reasonseg.py --version DIR --dataset_dir ./dataset --val_dataset "refcoco|unc|val"
 
-Metrics as the original (reference/lisa.md §6); results do not depend on --batch_size or the process count.
+Metrics as the original's `validate` in `train_ds.py` (see utils/metrics.py); results do not depend on --batch_size or the process count.
 """
 
 from __future__ import annotations
@@ -18,13 +18,14 @@ from datasets.hybrid import build_val_dataset
 from model.conversation import CHAT_TEMPLATES
 from model.evaluation import MODES, evaluate
 from model.loading import PRECISIONS, load_for_inference
+from utils.cli import HelpFormatter
 from utils.distributed import finish_distributed, init_distributed
 from utils.scoring import PredictionFiles, run_evaluation
 from utils.metrics import format_table
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--version", help="trained LISA folder (not needed with --pred_dir)")
     parser.add_argument("--dataset_dir", default="./dataset", help="data root holding reason_seg/ (and refer_seg/)")
     parser.add_argument("--split", default="val", choices=["val", "test"], help="ReasonSeg split to score")

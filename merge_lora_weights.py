@@ -1,4 +1,4 @@
-"""Turn a training checkpoint into one self-contained LISA folder (reference/lisa.md §4.6).
+"""Turn a training checkpoint into one self-contained LISA folder (the original's `merge_lora_weights_and_save_hf_model.py`).
 
     python merge_lora_weights.py --weight runs/lisa-7b/ckpt_model --save_path ./LISA-7B
 
@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 from model.builder import save_lisa
 from model.peft_setup import load_for_training, setup_trainable
 from utils.checkpoint import BEST, LATEST, read_pointer
+from utils.cli import HelpFormatter
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 TRAIN_ARGS_FILE = "train_args.json"
@@ -36,7 +37,7 @@ MODEL_ARGS = ("version", "vision_pretrained", "conv_type", "out_dim", "lora_r", 
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--weight", required=True,
                         help="DeepSpeed checkpoint folder, zero_to_fp32 output (folder or file), or an --adapter_only folder")
     parser.add_argument("--save_path", required=True, help="output folder")

@@ -1,4 +1,4 @@
-"""Train LISA with DeepSpeed (ZeRO-2) and LoRA — LISA's recipe (reference/lisa.md §4).
+"""Train LISA with DeepSpeed (ZeRO-2) and LoRA — the recipe of the paper and of the original's `train_ds.py`.
 
     deepspeed train_ds.py --version llava-hf/llava-1.5-7b-hf --vision_pretrained sam_vit_h_4b8939.pth \\
         --dataset_dir ./dataset --exp_name lisa-7b
@@ -34,8 +34,10 @@ from model.lisa import LisaForCausalLM
 from model.peft_setup import count_parameters, load_for_training, parameter_groups, setup_trainable
 from model.processing import LisaBatch, LisaProcessor
 from utils.checkpoint import read_best, read_pointer, save_checkpoint
+from utils.cli import HelpFormatter
 from utils.deepspeed_config import deepspeed_config, delayed_start_scale
 from utils.distributed import finish_distributed, is_main, mean_over_ranks, rank_and_world, single_process_environment
+from utils.log_filters import dropping_log_message
 from utils.metrics import format_table
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -52,7 +54,7 @@ def add_switch(parser: argparse.ArgumentParser, name: str, default: bool, help: 
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     model = parser.add_argument_group("model")
     model.add_argument("--version", default="llava-hf/llava-1.5-7b-hf",
                        help="LLaVA base (hub id or folder, llava-hf layout) or a trained LISA folder to fine-tune")
@@ -208,7 +210,10 @@ def build_engine(model: PeftModel, args: argparse.Namespace, device: torch.devic
         args.batch_size, args.grad_accumulation_steps, args.lr, (args.beta1, args.beta2), args.precision,
         args.epochs * args.steps_per_epoch, args.warmup_steps, on_cpu=device.type == "cpu",
     )
-    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=parameter_groups(model), config=ds_config)
+    # DeepSpeed's warmup scheduler asks itself for a learning rate while it is built, before step 0, and warns that it
+    # "has not started"; the rate it then returns is the warmup's start, the right one for step 0.
+    with dropping_log_message("DeepSpeed", "Attempting to get learning rate from scheduler before it has started"):
+        engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=parameter_groups(model), config=ds_config)
     return engine
 
 

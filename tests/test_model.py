@@ -344,3 +344,22 @@ def test_projection_width_comes_from_sam(tiny_dir):
     assert model.text_hidden_fcs[2].out_features == 64
     with pytest.raises(ValueError, match="out_dim 256 must equal the prompt width 64"):
         build_lisa_from_llava(str(tiny_dir / "llava"), str(tiny_dir / "sam"), out_dim=256)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (1, 5), (4, 4)])
+def test_clip_input_of_an_image_a_few_pixels_high(lisa, size, capfd):
+    """A one-colour image gives the same CLIP input at any size, and no guess about its channel layout is made."""
+    _, processor = lisa
+    colour = np.array([200, 30, 90], np.uint8)
+    tiny = processor.preprocess_clip(np.broadcast_to(colour, (*size, 3)).copy())
+    large = processor.preprocess_clip(np.broadcast_to(colour, (64, 64, 3)).copy())
+    torch.testing.assert_close(tiny, large)
+    assert "channel dimension is ambiguous" not in capfd.readouterr().err
+
+
+def test_decoded_answer_is_the_answer_text(lisa):
+    """With this project's tokenizers ([SEG] keeps the spaces beside it) an answer decodes to its own text."""
+    _, processor = lisa
+    text = "Sure, it is [SEG]. And [SEG] , [SEG][SEG] too."
+    ids = processor.tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert processor.decode_answer(ids + [processor.tokenizer.eos_token_id]) == text

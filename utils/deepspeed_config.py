@@ -1,4 +1,4 @@
-"""The DeepSpeed configuration of LISA's training (reference/lisa.md §4.3), built in code from the flags."""
+"""The DeepSpeed configuration of LISA's training, built in code from the flags as the original's `train_ds.py` does."""
 
 from __future__ import annotations
 
