@@ -66,8 +66,8 @@ def setup_trainable(
         the PEFT model; its `get_base_model()` is `model`, modified in place.
     """
     with warnings.catch_warnings():
-        # peft asks the model for transformers' deprecated alias `is_gradient_checkpointing` (same value as
-        # `is_activation_checkpointing`), which warns on every run; harmless until transformers 6 removes it.
+        # peft reads transformers' deprecated alias `is_gradient_checkpointing`, which warns on every run; the alias
+        # still returns the right value (`is_activation_checkpointing`), so the warning asks nothing of this project.
         warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
         peft_model = get_peft_model(model, lora_config(lora_r, lora_alpha, lora_dropout, lora_target_modules))
     # get_peft_model froze everything but the LoRA matrices; unfreeze the fully trained modules.
