@@ -4,6 +4,7 @@
     torchrun --nproc_per_node 2 eval_reasonseg.py --version DIR --split test --batch_size 8 --output test.json
     python eval_reasonseg.py --pred_dir MASKS --split val          # saved masks, no model
     python eval_reasonseg.py --version DIR --dataset_dir ./dataset --val_dataset "refcoco|unc|val"
+    python eval_reasonseg.py --version DIR --val_dataset "custom|MY_DATA|val"   # your own data (docs/custom_data.md)
 
 Metrics as the original's `validate` in `train_ds.py` (see utils/metrics.py); results do not depend on --batch_size or the process count.
 """
@@ -18,9 +19,10 @@ from datasets.hybrid import build_val_dataset
 from model.conversation import CHAT_TEMPLATES
 from model.evaluation import MODES, evaluate
 from model.loading import PRECISIONS, load_for_inference
-from utils.cli import HelpFormatter
-from utils.distributed import finish_distributed, init_distributed
+from utils.cli import HelpFormatter, non_negative_int, positive_int
+from utils.distributed import finish_distributed, gather_lists, init_distributed
 from utils.scoring import PredictionFiles, run_evaluation
+from utils.locations import location_problem
 from utils.metrics import format_table
 
 
@@ -32,27 +34,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--val_dataset",
         help='score another split instead: "ReasonSeg|val", a referring split "refcoco|unc|val", '
-        '"refcocog|umd|test", or gRefCOCO "grefcoco|unc|val" (adds no-target accuracy)',
+        '"refcocog|umd|test", gRefCOCO "grefcoco|unc|val", or a custom folder\'s split "custom|DIR|val" '
+        '(no-target accuracy is added where some targets are empty)',
     )
     parser.add_argument(
         "--mode", default="generate", choices=MODES,
         help="generate: the model answers and must emit [SEG] (none = empty mask); teacher: the original's "
         'validation, answer "[SEG]." given',
     )
-    parser.add_argument("--all_texts", action="store_true", help="score every text of a ReasonSeg image, not only the first")
-    parser.add_argument("--batch_size", type=int, default=1, help="images per forward pass / generation batch")
-    parser.add_argument("--workers", type=int, default=2, help="processes reading samples (0: read in this process)")
+    parser.add_argument("--all_texts", action="store_true",
+                        help="score every text of a ReasonSeg image (every question of a custom image), not only the first")
+    parser.add_argument("--batch_size", type=positive_int, default=1, help="images per forward pass / generation batch")
+    parser.add_argument("--workers", type=non_negative_int, default=2, help="processes reading samples (0: read in this process)")
     parser.add_argument("--pred_dir", help="score saved masks PRED_DIR/{stem}.png (nonzero = foreground); no model is loaded")
-    parser.add_argument("--output", help="write the figures (fractions) and per-sample IoUs to this JSON file")
+    parser.add_argument(
+        "--output",
+        help="write the figures (fractions), per-sample IoUs, the skipped samples and records ('skipped': 'name: "
+        "reason') and, with --pred_dir, the unusable prediction files ('prediction_problems') to this JSON file",
+    )
     parser.add_argument("--precision", default="bf16", choices=list(PRECISIONS), help="model weights' precision")
-    parser.add_argument("--max_new_tokens", type=int, default=128, help="generation budget per answer (generate mode)")
+    parser.add_argument("--max_new_tokens", type=positive_int, default=128, help="generation budget per answer (generate mode)")
     parser.add_argument("--conv_type", choices=list(CHAT_TEMPLATES), help="conversation format (default: the model folder's)")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=0, help="set by the deepspeed launcher; unused")
     args = parser.parse_args(argv)
     if args.pred_dir is None and args.version is None:
         parser.error("give --version (a model to run) or --pred_dir (saved masks to score)")
-    if args.batch_size < 1:
-        parser.error("--batch_size must be >= 1")
+    for flag in ("version", "pred_dir"):
+        if getattr(args, flag) is not None and (problem := location_problem(getattr(args, flag))) is not None:
+            parser.error(f"--{flag} {problem}")
     return args
 
 
@@ -66,6 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.pred_dir is not None:
         predictions = PredictionFiles(args.pred_dir)
         report = run_evaluation(dataset, predictions, batch_size=args.batch_size, workers=args.workers, description="files")
+        problems = sorted(gather_lists(predictions.problems))
         source = args.pred_dir
     else:
         model, processor = load_for_inference(args.version, args.precision, conv_type=args.conv_type)
@@ -74,18 +84,19 @@ def main(argv: list[str] | None = None) -> None:
             max_new_tokens=args.max_new_tokens, workers=args.workers,
         )
         source = f"{args.version} ({args.mode})"
+        problems = []
     finish_distributed()
 
     if rank != 0:
         return
     if report.skipped:
-        print(f"{len(report.skipped)} unreadable sample(s) skipped:\n  " + "\n  ".join(report.skipped))
-    if args.pred_dir is not None and predictions.problems:
-        print(f"{len(predictions.problems)} prediction(s) missing or unusable on rank 0, scored as empty masks")
+        print(f"{len(report.skipped)} unusable sample(s) skipped:\n  " + "\n  ".join(report.skipped))
+    if problems:
+        print(f"{len(problems)} prediction(s) missing or unusable, scored as empty masks:\n  " + "\n  ".join(problems))
     print(format_table(report.summary, title=f"{name}: {source}"))
     if args.output:
         with open(args.output, "w") as f:
-            json.dump(report.summary, f, indent=2)
+            json.dump({**report.summary, "skipped": report.skipped, "prediction_problems": problems}, f, indent=2)
         print(f"wrote {args.output}")
 
 

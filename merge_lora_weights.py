@@ -28,6 +28,7 @@ from model.builder import save_lisa
 from model.peft_setup import load_for_training, setup_trainable
 from utils.checkpoint import BEST, LATEST, read_pointer
 from utils.cli import HelpFormatter
+from utils.locations import location_problem
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 TRAIN_ARGS_FILE = "train_args.json"
@@ -62,7 +63,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                        help="whether SAM's image encoder was trained in full")
     for term in ("ce", "bce", "dice"):
         group.add_argument(f"--{term}_loss_weight", type=float, help=f"{term} loss weight stored in the saved config")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if not os.path.exists(args.weight):
+        parser.error(f"--weight {args.weight}: no such file or folder")
+    if args.version is not None and (problem := location_problem(args.version)) is not None:
+        parser.error(f"--version {problem}")
+    return args
 
 
 def find_train_args(weight: str) -> str | None:

@@ -16,8 +16,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from collections.abc import Iterator
+from typing import IO
 
 import deepspeed
 import torch
@@ -33,16 +35,22 @@ from model.evaluation import evaluate
 from model.lisa import LisaForCausalLM
 from model.peft_setup import count_parameters, load_for_training, parameter_groups, setup_trainable
 from model.processing import LisaBatch, LisaProcessor
-from utils.checkpoint import read_best, read_pointer, save_checkpoint
-from utils.cli import HelpFormatter
+from utils.checkpoint import read_best, read_pointer, save_checkpoint, tag_step
+from utils.cli import HelpFormatter, non_negative_int, positive_int
 from utils.deepspeed_config import deepspeed_config, delayed_start_scale
-from utils.distributed import finish_distributed, is_main, mean_over_ranks, rank_and_world, single_process_environment
+from utils.distributed import broadcast_from_main, finish_distributed, is_main, mean_over_ranks, rank_and_world, single_process_environment
+from utils.locations import location_problem
 from utils.log_filters import dropping_log_message
 from utils.metrics import format_table
+from utils.run_folder import RunFolderBusy, argument_changes, lock_run_folder
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 LOSS_TERMS = ("loss", "ce_loss", "mask_bce_loss", "mask_dice_loss", "mask_loss")
 TRAIN_ARGS_FILE = "train_args.json"  # beside the checkpoints: what merge_lora_weights.py needs to rebuild the model
+# What a resumed run may change: none of them alters the model, the data order or the optimisation of the steps
+# already taken (--epochs extends or shortens the run; the learning-rate schedule follows the new length).
+RESUMABLE_ARGS = ("epochs", "workers", "auto_resume", "resume_anyway", "eval", "val_mode", "val_batch_size",
+                  "save_steps", "log_base_dir", "local_rank")
 
 
 def add_switch(parser: argparse.ArgumentParser, name: str, default: bool, help: str) -> None:
@@ -71,14 +79,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
     lora = parser.add_argument_group("trainable parameters (LoRA on the language model; lm_head, embed_tokens, "
                                       "SAM mask decoder and [SEG] projection in full)")
-    lora.add_argument("--lora_r", type=int, default=8, help="LoRA rank")
+    lora.add_argument("--lora_r", type=positive_int, default=8, help="LoRA rank")
     lora.add_argument("--lora_alpha", type=int, default=16, help="LoRA scaling numerator (scale = alpha / r)")
     lora.add_argument("--lora_dropout", type=float, default=0.05, help="dropout on the LoRA input")
     lora.add_argument("--lora_target_modules", default="q_proj,v_proj",
                       help="comma-separated linear names of the *language model* that get LoRA")
     add_switch(lora, "train_sam_encoder", False,
                "research option: also train SAM's image encoder in full (frozen in LISA's recipe)")
-    lora.add_argument("--sam_encoder_frozen_steps", type=int, default=0,
+    lora.add_argument("--sam_encoder_frozen_steps", type=non_negative_int, default=0,
                       help="with --train_sam_encoder: hold the image encoder still (learning rate 0) for the first N "
                            "optimizer steps, then warm it up over --warmup_steps. On a random SAM (the toy run) the "
                            "mask decoder then first learns to read colour, which the random encoder's features "
@@ -86,30 +94,37 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
     data = parser.add_argument_group("data")
     data.add_argument("--dataset_dir", default="./dataset", help="root of all data sets")
-    data.add_argument("--dataset", default="sem_seg||refer_seg||vqa||reason_seg", help="data families, '||'-separated")
-    data.add_argument("--sample_rates", default="9,3,3,1", help="relative sampling rate of each family in --dataset")
+    data.add_argument("--dataset", default="sem_seg||refer_seg||vqa||reason_seg",
+                      help="data families, '||'-separated: sem_seg, refer_seg, vqa, reason_seg and custom (--custom_data)")
+    data.add_argument("--sample_rates", default=None,
+                      help="relative sampling rate of each family in --dataset, comma-separated (default: LISA's 9,3,3,1 "
+                           "for sem_seg, refer_seg, vqa, reason_seg, and 1 for custom)")
     data.add_argument("--sem_seg_data", default="ade20k||cocostuff||pascal_part||paco_lvis||mapillary",
                       help="semantic segmentation data sets")
     data.add_argument("--refer_seg_data", default="refclef||refcoco||refcoco+||refcocog", help="referring data sets")
     data.add_argument("--vqa_data", default="llava_instruct_150k", help="VQA data (LLaVA-Instruct json name)")
     data.add_argument("--reason_seg_data", default="ReasonSeg|train", help="ReasonSeg splits, 'name|split[_split]'")
+    data.add_argument("--custom_data", default="",
+                      help="custom data folders for the family 'custom', '||'-separated; each one's train.jsonl is read "
+                           "(format: docs/custom_data.md)")
     data.add_argument("--val_dataset", default="ReasonSeg|val",
-                      help="validation set: 'ReasonSeg|val' or a referring split such as 'refcoco|unc|val'")
+                      help="validation set: 'ReasonSeg|val', a referring split such as 'refcoco|unc|val', or a custom "
+                           "folder's split 'custom|DIR|val'")
     data.add_argument("--explanatory", type=float, default=0.1,
                       help="probability that a ReasonSeg sample with an explanation asks for it")
-    data.add_argument("--num_classes_per_sample", type=int, default=3,
+    data.add_argument("--num_classes_per_sample", type=positive_int, default=3,
                       help="conversations (classes/expressions) per sem-seg or referring image")
-    data.add_argument("--workers", type=int, default=4, help="data loader worker processes per rank")
+    data.add_argument("--workers", type=non_negative_int, default=4, help="data loader worker processes per rank")
 
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--lr", type=float, default=3e-4, help="peak learning rate")
     optim.add_argument("--beta1", type=float, default=0.9, help="AdamW beta1")
     optim.add_argument("--beta2", type=float, default=0.95, help="AdamW beta2")
-    optim.add_argument("--warmup_steps", type=int, default=100, help="linear warmup steps, then linear decay to 0")
-    optim.add_argument("--epochs", type=int, default=10, help="epochs (validation and a checkpoint after each)")
-    optim.add_argument("--steps_per_epoch", type=int, default=500, help="optimizer steps per epoch")
-    optim.add_argument("--batch_size", type=int, default=2, help="images per micro-batch per process")
-    optim.add_argument("--grad_accumulation_steps", type=int, default=10, help="micro-batches per optimizer step")
+    optim.add_argument("--warmup_steps", type=non_negative_int, default=100, help="linear warmup steps, then linear decay to 0")
+    optim.add_argument("--epochs", type=positive_int, default=10, help="epochs (validation and a checkpoint after each)")
+    optim.add_argument("--steps_per_epoch", type=positive_int, default=500, help="optimizer steps per epoch")
+    optim.add_argument("--batch_size", type=positive_int, default=2, help="images per micro-batch per process")
+    optim.add_argument("--grad_accumulation_steps", type=positive_int, default=10, help="micro-batches per optimizer step")
     optim.add_argument("--ce_loss_weight", type=float, default=1.0, help="weight of the text cross-entropy")
     optim.add_argument("--bce_loss_weight", type=float, default=2.0, help="weight of the mask BCE")
     optim.add_argument("--dice_loss_weight", type=float, default=0.5, help="weight of the mask Dice loss")
@@ -118,18 +133,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     run = parser.add_argument_group("run")
     run.add_argument("--exp_name", default="lisa", help="run name: logs and checkpoints in <log_base_dir>/<exp_name>")
     run.add_argument("--log_base_dir", default="./runs", help="parent folder of runs")
-    run.add_argument("--save_steps", type=int, default=0,
+    run.add_argument("--save_steps", type=non_negative_int, default=0,
                      help="also checkpoint every N optimizer steps (0: only after each epoch)")
     add_switch(run, "auto_resume", True, "continue from <run>/ckpt_model if it holds a checkpoint")
+    run.add_argument("--resume_anyway", action="store_true",
+                     help="resume even though arguments other than " + ", ".join(f"--{a}" for a in RESUMABLE_ARGS[:-1])
+                          + " changed since the run started (refused by default: the result would mix two runs)")
     add_switch(run, "eval", True, "validate after each epoch (--no_eval: never, and keep every epoch as best)")
     add_switch(run, "eval_only", False, "only validate --version and exit")
     run.add_argument("--val_mode", default="teacher", choices=("teacher", "generate"),
                      help="teacher: the original's teacher-forced answer '[SEG].'; generate: the model must emit [SEG]")
-    run.add_argument("--val_batch_size", type=int, default=1, help="validation images per batch per process")
+    run.add_argument("--val_batch_size", type=positive_int, default=1, help="validation images per batch per process")
     run.add_argument("--local_rank", type=int, default=-1, help=argparse.SUPPRESS)  # passed by the deepspeed launcher
     args = parser.parse_args(argv)
     if args.sam_encoder_frozen_steps and not args.train_sam_encoder:
         parser.error("--sam_encoder_frozen_steps needs --train_sam_encoder")
+    for flag in ("version", "vision_pretrained"):
+        if (problem := location_problem(getattr(args, flag))) is not None:
+            parser.error(f"--{flag} {problem}")
     return args
 
 
@@ -161,11 +182,70 @@ def touch_all(params: list[torch.Tensor]) -> torch.Tensor:
     return 0.0 * sum(p.view(-1)[0] for p in params)
 
 
+def claim_run_folder(run_dir: str, ckpt_dir: str, args: argparse.Namespace) -> tuple[IO[str] | None, str | None]:
+    """Makes this training the only one in `run_dir` and checks that a resume continues the same run.
+
+    Rank 0 decides (lock, arguments, progress) and every rank gets the verdict, so all of them stop together.
+
+    Returns:
+        the lock (rank 0; held while the file stays open), and a message when there is nothing to train.
+
+    Raises:
+        SystemExit: another process holds the folder, or a resume's arguments changed (without --resume_anyway), or
+            --no_auto_resume would overwrite the folder's checkpoints.
+    """
+    lock, verdict = None, (None, None)
+    if is_main():
+        try:
+            lock = lock_run_folder(run_dir)
+            verdict = (None, resume_verdict(ckpt_dir, args))
+        except (RunFolderBusy, ValueError) as error:
+            verdict = (str(error), None)
+    verdict = broadcast_from_main(verdict)
+    if verdict[0] is not None:
+        finish_distributed()
+        sys.exit(verdict[0])
+    return lock, verdict[1]
+
+
+def resume_verdict(ckpt_dir: str, args: argparse.Namespace) -> str | None:
+    """None when training should go on (fresh or resumed); a message when the run has already finished.
+
+    Raises:
+        ValueError: the run folder's checkpoint may not be continued with these arguments.
+    """
+    tag = read_pointer(ckpt_dir)
+    if tag is None:
+        return None
+    if not args.auto_resume:
+        raise ValueError(f"{ckpt_dir} holds checkpoint {tag}, which --no_auto_resume would overwrite: resume it "
+                         "(drop --no_auto_resume) or choose another --exp_name")
+    saved_file = os.path.join(ckpt_dir, TRAIN_ARGS_FILE)
+    if os.path.isfile(saved_file) and not args.resume_anyway:
+        with open(saved_file) as f:
+            changes = argument_changes(json.load(f), vars(args), RESUMABLE_ARGS)
+        if changes:
+            raise ValueError(f"{ckpt_dir} was trained with other arguments:\n  " + "\n  ".join(changes)
+                             + "\nResume with the run's arguments, choose another --exp_name, or pass --resume_anyway.")
+    if tag_step(tag) >= args.epochs * args.steps_per_epoch:
+        return f"nothing to do: {ckpt_dir} finished all {args.epochs} epochs ({describe_checkpoints(ckpt_dir)})"
+    return None
+
+
+def describe_checkpoints(ckpt_dir: str) -> str:
+    """`latest: step N; best: epoch E (val giou G)`, as the run's pointers say."""
+    text = f"latest: step {tag_step(read_pointer(ckpt_dir))}"
+    best = read_best(ckpt_dir)
+    if best is not None:
+        text += f"; best: epoch {best['epoch']}" + (f" (val giou {best['giou']:.4f})" if "giou" in best else "")
+    return text
+
+
 def validate(model, processor, val_dataset, args: argparse.Namespace) -> dict:
     """gIoU/cIoU of `model` on the validation set, by the same code as `eval_reasonseg.py`."""
     report = evaluate(model, processor, val_dataset, mode=args.val_mode, batch_size=args.val_batch_size)
     if report.skipped and is_main():
-        print(f"validation skipped {len(report.skipped)} unreadable sample(s), e.g. {report.skipped[0]}")
+        print(f"validation skipped {len(report.skipped)} unusable sample(s) or record(s), e.g. {report.skipped[0]}")
     return report.summary
 
 
@@ -199,7 +279,7 @@ def build_train_dataset(args: argparse.Namespace, world: int) -> HybridDataset:
         args.dataset_dir, samples_per_epoch=micro_batches_per_epoch * args.batch_size * world,
         num_classes_per_sample=args.num_classes_per_sample, dataset=args.dataset, sample_rates=args.sample_rates,
         sem_seg_data=args.sem_seg_data, refer_seg_data=args.refer_seg_data, vqa_data=args.vqa_data,
-        reason_seg_data=args.reason_seg_data, explanatory=args.explanatory, seed=args.seed,
+        reason_seg_data=args.reason_seg_data, explanatory=args.explanatory, custom_data=args.custom_data, seed=args.seed,
     )
 
 
@@ -345,7 +425,8 @@ def log_epoch(
         writer.add_scalar("val/giou", metrics["giou"], (epoch + 1) * args.steps_per_epoch)
         writer.add_scalar("val/ciou", metrics["ciou"], (epoch + 1) * args.steps_per_epoch)
         line += f" | val giou {metrics['giou']:.4f} ciou {metrics['ciou']:.4f}"
-    print(f"epoch {epoch}: {line} | skipped samples {skipped} | best {best}", flush=True)
+    best_text = f"epoch {best['epoch']}" + (f" (giou {best['giou']:.4f})" if "giou" in best else "")
+    print(f"epoch {epoch}: {line} | skipped samples {skipped} | best {best_text}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -354,7 +435,15 @@ def main(argv: list[str] | None = None) -> None:
     dtype = DTYPES[args.precision]
     run_dir = os.path.join(args.log_base_dir, args.exp_name)
     ckpt_dir = os.path.join(run_dir, "ckpt_model")
-    os.makedirs(ckpt_dir, exist_ok=True)
+    if not args.eval_only:
+        # The folder stays ours while `run_lock` lives: to the end of main, after the last checkpoint.
+        run_lock, done = claim_run_folder(run_dir, ckpt_dir, args)
+        if done is not None:
+            if rank == 0:
+                print(done)
+            finish_distributed()
+            return
+        os.makedirs(ckpt_dir, exist_ok=True)
 
     torch.manual_seed(args.seed)  # the new [SEG] row and projection of a LLaVA base
     model, processor = load_for_training(
@@ -388,6 +477,8 @@ def main(argv: list[str] | None = None) -> None:
         log_epoch(epoch, losses, metrics, skipped, best, writer, args)
     if writer is not None:
         writer.close()
+        print(f"checkpoints in {ckpt_dir} ({describe_checkpoints(ckpt_dir)}); export one with "
+              f"python merge_lora_weights.py --weight {ckpt_dir} --save_path DIR (the best epoch by default)")
     finish_distributed()
 
 

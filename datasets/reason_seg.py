@@ -81,9 +81,17 @@ def get_mask_from_json(json_path: str, height: int, width: int) -> tuple[np.ndar
         raise SampleError(json_path, "'text' must be a non-empty list of non-empty strings")
     if not isinstance(anno["shapes"], list):
         raise SampleError(json_path, "'shapes' must be a list")
+    return shapes_to_mask(json_path, anno["shapes"], height, width), texts, bool(anno["is_sentence"])
 
+
+def shapes_to_mask(json_path: str, shapes: list, height: int, width: int) -> np.ndarray:
+    """Rasterizes LabelMe-like shapes `[{"label", "points"}, ...]` by the rules of `get_mask_from_json`.
+
+    Returns:
+        (height, width) uint8 in {0, 1, 255}.
+    """
     polygons, areas = [], []
-    for shape in anno["shapes"]:
+    for shape in shapes:
         label = _label(json_path, shape)
         if label.lower() == "flag":  # deprecated annotations, skipped by the original
             continue
@@ -104,17 +112,21 @@ def get_mask_from_json(json_path: str, height: int, width: int) -> tuple[np.ndar
     for i in np.argsort(np.asarray(areas, dtype=np.int64), kind="stable")[::-1]:
         value, polygon = polygons[i]
         _draw(mask, polygon, value)
-    return mask, texts, bool(anno["is_sentence"])
+    return mask
 
 
-def _load(image_path: str) -> tuple[np.ndarray, np.ndarray, list[str], bool]:
-    """Image, mask {0,1,255}, texts and is_sentence of one ReasonSeg image; no target pixel is an error."""
+def _load(image_path: str, require_target: bool) -> tuple[np.ndarray, np.ndarray, list[str], bool]:
+    """Image, mask {0,1,255}, texts and is_sentence of one ReasonSeg image.
+
+    `require_target`: an image without any target pixel is an error (training). Evaluation scores such an image
+    as the original does: IoU 1 when the prediction is empty outside the ignored pixels, else 0.
+    """
     image = read_image(image_path)
     json_path = os.path.splitext(image_path)[0] + ".json"
     mask, texts, is_sentence = get_mask_from_json(json_path, *image.shape[:2])
-    if not (mask == TARGET).any():
+    if require_target and not (mask == TARGET).any():
         reason = "no shapes" if not read_json(json_path)["shapes"] else "no target pixels"
-        raise SampleError(json_path, f"{reason}: nothing to segment")
+        raise SampleError(json_path, f"{reason}: nothing to train the mask on")
     return image, mask, texts, is_sentence
 
 
@@ -168,7 +180,11 @@ class ReasonSegDataset:
 
     def sample(self, rng: np.random.Generator) -> Sample:
         image_path = self.images[rng.integers(len(self.images))]
-        image, mask, texts, is_sentence = _load(image_path)
+        # The original trains an image without target pixels with "[SEG]" and an all-background mask; we skip it.
+        # A ReasonSeg text always describes something in the image, so an empty target is a missing annotation
+        # ("shapes": []) or a wholly ignored one, not a "no target" answer: training it would teach the mask
+        # decoder to output nothing for an object that is there, and its ignored pixels as background.
+        image, mask, texts, is_sentence = _load(image_path, require_target=True)
         texts = [texts[i] for i in choose_up_to(rng, len(texts), self.num_classes_per_sample)]
 
         explanation = self.explanations.get(os.path.basename(image_path))
@@ -201,7 +217,8 @@ class ReasonSegValDataset(torch.utils.data.Dataset):
     """ReasonSeg validation/test split, `name` like "ReasonSeg|val".
 
     One teacher-forced conversation per query: only the first text of each image by default (the
-    original's protocol), every text with `all_texts=True`. The ground truth keeps 255 for ignore regions.
+    original's protocol), every text with `all_texts=True`. The ground truth keeps 255 for ignore regions;
+    an image without target pixels is scored too (an empty target), as the original scores it.
     """
 
     def __init__(self, dataset_dir: str, name: str = "ReasonSeg|val", all_texts: bool = False):
@@ -214,7 +231,7 @@ class ReasonSegValDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> ValSample:
         image_path = self.images[index]
-        image, mask, texts, is_sentence = _load(image_path)
+        image, mask, texts, is_sentence = _load(image_path, require_target=False)
         texts = [t.strip() for t in (texts if self.all_texts else texts[:1])]
         return ValSample(
             sample_id=sample_id(image_path),

@@ -15,7 +15,7 @@ import torch
 
 from model.inference import answer
 from model.lisa import LisaForCausalLM
-from model.processing import LisaProcessor
+from model.processing import SEG_TOKEN, LisaProcessor
 from utils.scoring import EvalReport, Predictor, run_evaluation
 
 MODES = ("generate", "teacher")
@@ -38,24 +38,21 @@ def teacher_predictor(model: LisaForCausalLM, processor: LisaProcessor) -> Predi
 
 
 def generate_predictor(model: LisaForCausalLM, processor: LisaProcessor, max_new_tokens: int) -> Predictor:
-    """The model answers the validation prompt itself; the first `[SEG]`'s mask is the prediction, and an
-    answer without `[SEG]` predicts an empty mask."""
+    """The model answers the validation prompt itself. A query whose teacher-forced answer holds k `[SEG]` (1 for
+    LISA's "[SEG].") is scored on the masks of the first k `[SEG]` the model emits, in order; a `[SEG]` it does not
+    emit predicts an empty mask."""
 
     def predict(samples: list[Any]) -> list[list[np.ndarray]]:
-        # One generation row per query, sharing its image; the prompt is the conversation without its "[SEG]." answer.
-        rows = [(i, c[:-1]) for i, s in enumerate(samples) for c in s.conversations]
+        # One generation row per query, sharing its image; the prompt is the conversation without its answer.
+        rows = [(i, c[:-1], c[-1]["content"].count(SEG_TOKEN)) for i, s in enumerate(samples) for c in s.conversations]
         answers = answer(
-            model, processor, [s.image for s in samples], [c for _, c in rows], image_index=[i for i, _ in rows],
+            model, processor, [s.image for s in samples], [c for _, c, _ in rows], image_index=[i for i, _, _ in rows],
             max_new_tokens=max_new_tokens,
         )
-        masks = [
-            a.masks[0].numpy() if a.masks else np.zeros(samples[i].image.shape[:2], dtype=bool)
-            for (i, _), a in zip(rows, answers)
-        ]
-        per_sample, start = [], 0
-        for s in samples:
-            per_sample.append(masks[start : start + len(s.conversations)])
-            start += len(s.conversations)
+        per_sample = [[] for _ in samples]
+        for (i, _, count), a in zip(rows, answers):
+            empty = np.zeros(samples[i].image.shape[:2], dtype=bool)
+            per_sample[i] += [a.masks[k].numpy() if k < len(a.masks) else empty for k in range(count)]
         return per_sample
 
     return predict

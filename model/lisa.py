@@ -7,6 +7,7 @@ position *before* it — the position whose logits predict `[SEG]` — is projec
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -19,6 +20,8 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import ModelOutput
 
 from model.losses import causal_lm_loss, dice_per_mask, mean_over_masks, sigmoid_ce_per_mask
+
+logger = logging.getLogger(__name__)
 
 
 @strict
@@ -138,6 +141,11 @@ class LisaForCausalLM(PreTrainedModel):
         return self.llava.get_output_embeddings()
 
     @property
+    def context_length(self) -> int:
+        """Positions the language model was trained for; longer sequences run, but its answers degrade silently."""
+        return self.config.llava_config.text_config.max_position_embeddings
+
+    @property
     def sam_image_size(self) -> int:
         return self.config.sam_config.vision_config.image_size
 
@@ -241,6 +249,11 @@ class LisaForCausalLM(PreTrainedModel):
             masks: per image, (n_i, H_i, W_i) ground truth, one per `[SEG]` of its conversations in row
                 order; adds the mask losses.
         """
+        if input_ids.shape[1] > self.context_length:
+            raise ValueError(
+                f"conversations of {input_ids.shape[1]} tokens (image tokens included) are longer than the model's "
+                f"context of {self.context_length} positions: shorten them"
+            )
         hidden_states = self._language_forward(input_ids, attention_mask, pixel_values, image_index)
         logits = self.llava.lm_head(hidden_states)
 
@@ -314,6 +327,18 @@ class LisaForCausalLM(PreTrainedModel):
         if image_index is None:
             image_index = torch.arange(input_ids.shape[0], device=input_ids.device)
         prompt_length = input_ids.shape[1]
+        room = self.context_length - prompt_length
+        if room <= 0:
+            raise ValueError(
+                f"a prompt of {prompt_length} tokens (image tokens included) does not fit the model's context of "
+                f"{self.context_length} positions: shorten it"
+            )
+        if max_new_tokens > room:
+            logger.warning(
+                "answers limited to %d new tokens: the prompt takes %d of the model's %d positions",
+                room, prompt_length, self.context_length,
+            )
+            max_new_tokens = room
         generate_kwargs.setdefault("do_sample", False)
         out = self.llava.generate(
             input_ids=input_ids,

@@ -452,11 +452,26 @@ def test_invalid_and_empty_reason_seg_json(corpus_copy):
     with pytest.raises(SampleError, match="invalid JSON") as error:
         data[0]
     assert error.value.path == json_path
+
+
+@pytest.mark.parametrize("shapes", [[], [{"label": "ignore", "points": [[0, 0], [20, 0], [20, 20]]}]], ids=["no_shapes", "all_ignored"])
+def test_reason_seg_without_target_pixels(corpus_copy, shapes):
+    """Validation scores an empty target (as the original); training skips it, naming the file."""
+    data = build_val_dataset(corpus_copy, "ReasonSeg|val")
     json_path = data.images[1][:-4] + ".json"
     with open(json_path, "w") as f:
-        json.dump({"text": ["x"], "is_sentence": False, "shapes": []}, f)
-    with pytest.raises(SampleError, match="no shapes"):
-        data[1]
+        json.dump({"text": ["x"], "is_sentence": False, "shapes": shapes}, f)
+    sample = data[1]
+    assert not (sample.gt == 1).any() and not sample.masks.any() and sample.conversations[0][1]["content"] == "[SEG]."
+    assert (sample.gt == 255).any() == bool(shapes)
+    train_dir = os.path.join(corpus_copy, "reason_seg", "ReasonSeg", "train")
+    for name in os.listdir(train_dir):  # every training image loses its target
+        if name.endswith(".json"):
+            shutil.copy(json_path, os.path.join(train_dir, name))
+    train = ReasonSegDataset(corpus_copy, explanatory=-1)
+    with pytest.raises(SampleError, match="nothing to train the mask on") as error:
+        train.sample(sample_rng(0))
+    assert error.value.path.startswith(train_dir)
 
 
 def test_grayscale_and_rgba_images_are_read_as_rgb(corpus_copy, toy):

@@ -23,15 +23,18 @@ from tests.lisa_fixtures import write_seg_emitter
 REPO = Path(__file__).resolve().parent.parent
 # The design notes the project was written from live outside the repository: citing them sends readers nowhere.
 OUTSIDE_NOTES = "reference/lisa.md"
-SCRIPTS = ["chat", "app", "train_ds", "merge_lora_weights", "eval_reasonseg", "model.tiny", "datasets.toy", "model.convert_lisa"]
+# (module, the arguments before --help)
+SCRIPTS = [(name, []) for name in ("chat", "app", "train_ds", "merge_lora_weights", "eval_reasonseg", "model.tiny",
+                                   "datasets.toy", "model.convert_lisa")]
+SCRIPTS += [("datasets.custom_tools", [command]) for command in ("from_coco", "from_labelme")]
 TYPE_WARNING = "instantiate a model of type"
 
 
-@pytest.mark.parametrize("module", SCRIPTS)
-def test_help_shows_defaults_and_cites_only_what_a_reader_can_open(module, monkeypatch, capsys):
+@pytest.mark.parametrize("module, arguments", SCRIPTS)
+def test_help_shows_defaults_and_cites_only_what_a_reader_can_open(module, arguments, monkeypatch, capsys):
     if module == "app":
         pytest.importorskip("gradio")
-    monkeypatch.setattr(sys, "argv", [module, "--help"])
+    monkeypatch.setattr(sys, "argv", [module, *arguments, "--help"])
     with pytest.raises(SystemExit) as exit_info:
         importlib.import_module(module).main()
     assert exit_info.value.code == 0

@@ -185,6 +185,25 @@ def test_cached_generation_equals_uncached_recomputation(lisa):
         assert torch.equal(mask[logits.abs() > 1e-4], (logits > 0)[logits.abs() > 1e-4])
 
 
+def test_prompts_beyond_the_context_are_refused_and_answers_capped_visibly(lisa, monkeypatch, caplog):
+    model, processor = lisa
+    inputs = generate_inputs(processor, [random_image(4)], [QUESTION])
+    prompt_length = inputs["input_ids"].shape[1]
+    text_config = model.config.llava_config.text_config
+    monkeypatch.setattr(text_config, "max_position_embeddings", prompt_length + 3)
+    with caplog.at_level("WARNING", logger="model.lisa"):
+        prediction = model.generate(**inputs, max_new_tokens=20, min_new_tokens=20)[0]
+    assert len(prediction.token_ids) == 3
+    assert f"answers limited to 3 new tokens: the prompt takes {prompt_length} of the model's {prompt_length + 3}" in caplog.text
+
+    monkeypatch.setattr(text_config, "max_position_embeddings", prompt_length - 1)
+    with pytest.raises(ValueError, match=f"a prompt of {prompt_length} tokens .* does not fit the model's context"):
+        model.generate(**inputs)
+    batch = processor([random_image(4)], [[[user(), assistant("It is [SEG].")]]])
+    with pytest.raises(ValueError, match="longer than the model's context"):
+        model(**batch)
+
+
 def test_batched_generation_equals_one_at_a_time(lisa):
     model, processor = lisa
     images = [random_image(5), random_image(6, 40, 30)]

@@ -27,6 +27,11 @@ def step_tag(global_step: int) -> str:
     return f"global_step{global_step}"
 
 
+def tag_step(tag: str) -> int:
+    """The optimizer step a `global_step{N}` tag was saved at."""
+    return int(tag.removeprefix("global_step"))
+
+
 def write_atomic(path: str, text: str) -> None:
     """Writes `text` to `path` so that a reader sees either the old or the new content, never a mix."""
     tmp = f"{path}.tmp{os.getpid()}"
@@ -66,7 +71,15 @@ def save_checkpoint(engine, ckpt_dir: str, global_step: int, client_state: dict[
         the tag.
     """
     tag = step_tag(global_step)
-    engine.save_checkpoint(ckpt_dir, tag=tag, client_state=client_state, save_latest=False)
+    try:
+        engine.save_checkpoint(ckpt_dir, tag=tag, client_state=client_state, save_latest=False)
+    except (OSError, RuntimeError) as error:
+        # torch.save reports a full disk as "[enforce fail at inline_container.cc] ... file write failed".
+        kept = read_pointer(ckpt_dir, LATEST)
+        raise RuntimeError(
+            f"could not write checkpoint {os.path.join(ckpt_dir, tag)}: disk full? ({error}). "
+            + (f"The previous checkpoint {kept} is intact." if kept else "No earlier checkpoint exists.")
+        ) from error
     barrier()  # every shard is on disk before any pointer names it
     if is_main():
         if best is not None:

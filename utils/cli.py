@@ -1,4 +1,5 @@
-"""What every command-line script of the project shares in its `--help`."""
+"""What the command-line scripts share: their `--help` format, and argument types for numbers that must be
+positive, which fail at parsing, naming the flag, instead of deep inside DeepSpeed or a data loader."""
 
 from __future__ import annotations
 
@@ -17,3 +18,17 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
         if action.nargs == 0 or action.default is None or "default" in (action.help or ""):
             return action.help
         return super()._get_help_string(action)
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, not {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
+    return value

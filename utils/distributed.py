@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -61,6 +62,24 @@ def is_main() -> bool:
 def barrier() -> None:
     if is_distributed():
         dist.barrier()
+
+
+def broadcast_from_main(value: Any) -> Any:
+    """Rank 0's `value` (any picklable object) on every rank."""
+    if not is_distributed():
+        return value
+    holder = [value]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
+def gather_lists(items: list) -> list:
+    """Every rank's `items` (picklable), concatenated in rank order, on every rank."""
+    if not is_distributed():
+        return list(items)
+    gathered: list[list | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, items)
+    return [item for part in gathered for item in part]
 
 
 def mean_over_ranks(values: dict[str, float], device: torch.device) -> dict[str, float]:

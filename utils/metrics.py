@@ -7,8 +7,8 @@ For every (image, query) pair, one predicted mask is compared with the ground tr
 * per pair: foreground IoU = I / (U + 1e-5), plus 1.0 when U == 0 (ground truth and prediction both empty
   outside the ignored pixels: a correctly answered "no object" query scores 1);
 * gIoU = mean of the per-pair IoUs; cIoU = sum I / (sum U + 1e-10) over the split;
-* no-target accuracy (gRefCOCO): share of the queries whose ground truth is empty that are answered with an
-  empty mask.
+* no-target accuracy (gRefCOCO, and any set with empty targets): share of the queries whose ground truth is
+  empty that are answered with an empty mask (outside the ignored pixels, as the IoU rule counts it).
 """
 
 from __future__ import annotations
@@ -112,10 +112,11 @@ class SegMetrics:
         target = torch.as_tensor(target)
         pred = torch.as_tensor(pred, device=target.device)
         intersection, union, area_target = intersection_and_union(pred, target)
-        i, u = int(intersection[1]), int(union[1])
+        i, u, t = int(intersection[1]), int(union[1]), int(area_target[1])
+        # "Empty" as the IoU rule sees it: a prediction only inside ignored pixels is empty (union - target + I).
         result = PairResult(
             order=tuple(order), key=key, intersection=i, union=u, iou=pair_iou(i, u), is_sentence=bool(is_sentence),
-            no_target=int(area_target[1]) == 0, pred_empty=not bool(pred.bool().any()),
+            no_target=t == 0, pred_empty=u - t + i == 0,
         )
         self.results.append(result)
         return result

@@ -5,7 +5,8 @@ provides the model's predictors (generated or teacher-forced answers); `Predicti
 
 A sample is duck-typed (e.g. `datasets.common.ValSample`): `sample_id` (its name; the last path component is
 its stem), `gt` ((n, H, W) uint8 ground truth per query: 1 target, 0 background, 255 ignored) and
-`is_sentence` (n bools); predictors may read more (`image`, `conversations`).
+`is_sentence` (n bools); predictors may read more (`image`, `conversations`). A data set may list records it
+refused while reading its index in `bad_records` ("file:line: reason"); they join the report's `skipped`.
 """
 
 from __future__ import annotations
@@ -17,12 +18,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch.distributed as dist
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from utils.distributed import rank_and_world
+from utils.distributed import gather_lists, rank_and_world
 from utils.metrics import SegMetrics
 
 logger = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ Predictor = Callable[[list[Any]], list[list[np.ndarray]]]
 
 @dataclass
 class EvalReport:
-    """summary: `SegMetrics.summary()`; skipped: "name: reason" of every sample that could not be read."""
+    """summary: `SegMetrics.summary()`; skipped: "name: reason" of every record or sample that could not be used."""
 
     summary: dict
     skipped: list[str]
@@ -111,11 +111,9 @@ def run_evaluation(
             for k, (mask, gt, is_sentence) in enumerate(zip(masks, sample.gt, sample.is_sentence)):
                 metrics.add(mask, gt, (index, k), pair_key(sample.sample_id, k, count), is_sentence)
 
-    if world > 1:
-        gathered: list[list | None] = [None] * world
-        dist.all_gather_object(gathered, skipped)
-        skipped = [item for part in gathered for item in part]
-    return EvalReport(summary=metrics.summary(), skipped=[error for _, error in sorted(skipped)])
+    skipped = gather_lists(skipped)
+    bad_records = list(getattr(dataset, "bad_records", []))
+    return EvalReport(summary=metrics.summary(), skipped=bad_records + [error for _, error in sorted(skipped)])
 
 
 class PredictionFiles:
