@@ -23,8 +23,10 @@ import numpy as np  # noqa: E402
 
 from chat import add_model_arguments, load_model  # noqa: E402
 from model.lisa import LisaForCausalLM  # noqa: E402
-from model.processing import LisaProcessor, load_image  # noqa: E402
+from model.processing import LisaProcessor  # noqa: E402
 from model.session import ChatSession  # noqa: E402
+from utils.cli import HelpFormatter  # noqa: E402
+from utils.images import ImageError, load_image  # noqa: E402
 from utils.vis import mask_colour, overlay, save_masks  # noqa: E402
 
 EXAMPLES = [
@@ -36,7 +38,7 @@ EXAMPLES = [
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_model_arguments(parser)
     parser.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0: every interface)")
     parser.add_argument("--port", type=int, default=7860, help="port to serve on")
@@ -70,7 +72,7 @@ def build_demo(model: LisaForCausalLM, processor: LisaProcessor, max_new_tokens:
         if conversation is None or conversation.image_path != image_path:
             try:
                 image = load_image(image_path)
-            except ValueError as error:  # ImageError: not an image, truncated, ...
+            except ImageError as error:  # not an image, truncated, ...
                 # Named as uploaded, not by its path on the server.
                 message = str(error).replace(image_path, os.path.basename(image_path))
                 raise user_error(f"Cannot read the uploaded image: {message}") from None
@@ -134,7 +136,14 @@ def main(argv: list[str] | None = None) -> None:
     vis_save_path = args.vis_save_path or tempfile.mkdtemp(prefix="lisa_demo_")
     os.makedirs(vis_save_path, exist_ok=True)
     demo = build_demo(model, processor, args.max_new_tokens, vis_save_path)
-    demo.launch(server_name=args.host, server_port=args.port, share=False, show_error=True, allowed_paths=[vis_save_path])
+    # quiet: Gradio's start-up lines end with "To create a public link, set `share=True`", a setting this script
+    # does not offer; the address is printed here instead.
+    demo.launch(
+        server_name=args.host, server_port=args.port, share=False, show_error=True, allowed_paths=[vis_save_path],
+        quiet=True, prevent_thread_lock=True,
+    )
+    print(f"Serving on {demo.local_url}", flush=True)
+    demo.block_thread()
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Turn a training checkpoint into one self-contained LISA folder (as the original's merge_lora_weights_and_save_hf_model.py).
+"""Turn a training checkpoint into one self-contained LISA folder (the original's `merge_lora_weights_and_save_hf_model.py`).
 
     python merge_lora_weights.py --weight runs/lisa-7b/ckpt_model --save_path ./LISA-7B
 
@@ -32,6 +32,8 @@ from model.lisa import LisaConfig
 from model.loading import PRECISIONS, dequantize, is_quantized_folder, load_for_training, save_lisa
 from model.peft_setup import LORA_ALPHA, LORA_DROPOUT, LORA_R, LORA_TARGET_MODULES, setup_trainable
 from utils.checkpoint import BEST, LATEST, TRAIN_ARGS_FILE, read_pointer
+from utils.cli import HelpFormatter
+from utils.locations import location_problem
 
 TRAINED_MODULES_FILE = "trained_modules.safetensors"
 # The run's settings that rebuild its model, and their values where a run did not record them (train_ds.py's defaults).
@@ -44,7 +46,7 @@ MODEL_DEFAULTS = {
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--weight", required=True,
                         help="DeepSpeed checkpoint folder, zero_to_fp32 output (folder or file), or an --adapter_only folder")
     parser.add_argument("--save_path", required=True, help="output folder")
@@ -71,7 +73,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                        help="whether the run was QLoRA (a 4-bit NF4 language model)")
     for term in ("ce", "bce", "dice"):
         group.add_argument(f"--{term}_loss_weight", type=float, help=f"{term} loss weight stored in the saved config")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if not os.path.exists(args.weight):
+        parser.error(f"--weight {args.weight}: no such file or folder")
+    if args.version is not None and (problem := location_problem(args.version)) is not None:
+        parser.error(f"--version {problem}")
+    return args
 
 
 def find_train_args(weight: str) -> str | None:

@@ -1,4 +1,4 @@
-"""Train LISA with DeepSpeed (ZeRO-2) and LoRA — LISA's recipe (Lai et al., CVPR 2024, and the original code).
+"""Train LISA with DeepSpeed (ZeRO-2) and LoRA — the recipe of the paper and of the original's `train_ds.py`.
 
     deepspeed train_ds.py --version llava-hf/llava-1.5-7b-hf --vision_pretrained sam_vit_h_4b8939.pth \\
         --dataset_dir ./dataset --exp_name lisa-7b
@@ -16,12 +16,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
+import sys
 import time
+from collections.abc import Iterator
+from typing import IO
 
 import deepspeed
 import torch
-import torch.distributed as dist
+from peft import PeftModel
 from torch.utils.data import DataLoader, Sampler
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
@@ -30,18 +32,26 @@ from datasets.collate import LisaCollator
 from datasets.hybrid import HybridDataset, build_val_dataset
 from model.conversation import CHAT_TEMPLATES
 from model.evaluation import evaluate
-from model.inference import move_batch
-from model.lisa import LisaConfig
+from model.lisa import LisaConfig, LisaForCausalLM
 from model.loading import PRECISIONS, load_for_training
 from model.peft_setup import (
     LORA_ALPHA, LORA_DROPOUT, LORA_R, LORA_TARGET_MODULES, count_parameters, parameter_groups, setup_trainable,
 )
-from utils.checkpoint import TRAIN_ARGS_FILE, read_best, read_pointer, save_checkpoint
+from model.processing import LisaBatch, LisaProcessor
+from utils.checkpoint import TRAIN_ARGS_FILE, read_best, read_pointer, save_checkpoint, tag_step
+from utils.cli import HelpFormatter, non_negative_int, positive_int
 from utils.deepspeed_config import deepspeed_config, delayed_start_scale
-from utils.evaluation import finish_distributed
+from utils.distributed import broadcast_from_main, finish_distributed, is_main, mean_over_ranks, rank_and_world, single_process_environment
+from utils.locations import location_problem
+from utils.log_filters import dropping_log_message
 from utils.metrics import format_table
+from utils.run_folder import RunFolderBusy, argument_changes, lock_run_folder
 
 LOSS_TERMS = ("loss", "ce_loss", "mask_bce_loss", "mask_dice_loss", "mask_loss")
+# What a resumed run may change: none of them alters the model, the data order or the optimisation of the steps
+# already taken (--epochs extends or shortens the run; the learning-rate schedule follows the new length).
+RESUMABLE_ARGS = ("epochs", "workers", "auto_resume", "resume_anyway", "eval", "val_mode", "val_batch_size",
+                  "save_steps", "log_base_dir", "local_rank")
 
 
 def add_switch(parser: argparse.ArgumentParser, name: str, default: bool, help: str) -> None:
@@ -53,7 +63,7 @@ def add_switch(parser: argparse.ArgumentParser, name: str, default: bool, help: 
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     model = parser.add_argument_group("model")
     model.add_argument("--version", default="llava-hf/llava-1.5-7b-hf",
                        help="LLaVA base (hub id or folder, llava-hf layout) or a trained LISA folder to fine-tune")
@@ -73,7 +83,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
     lora = parser.add_argument_group("trainable parameters (LoRA on the language model; lm_head, embed_tokens, "
                                       "SAM mask decoder and [SEG] projection in full)")
-    lora.add_argument("--lora_r", type=int, default=LORA_R, help="LoRA rank (default: %(default)s)")
+    lora.add_argument("--lora_r", type=positive_int, default=LORA_R, help="LoRA rank (default: %(default)s)")
     lora.add_argument("--lora_alpha", type=int, default=LORA_ALPHA,
                       help="LoRA scaling numerator (scale = alpha / r; default: %(default)s)")
     lora.add_argument("--lora_dropout", type=float, default=LORA_DROPOUT, help="dropout on the LoRA input (default: %(default)s)")
@@ -81,7 +91,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       help="comma-separated linear names of the *language model* that get LoRA (default: %(default)s)")
     add_switch(lora, "train_sam_encoder", False,
                "research option: also train SAM's image encoder in full (frozen in LISA's recipe)")
-    lora.add_argument("--sam_encoder_frozen_steps", type=int, default=0,
+    lora.add_argument("--sam_encoder_frozen_steps", type=non_negative_int, default=0,
                       help="with --train_sam_encoder: hold the image encoder still (learning rate 0) for the first N "
                            "optimizer steps, then warm it up over --warmup_steps. On a random SAM (the toy run) the "
                            "mask decoder then first learns to read colour, which the random encoder's features "
@@ -89,30 +99,37 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
     data = parser.add_argument_group("data")
     data.add_argument("--dataset_dir", default="./dataset", help="root of all data sets")
-    data.add_argument("--dataset", default="sem_seg||refer_seg||vqa||reason_seg", help="data families, '||'-separated")
-    data.add_argument("--sample_rates", default="9,3,3,1", help="relative sampling rate of each family in --dataset")
+    data.add_argument("--dataset", default="sem_seg||refer_seg||vqa||reason_seg",
+                      help="data families, '||'-separated: sem_seg, refer_seg, vqa, reason_seg and custom (--custom_data)")
+    data.add_argument("--sample_rates", default=None,
+                      help="relative sampling rate of each family in --dataset, comma-separated (default: LISA's 9,3,3,1 "
+                           "for sem_seg, refer_seg, vqa, reason_seg, and 1 for custom)")
     data.add_argument("--sem_seg_data", default="ade20k||cocostuff||pascal_part||paco_lvis||mapillary",
                       help="semantic segmentation data sets")
     data.add_argument("--refer_seg_data", default="refclef||refcoco||refcoco+||refcocog", help="referring data sets")
     data.add_argument("--vqa_data", default="llava_instruct_150k", help="VQA data (LLaVA-Instruct json name)")
     data.add_argument("--reason_seg_data", default="ReasonSeg|train", help="ReasonSeg splits, 'name|split[_split]'")
+    data.add_argument("--custom_data", default="",
+                      help="custom data folders for the family 'custom', '||'-separated; each one's train.jsonl is read "
+                           "(format: docs/custom_data.md)")
     data.add_argument("--val_dataset", default="ReasonSeg|val",
-                      help="validation set: 'ReasonSeg|val' or a referring split such as 'refcoco|unc|val'")
+                      help="validation set: 'ReasonSeg|val', a referring split such as 'refcoco|unc|val', or a custom "
+                           "folder's split 'custom|DIR|val'")
     data.add_argument("--explanatory", type=float, default=0.1,
                       help="probability that a ReasonSeg sample with an explanation asks for it")
-    data.add_argument("--num_classes_per_sample", type=int, default=3,
+    data.add_argument("--num_classes_per_sample", type=positive_int, default=3,
                       help="conversations (classes/expressions) per sem-seg or referring image")
-    data.add_argument("--workers", type=int, default=4, help="data loader worker processes per rank")
+    data.add_argument("--workers", type=non_negative_int, default=4, help="data loader worker processes per rank")
 
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--lr", type=float, default=3e-4, help="peak learning rate")
     optim.add_argument("--beta1", type=float, default=0.9, help="AdamW beta1")
     optim.add_argument("--beta2", type=float, default=0.95, help="AdamW beta2")
-    optim.add_argument("--warmup_steps", type=int, default=100, help="linear warmup steps, then linear decay to 0")
-    optim.add_argument("--epochs", type=int, default=10, help="epochs (validation and a checkpoint after each)")
-    optim.add_argument("--steps_per_epoch", type=int, default=500, help="optimizer steps per epoch")
-    optim.add_argument("--batch_size", type=int, default=2, help="images per micro-batch per process")
-    optim.add_argument("--grad_accumulation_steps", type=int, default=10, help="micro-batches per optimizer step")
+    optim.add_argument("--warmup_steps", type=non_negative_int, default=100, help="linear warmup steps, then linear decay to 0")
+    optim.add_argument("--epochs", type=positive_int, default=10, help="epochs (validation and a checkpoint after each)")
+    optim.add_argument("--steps_per_epoch", type=positive_int, default=500, help="optimizer steps per epoch")
+    optim.add_argument("--batch_size", type=positive_int, default=2, help="images per micro-batch per process")
+    optim.add_argument("--grad_accumulation_steps", type=positive_int, default=10, help="micro-batches per optimizer step")
     optim.add_argument("--ce_loss_weight", type=float, default=LisaConfig.ce_loss_weight,
                        help="weight of the text cross-entropy (default: %(default)s)")
     optim.add_argument("--bce_loss_weight", type=float, default=LisaConfig.bce_loss_weight,
@@ -126,18 +143,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     run = parser.add_argument_group("run")
     run.add_argument("--exp_name", default="lisa", help="run name: logs and checkpoints in <log_base_dir>/<exp_name>")
     run.add_argument("--log_base_dir", default="./runs", help="parent folder of runs")
-    run.add_argument("--save_steps", type=int, default=0,
+    run.add_argument("--save_steps", type=non_negative_int, default=0,
                      help="also checkpoint every N optimizer steps (0: only after each epoch)")
     add_switch(run, "auto_resume", True, "continue from <run>/ckpt_model if it holds a checkpoint")
+    run.add_argument("--resume_anyway", action="store_true",
+                     help="resume even though arguments other than " + ", ".join(f"--{a}" for a in RESUMABLE_ARGS[:-1])
+                          + " changed since the run started (refused by default: the result would mix two runs)")
     add_switch(run, "eval", True, "validate after each epoch (--no_eval: never, and keep every epoch as best)")
     add_switch(run, "eval_only", False, "only validate --version and exit")
     run.add_argument("--val_mode", default="teacher", choices=("teacher", "generate"),
                      help="teacher: the original's teacher-forced answer '[SEG].'; generate: the model must emit [SEG]")
-    run.add_argument("--val_batch_size", type=int, default=1, help="validation images per batch per process")
+    run.add_argument("--val_batch_size", type=positive_int, default=1, help="validation images per batch per process")
     run.add_argument("--local_rank", type=int, default=-1, help=argparse.SUPPRESS)  # passed by the deepspeed launcher
     args = parser.parse_args(argv)
     if args.sam_encoder_frozen_steps and not args.train_sam_encoder:
         parser.error("--sam_encoder_frozen_steps needs --train_sam_encoder")
+    for flag in ("version", "vision_pretrained"):
+        if (problem := location_problem(getattr(args, flag))) is not None:
+            parser.error(f"--{flag} {problem}")
     if args.precision == "fp16" and not deepspeed.get_accelerator().is_fp16_supported():
         # Checked here, before minutes of loading: DeepSpeed refuses only when the engine starts.
         parser.error(f"--precision fp16: DeepSpeed cannot train in fp16 on {deepspeed.get_accelerator().device_name()} "
@@ -173,37 +196,271 @@ def touch_all(params: list[torch.Tensor]) -> torch.Tensor:
     return 0.0 * sum(p.view(-1)[0] for p in params)
 
 
-def mean_over_ranks(values: dict[str, float], device: torch.device) -> dict[str, float]:
-    tensor = torch.tensor(list(values.values()), dtype=torch.float64, device=device)
-    dist.all_reduce(tensor)
-    return dict(zip(values, (tensor / dist.get_world_size()).tolist()))
+def claim_run_folder(run_dir: str, ckpt_dir: str, args: argparse.Namespace) -> tuple[IO[str] | None, str | None]:
+    """Makes this training the only one in `run_dir` and checks that a resume continues the same run.
+
+    Rank 0 decides (lock, arguments, progress) and every rank gets the verdict, so all of them stop together.
+
+    Returns:
+        the lock (rank 0; held while the file stays open), and a message when there is nothing to train.
+
+    Raises:
+        SystemExit: another process holds the folder, or a resume's arguments changed (without --resume_anyway), or
+            --no_auto_resume would overwrite the folder's checkpoints.
+    """
+    lock, verdict = None, (None, None)
+    if is_main():
+        try:
+            lock = lock_run_folder(run_dir)
+            verdict = (None, resume_verdict(ckpt_dir, args))
+        except (RunFolderBusy, ValueError) as error:
+            verdict = (str(error), None)
+    verdict = broadcast_from_main(verdict)
+    if verdict[0] is not None:
+        finish_distributed()
+        sys.exit(verdict[0])
+    return lock, verdict[1]
+
+
+def resume_verdict(ckpt_dir: str, args: argparse.Namespace) -> str | None:
+    """None when training should go on (fresh or resumed); a message when the run has already finished.
+
+    Raises:
+        ValueError: the run folder's checkpoint may not be continued with these arguments.
+    """
+    tag = read_pointer(ckpt_dir)
+    if tag is None:
+        return None
+    if not args.auto_resume:
+        raise ValueError(f"{ckpt_dir} holds checkpoint {tag}, which --no_auto_resume would overwrite: resume it "
+                         "(drop --no_auto_resume) or choose another --exp_name")
+    saved_file = os.path.join(ckpt_dir, TRAIN_ARGS_FILE)
+    if os.path.isfile(saved_file) and not args.resume_anyway:
+        with open(saved_file) as f:
+            changes = argument_changes(json.load(f), vars(args), RESUMABLE_ARGS)
+        if changes:
+            raise ValueError(f"{ckpt_dir} was trained with other arguments:\n  " + "\n  ".join(changes)
+                             + "\nResume with the run's arguments, choose another --exp_name, or pass --resume_anyway.")
+    if tag_step(tag) >= args.epochs * args.steps_per_epoch:
+        return f"nothing to do: {ckpt_dir} finished all {args.epochs} epochs ({describe_checkpoints(ckpt_dir)})"
+    return None
+
+
+def describe_checkpoints(ckpt_dir: str) -> str:
+    """`latest: step N; best: epoch E (val giou G)`, as the run's pointers say."""
+    text = f"latest: step {tag_step(read_pointer(ckpt_dir))}"
+    best = read_best(ckpt_dir)
+    if best is not None:
+        text += f"; best: epoch {best['epoch']}" + (f" (val giou {best['giou']:.4f})" if "giou" in best else "")
+    return text
 
 
 def validate(model, processor, val_dataset, args: argparse.Namespace) -> dict:
     """gIoU/cIoU of `model` on the validation set, by the same code as `eval_reasonseg.py`."""
     report = evaluate(model, processor, val_dataset, mode=args.val_mode, batch_size=args.val_batch_size)
-    if report.skipped and dist.get_rank() == 0:
-        print(f"validation skipped {len(report.skipped)} unreadable sample(s), e.g. {report.skipped[0]}")
+    if report.skipped and is_main():
+        print(f"validation skipped {len(report.skipped)} unusable sample(s) or record(s), e.g. {report.skipped[0]}")
     return report.summary
+
+
+def start_distributed() -> tuple[int, int, torch.device]:
+    """Joins the launcher's process group (a one-process group of our own under plain `python`): gloo on CPU,
+    nccl on CUDA. Returns (rank, world size, this rank's device)."""
+    single_process_environment()
+    deepspeed.init_distributed()
+    rank, world = rank_and_world()
+    return rank, world, torch.device(deepspeed.get_accelerator().device_name(int(os.environ.get("LOCAL_RANK", 0))))
+
+
+def make_trainable(model: LisaForCausalLM, args: argparse.Namespace) -> PeftModel:
+    """LISA's recipe on `model`: gradient checkpointing if asked, LoRA, the fully trained modules."""
+    if args.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.enable_input_require_grads()  # checkpointed blocks need an input that requires grad
+    model = setup_trainable(
+        model, args.lora_r, args.lora_alpha, args.lora_dropout, args.lora_target_modules, args.train_sam_encoder
+    )
+    trainable, total = count_parameters(model)
+    if is_main():
+        print(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)")
+    return model
+
+
+def build_train_dataset(args: argparse.Namespace, world: int) -> HybridDataset:
+    """One epoch's items: item i goes to rank i % world; micro-batch k of a rank holds its items k·B .. k·B+B-1."""
+    micro_batches_per_epoch = args.steps_per_epoch * args.grad_accumulation_steps
+    return HybridDataset(
+        args.dataset_dir, samples_per_epoch=micro_batches_per_epoch * args.batch_size * world,
+        num_classes_per_sample=args.num_classes_per_sample, dataset=args.dataset, sample_rates=args.sample_rates,
+        sem_seg_data=args.sem_seg_data, refer_seg_data=args.refer_seg_data, vqa_data=args.vqa_data,
+        reason_seg_data=args.reason_seg_data, explanatory=args.explanatory, custom_data=args.custom_data, seed=args.seed,
+    )
+
+
+def build_engine(model: PeftModel, args: argparse.Namespace, device: torch.device) -> deepspeed.DeepSpeedEngine:
+    """ZeRO-2 engine with LISA's optimizer and schedule; two optimizer groups with --train_sam_encoder (the
+    encoder's learning rate can start late), else one."""
+    ds_config = deepspeed_config(
+        args.batch_size, args.grad_accumulation_steps, args.lr, (args.beta1, args.beta2), args.precision,
+        args.epochs * args.steps_per_epoch, args.warmup_steps, torch_adam=not args.deepspeed_adam,
+    )
+    # DeepSpeed's warmup scheduler asks itself for a learning rate while it is built, before step 0, and warns that it
+    # "has not started"; the rate it then returns is the warmup's start, the right one for step 0.
+    with dropping_log_message("DeepSpeed", "Attempting to get learning rate from scheduler before it has started"):
+        engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=parameter_groups(model), config=ds_config)
+    return engine
+
+
+def resume(engine: deepspeed.DeepSpeedEngine, ckpt_dir: str, args: argparse.Namespace) -> dict | None:
+    """Continues from the run's `latest` checkpoint, if any and --auto_resume: DeepSpeed restores weights, optimizer,
+    scheduler and its step counter, and the step fixes the data. Returns the best epoch's record so far."""
+    tag = read_pointer(ckpt_dir) if args.auto_resume else None
+    if tag is None:
+        return None
+    # bitsandbytes' 4-bit layers save their quantisation state beside each weight (absmax, quant_map, ...), keys that
+    # load_state_dict does not take back; those weights are the frozen base, quantised alike on every load.
+    engine.load_checkpoint(ckpt_dir, tag=tag, load_module_strict=not args.load_in_4bit)
+    if is_main():
+        print(f"resumed from {ckpt_dir}/{tag} at step {engine.global_steps}")
+    return read_best(ckpt_dir)
+
+
+def set_learning_rates(engine: deepspeed.DeepSpeedEngine, global_step: int, args: argparse.Namespace) -> list[float]:
+    """The learning rate of each optimizer group for this step. The scheduler sets every group to the schedule's
+    rate after each step; with --train_sam_encoder the encoder's group is scaled to join late."""
+    groups = engine.optimizer.param_groups
+    if args.train_sam_encoder:
+        groups[1]["lr"] = groups[0]["lr"] * delayed_start_scale(global_step, args.sam_encoder_frozen_steps, args.warmup_steps)
+    return [group["lr"] for group in groups]
+
+
+def train_step(
+    engine: deepspeed.DeepSpeedEngine,
+    batches: Iterator[tuple[LisaBatch, list[str]]],
+    args: argparse.Namespace,
+    device: torch.device,
+    dtype: torch.dtype,
+    trainable_params: list[torch.Tensor],
+) -> tuple[dict[str, float], int]:
+    """One optimizer step over --grad_accumulation_steps micro-batches.
+
+    Returns:
+        the loss terms averaged over the micro-batches and ranks, and the bad samples skipped on this rank.
+    """
+    terms = dict.fromkeys(LOSS_TERMS, 0.0)
+    skipped = 0
+    for _ in range(args.grad_accumulation_steps):
+        batch, skipped_files = next(batches)
+        skipped += len(skipped_files)
+        output = engine(**batch.to(device, dtype))
+        engine.backward(output.loss + touch_all(trainable_params))
+        engine.step()  # applies the optimizer at the accumulation boundary only
+        for name in LOSS_TERMS:
+            value = getattr(output, name)
+            terms[name] += 0.0 if value is None else value.item() / args.grad_accumulation_steps
+    return mean_over_ranks(terms, device), skipped
+
+
+def train_epoch(
+    engine: deepspeed.DeepSpeedEngine,
+    processor: LisaProcessor,
+    train_dataset: HybridDataset,
+    epoch: int,
+    first_step: int,
+    args: argparse.Namespace,
+    device: torch.device,
+    dtype: torch.dtype,
+    writer: SummaryWriter | None,
+    ckpt_dir: str,
+) -> tuple[dict[str, float], int]:
+    """Steps `first_step` .. --steps_per_epoch of one epoch (a resumed run starts mid-epoch).
+
+    Returns:
+        each loss term averaged over the steps run, and the bad samples skipped (all ranks).
+    """
+    rank, world = rank_and_world()
+    train_dataset.set_epoch(epoch)
+    loader = DataLoader(
+        train_dataset, batch_size=args.batch_size, num_workers=args.workers,
+        sampler=RangeSampler(len(train_dataset), rank, world, start=first_step * args.grad_accumulation_steps * args.batch_size),
+        collate_fn=LisaCollator(processor), drop_last=True,
+    )
+    batches = iter(loader)
+    trainable_params = [p for p in engine.module.parameters() if p.requires_grad]
+    engine.train()
+    sums = dict.fromkeys(LOSS_TERMS, 0.0)
+    skipped = 0
+    bar = tqdm(range(first_step, args.steps_per_epoch), desc=f"epoch {epoch}", disable=rank != 0, dynamic_ncols=True)
+    for step in bar:
+        global_step = epoch * args.steps_per_epoch + step
+        # Dropout noise is a function of (seed, step, rank), so a resumed run draws what the interrupted one would.
+        torch.manual_seed((args.seed * 1_000_003 + global_step) * world + rank)
+        lrs = set_learning_rates(engine, global_step, args)
+        started = time.perf_counter()
+        terms, step_skipped = train_step(engine, batches, args, device, dtype, trainable_params)
+        skipped += step_skipped
+        for name in LOSS_TERMS:
+            sums[name] += terms[name]
+        if writer is not None:
+            for name, value in terms.items():
+                writer.add_scalar(f"train/{name}", value, global_step + 1)
+            writer.add_scalar("train/lr", lrs[0], global_step + 1)
+            if args.train_sam_encoder:
+                writer.add_scalar("train/lr_sam_encoder", lrs[1], global_step + 1)
+            writer.add_scalar("metrics/secs_per_step", time.perf_counter() - started, global_step + 1)
+            bar.set_postfix(loss=f"{terms['loss']:.3f}", mask=f"{terms['mask_loss']:.3f}", lr=f"{lrs[0]:.2e}")
+        done = global_step + 1
+        if args.save_steps and done % args.save_steps == 0 and done % args.steps_per_epoch != 0:
+            save_checkpoint(engine, ckpt_dir, done, {"epoch": epoch}, best=None)
+    steps = max(args.steps_per_epoch - first_step, 1)
+    skipped = int(mean_over_ranks({"skipped": skipped}, device)["skipped"] * world)
+    return {name: total / steps for name, total in sums.items()}, skipped
+
+
+def checkpoint_epoch(
+    engine: deepspeed.DeepSpeedEngine, ckpt_dir: str, epoch: int, metrics: dict | None, best: dict | None,
+    args: argparse.Namespace,
+) -> dict:
+    """Saves the epoch's checkpoint as `latest`, and as `best` if its gIoU improved (every epoch, without
+    validation). Returns the best epoch's record after this one."""
+    improved = metrics is None or best is None or metrics["giou"] > best["giou"]
+    record = {"epoch": epoch, **({"giou": metrics["giou"], "ciou": metrics["ciou"]} if metrics else {})}
+    save_checkpoint(engine, ckpt_dir, (epoch + 1) * args.steps_per_epoch, {"epoch": epoch}, best=record if improved else None)
+    return record if improved else best
+
+
+def log_epoch(
+    epoch: int, losses: dict[str, float], metrics: dict | None, skipped: int, best: dict, writer: SummaryWriter | None,
+    args: argparse.Namespace,
+) -> None:
+    """The epoch's line on the console and its validation figures in TensorBoard (rank 0 only)."""
+    if writer is None:
+        return
+    line = " ".join(f"{name} {value:.4f}" for name, value in losses.items())
+    if metrics is not None:
+        writer.add_scalar("val/giou", metrics["giou"], (epoch + 1) * args.steps_per_epoch)
+        writer.add_scalar("val/ciou", metrics["ciou"], (epoch + 1) * args.steps_per_epoch)
+        line += f" | val giou {metrics['giou']:.4f} ciou {metrics['ciou']:.4f}"
+    best_text = f"epoch {best['epoch']}" + (f" (giou {best['giou']:.4f})" if "giou" in best else "")
+    print(f"epoch {epoch}: {line} | skipped samples {skipped} | best {best_text}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    if "RANK" not in os.environ:
-        # Plain `python train_ds.py`: a one-process group of our own (DeepSpeed would otherwise look for MPI).
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    deepspeed.init_distributed()  # gloo on CPU, nccl on CUDA; reads the launcher's (deepspeed / torchrun) variables
-    rank, world = dist.get_rank(), dist.get_world_size()
-    device = torch.device(deepspeed.get_accelerator().device_name(int(os.environ.get("LOCAL_RANK", 0))))
+    rank, world, device = start_distributed()
     dtype = PRECISIONS[args.precision]
     run_dir = os.path.join(args.log_base_dir, args.exp_name)
     ckpt_dir = os.path.join(run_dir, "ckpt_model")
-    os.makedirs(ckpt_dir, exist_ok=True)
+    if not args.eval_only:
+        # The folder stays ours while `run_lock` lives: to the end of main, after the last checkpoint.
+        run_lock, done = claim_run_folder(run_dir, ckpt_dir, args)
+        if done is not None:
+            if rank == 0:
+                print(done)
+            finish_distributed()
+            return
+        os.makedirs(ckpt_dir, exist_ok=True)
 
-    # ---- model
     torch.manual_seed(args.seed)  # the new [SEG] row and projection of a LLaVA base
     model, processor = load_for_training(
         args.version, args.vision_pretrained, args.conv_type, dtype=dtype, out_dim=args.out_dim,
@@ -218,119 +475,27 @@ def main(argv: list[str] | None = None) -> None:
             print(f"val giou {summary['giou']:.4f} ciou {summary['ciou']:.4f}")
         finish_distributed()
         return
-    if args.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-        model.enable_input_require_grads()  # checkpointed blocks need an input that requires grad
-    model = setup_trainable(
-        model, args.lora_r, args.lora_alpha, args.lora_dropout, args.lora_target_modules, args.train_sam_encoder
-    )
-    trainable, total = count_parameters(model)
+
+    model = make_trainable(model, args)
     if rank == 0:
-        print(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)")
         with open(os.path.join(ckpt_dir, TRAIN_ARGS_FILE), "w") as f:
             json.dump(vars(args), f, indent=2)
-
-    # ---- data: item i of an epoch goes to rank i % world; micro-batch k of a rank holds its items k·B .. k·B+B-1
-    micro_batches_per_epoch = args.steps_per_epoch * args.grad_accumulation_steps
-    train_dataset = HybridDataset(
-        args.dataset_dir, samples_per_epoch=micro_batches_per_epoch * args.batch_size * world,
-        num_classes_per_sample=args.num_classes_per_sample, dataset=args.dataset, sample_rates=args.sample_rates,
-        sem_seg_data=args.sem_seg_data, refer_seg_data=args.refer_seg_data, vqa_data=args.vqa_data,
-        reason_seg_data=args.reason_seg_data, explanatory=args.explanatory, seed=args.seed,
-    )
-
-    # ---- DeepSpeed
-    total_steps = args.epochs * args.steps_per_epoch
-    ds_config = deepspeed_config(
-        args.batch_size, args.grad_accumulation_steps, args.lr, (args.beta1, args.beta2), args.precision,
-        total_steps, args.warmup_steps, torch_adam=not args.deepspeed_adam,
-    )
-    # Two optimizer groups with --train_sam_encoder (the encoder's learning rate can start late), else one.
-    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=parameter_groups(model), config=ds_config)
-
-    trainable_params = [p for p in engine.module.parameters() if p.requires_grad]
-
-    # ---- resume: DeepSpeed restores weights, optimizer, scheduler and its step counter; the step fixes the data
-    best = read_best(ckpt_dir)
-    if args.auto_resume and (tag := read_pointer(ckpt_dir)) is not None:
-        engine.load_checkpoint(ckpt_dir, tag=tag)
-        if rank == 0:
-            print(f"resumed from {ckpt_dir}/{tag} at step {engine.global_steps}")
-    else:
-        best = None
-    start_step = engine.global_steps
+    train_dataset = build_train_dataset(args, world)
+    engine = build_engine(model, args, device)
+    best = resume(engine, ckpt_dir, args)
 
     writer = SummaryWriter(run_dir) if rank == 0 else None
+    start_step = engine.global_steps
     for epoch in range(start_step // args.steps_per_epoch, args.epochs):
-        # ---- train one epoch
-        first = start_step - epoch * args.steps_per_epoch if epoch == start_step // args.steps_per_epoch else 0
-        train_dataset.set_epoch(epoch)
-        loader = DataLoader(
-            train_dataset, batch_size=args.batch_size, num_workers=args.workers,
-            sampler=RangeSampler(len(train_dataset), rank, world, start=first * args.grad_accumulation_steps * args.batch_size),
-            collate_fn=LisaCollator(processor, keep=("skipped",)), drop_last=True,
-        )
-        batches = iter(loader)
-        engine.train()
-        sums = dict.fromkeys(LOSS_TERMS, 0.0)
-        skipped = 0
-        bar = tqdm(range(first, args.steps_per_epoch), desc=f"epoch {epoch}", disable=rank != 0, dynamic_ncols=True)
-        for step in bar:
-            global_step = epoch * args.steps_per_epoch + step
-            # Dropout noise is a function of (seed, step, rank), so a resumed run draws what the interrupted one would.
-            torch.manual_seed((args.seed * 1_000_003 + global_step) * world + rank)
-            groups = engine.optimizer.param_groups
-            if args.train_sam_encoder:
-                # The scheduler sets every group to the schedule's rate after each step; scale the encoder's.
-                groups[1]["lr"] = groups[0]["lr"] * delayed_start_scale(
-                    global_step, args.sam_encoder_frozen_steps, args.warmup_steps
-                )
-            lrs = [group["lr"] for group in groups]  # this step's
-            started = time.perf_counter()
-            terms = dict.fromkeys(LOSS_TERMS, 0.0)
-            for _ in range(args.grad_accumulation_steps):
-                batch = next(batches)
-                skipped += sum(len(files) for files in batch.pop("skipped"))
-                output = engine(**move_batch(batch, device, dtype))
-                engine.backward(output.loss + touch_all(trainable_params))
-                engine.step()  # applies the optimizer at the accumulation boundary only
-                for name in LOSS_TERMS:
-                    value = getattr(output, name)
-                    terms[name] += 0.0 if value is None else value.item() / args.grad_accumulation_steps
-            terms = mean_over_ranks(terms, device)
-            for name in LOSS_TERMS:
-                sums[name] += terms[name]
-            if writer is not None:
-                seconds = time.perf_counter() - started
-                for name, value in terms.items():
-                    writer.add_scalar(f"train/{name}", value, global_step + 1)
-                writer.add_scalar("train/lr", lrs[0], global_step + 1)
-                if args.train_sam_encoder:
-                    writer.add_scalar("train/lr_sam_encoder", lrs[1], global_step + 1)
-                writer.add_scalar("metrics/secs_per_step", seconds, global_step + 1)
-                bar.set_postfix(loss=f"{terms['loss']:.3f}", mask=f"{terms['mask_loss']:.3f}", lr=f"{lrs[0]:.2e}")
-            done = global_step + 1
-            if args.save_steps and done % args.save_steps == 0 and done % args.steps_per_epoch != 0:
-                save_checkpoint(engine, ckpt_dir, done, {"epoch": epoch}, best=None)
-
-        # ---- validate, then checkpoint (the epoch's checkpoint is `latest`; also `best` if gIoU improved)
+        first_step = max(start_step - epoch * args.steps_per_epoch, 0)
+        losses, skipped = train_epoch(engine, processor, train_dataset, epoch, first_step, args, device, dtype, writer, ckpt_dir)
         metrics = validate(engine.module.get_base_model(), processor, val_dataset, args) if args.eval else None
-        improved = metrics is None or best is None or metrics["giou"] > best["giou"]
-        new_best = {"epoch": epoch, **({"giou": metrics["giou"], "ciou": metrics["ciou"]} if metrics else {})}
-        save_checkpoint(engine, ckpt_dir, (epoch + 1) * args.steps_per_epoch, {"epoch": epoch}, best=new_best if improved else None)
-        if improved:
-            best = new_best
-        skipped = int(mean_over_ranks({"skipped": skipped}, device)["skipped"] * world)
-        if rank == 0:
-            steps = args.steps_per_epoch - first
-            line = " ".join(f"{name} {sums[name] / max(steps, 1):.4f}" for name in LOSS_TERMS)
-            if metrics is not None:
-                writer.add_scalar("val/giou", metrics["giou"], (epoch + 1) * args.steps_per_epoch)
-                writer.add_scalar("val/ciou", metrics["ciou"], (epoch + 1) * args.steps_per_epoch)
-                line += f" | val giou {metrics['giou']:.4f} ciou {metrics['ciou']:.4f}"
-            print(f"epoch {epoch}: {line} | skipped samples {skipped} | best {best}", flush=True)
+        best = checkpoint_epoch(engine, ckpt_dir, epoch, metrics, best, args)
+        log_epoch(epoch, losses, metrics, skipped, best, writer, args)
     if writer is not None:
         writer.close()
+        print(f"checkpoints in {ckpt_dir} ({describe_checkpoints(ckpt_dir)}); export one with "
+              f"python merge_lora_weights.py --weight {ckpt_dir} --save_path DIR (the best epoch by default)")
     finish_distributed()
 
 

@@ -15,12 +15,12 @@ import numpy as np
 import torch
 
 from model.loading import load_lisa
-from model.inference import GENERATE_INPUTS
 from model.tiny import write_tiny
+from utils.cli import HelpFormatter
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--new_tokens", type=int, default=256, help="tokens generated per run")
     parser.add_argument("--prompt_tokens", type=int, default=300, help="approximate prompt length in tokens")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per method (the best is kept)")
@@ -36,8 +36,7 @@ def main() -> None:
     messages = [{"role": "user", "content": "<image>\n" + question}]
     while len(processor.encode_conversation(messages, add_generation_prompt=True)[0]) < args.prompt_tokens:
         messages += [{"role": "assistant", "content": "Sure, it is [SEG]."}, {"role": "user", "content": question}]
-    batch = processor.collate([processor.process_sample(image, [messages], add_generation_prompt=True)], "left")
-    inputs = {k: batch[k] for k in GENERATE_INPUTS}
+    inputs = processor([image], [[messages]], add_generation_prompt=True)
     common = dict(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens)
 
     def ours():

@@ -40,6 +40,7 @@ from model.loading import add_seg_token, load_lisa
 from model.peft_setup import count_parameters, parameter_groups, setup_trainable
 from model.processing import LisaProcessor
 from model.tiny import build_llava
+from utils.cli import HelpFormatter
 from utils.deepspeed_config import deepspeed_config
 
 FULL_DEPTH = 32  # LLaMA-7B's layers
@@ -131,6 +132,12 @@ def measure(folder: str, quantization: str | None, text_tokens: int) -> dict:
     device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
     model, _ = load_lisa(folder, dtype=torch.bfloat16, quantization=quantization, device=device)
     model.to(device)
+    if device.type == "cpu":
+        # Loaded tensors can be views of the memory-mapped weights file, whose pages then count as resident for as
+        # long as any view lives (for QLoRA: the whole bf16 file, next to its 4-bit copy). Copies of their own make
+        # resident memory the model's.
+        for tensor in [*model.parameters(), *model.buffers()]:
+            tensor.data = tensor.data.clone()
     model.gradient_checkpointing_enable()
     model.enable_input_require_grads()
     model = setup_trainable(model)
@@ -149,7 +156,7 @@ def measure(folder: str, quantization: str | None, text_tokens: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--layers", type=int, default=2,
                         help="language-model depth of the second run (the first has 1): 2 on a CPU, 32 on a GPU "
                              "(default: %(default)s)")

@@ -23,22 +23,22 @@ import time
 import numpy as np
 import torch
 
-from model.inference import move_batch
 from model.loading import load_for_training
 from model.peft_setup import setup_trainable
+from model.processing import LisaBatch
 from model.tiny import write_tiny
+from utils.cli import HelpFormatter
 
 
-def make_batch(processor, batch_size: int, rng: np.random.Generator) -> dict:
-    items = []
-    for i in range(batch_size):
+def make_batch(processor, batch_size: int, rng: np.random.Generator) -> LisaBatch:
+    conversation = [{"role": "user", "content": "<image>\nWhat is the red circle in this image? Please output segmentation mask."},
+                    {"role": "assistant", "content": "Sure, it is [SEG]."}]
+    images, masks = [], []
+    for _ in range(batch_size):
         height, width = rng.integers(64, 97, size=2)
-        image = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
-        conversation = [{"role": "user", "content": "<image>\nWhat is the red circle in this image? Please output segmentation mask."},
-                        {"role": "assistant", "content": "Sure, it is [SEG]."}]
-        masks = rng.random((3, height, width)) > 0.5
-        items.append(processor.process_sample(image, [conversation] * 3, masks, sample_id=str(i)))
-    return processor.collate(items)
+        images.append(rng.integers(0, 255, (height, width, 3), dtype=np.uint8))
+        masks.append(rng.random((3, height, width)) > 0.5)
+    return processor(images, [[conversation] * 3] * batch_size, masks)
 
 
 def measure(tiny: str, batch_size: int, steps: int, checkpointing: bool) -> dict:
@@ -54,7 +54,7 @@ def measure(tiny: str, batch_size: int, steps: int, checkpointing: bool) -> dict
     batches = [make_batch(processor, batch_size, rng) for _ in range(4)]
     timings = []
     for step in range(steps + 2):  # two warm-up steps
-        batch = move_batch(batches[step % len(batches)], device, torch.float32)
+        batch = batches[step % len(batches)].to(device, torch.float32)
         started = time.perf_counter()
         loss = model(**batch).loss
         loss.backward()
@@ -74,7 +74,7 @@ def measure(tiny: str, batch_size: int, steps: int, checkpointing: bool) -> dict
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--batch_size", type=int, default=4, help="images per step (3 conversations each)")
     parser.add_argument("--steps", type=int, default=20, help="timed steps per setting (median reported)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")

@@ -1,15 +1,15 @@
 """LISA's data: the four training families read from their real on-disk layouts, their mixture, the
-validation splits, the batch collator and a toy corpus in the same layouts (reference/lisa.md §3).
+validation splits, the batch collator and a toy corpus in the same layouts (the original's `utils/*_dataset.py`).
 
 This folder shadows the Hugging Face `datasets` package when scripts run from the repository root; nothing
 here uses that package.
 """
 
 from datasets.collate import LisaCollator
-from datasets.common import SampleError, Sample, ValSample
+from datasets.common import SampleError, Sample, ValSample, decode_segmentation
 from datasets.hybrid import HybridDataset, build_val_dataset
 from datasets.reason_seg import ReasonSegDataset, ReasonSegValDataset, get_mask_from_json
-from datasets.refer_seg import ReferSegDataset, ReferSegValDataset, decode_segmentation
+from datasets.refer_seg import ReferSegDataset, ReferSegValDataset
 from datasets.sem_seg import SemSegDataset
 from datasets.vqa import VQADataset
 

@@ -8,8 +8,9 @@ import os
 from dataclasses import dataclass, field
 
 import numpy as np
+from pycocotools import mask as mask_utils
 
-from model.processing import ImageError, load_image
+from utils.images import ImageError, load_image
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +93,40 @@ def check_size(path: str, mask_size: tuple[int, int], image: np.ndarray, image_p
     """Refuses an annotation whose size differs from its image's: its mask would be silently misplaced."""
     if tuple(mask_size) != image.shape[:2]:
         raise SampleError(path, f"annotation size {tuple(mask_size)} differs from {image_path} {image.shape[:2]}")
+
+
+def decode_segmentation(segmentation: object, height: int, width: int, path: str) -> np.ndarray:
+    """A COCO segmentation (polygons, an RLE dict with compressed or uncompressed counts, or a list of RLE
+    dicts) as a (height, width) bool mask; overlapping parts are OR-ed, never summed.
+
+    `path` names the annotation file in errors. An empty segmentation is an error: it carries no mask.
+    """
+    if isinstance(segmentation, dict):
+        segmentation = [segmentation]
+    if not isinstance(segmentation, list) or not segmentation:
+        raise SampleError(path, "empty or malformed segmentation")
+    if all(isinstance(p, list) for p in segmentation):
+        for polygon in segmentation:
+            # pycocotools reads a 4-number "polygon" as a box: refuse anything below 3 points.
+            if len(polygon) < 6 or len(polygon) % 2 or not np.isfinite(np.asarray(polygon, dtype=float)).all():
+                raise SampleError(path, f"degenerate polygon with {len(polygon)} coordinates")
+            xy = np.asarray(polygon, dtype=float).reshape(-1, 2)
+            if (xy < 0).any() or (xy[:, 0] > width).any() or (xy[:, 1] > height).any():
+                logger.warning("%s: polygon partly outside the %dx%d image; clipped", path, width, height)
+        rles = mask_utils.frPyObjects(segmentation, height, width)
+    elif all(isinstance(r, dict) and {"counts", "size"} <= r.keys() for r in segmentation):
+        rles = []
+        for rle in segmentation:
+            if list(rle["size"]) != [height, width]:
+                raise SampleError(path, f"RLE of size {rle['size']} for an image of size {[height, width]}")
+            if isinstance(rle["counts"], list):  # uncompressed RLE
+                rles.append(mask_utils.frPyObjects(rle, height, width))
+            else:
+                counts = rle["counts"].encode() if isinstance(rle["counts"], str) else rle["counts"]
+                rles.append({"size": rle["size"], "counts": counts})
+    else:
+        raise SampleError(path, "segmentation is neither polygons nor RLE")
+    return mask_utils.decode(rles).any(axis=2)
 
 
 def sample_rng(*keys: int) -> np.random.Generator:

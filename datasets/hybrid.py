@@ -1,5 +1,5 @@
-"""The training mixture of LISA's four data families, and the validation data sets by name
-(reference/lisa.md §3.5, §4.5)."""
+"""The training mixture of LISA's four data families (and custom data), and the validation data sets by name
+(the original's `HybridDataset` and `ValDataset`, `utils/dataset.py`)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from datasets.common import SampleError, Sample, sample_rng, split_names
+from datasets.custom import CustomDataset, CustomValDataset
 from datasets.reason_seg import ReasonSegDataset, ReasonSegValDataset
 from datasets.refer_seg import ReferSegDataset, ReferSegValDataset
 from datasets.sem_seg import SemSegDataset
@@ -17,7 +18,10 @@ from datasets.vqa import VQADataset
 
 logger = logging.getLogger(__name__)
 
-FAMILIES = ("sem_seg", "refer_seg", "vqa", "reason_seg")
+# Default relative rate of each family: LISA's 9,3,3,1 for its four; custom data weighs as ReasonSeg, the other
+# small set one fine-tunes on (give --sample_rates when mixing it in).
+DEFAULT_RATES = {"sem_seg": 9, "refer_seg": 3, "vqa": 3, "reason_seg": 1, "custom": 1}
+FAMILIES = tuple(DEFAULT_RATES)
 
 
 def parse_rates(sample_rates: str | Sequence[float], count: int) -> np.ndarray:
@@ -30,7 +34,8 @@ def parse_rates(sample_rates: str | Sequence[float], count: int) -> np.ndarray:
 
 
 class HybridDataset(torch.utils.data.Dataset):
-    """LISA's training data: each item draws a family by `sample_rates`, then a sample of that family.
+    """LISA's training data: each item draws a family by `sample_rates` (default: `DEFAULT_RATES` of the families in
+    `dataset`), then a sample of that family. The family "custom" reads the folders of `custom_data`.
 
     `__len__` is `samples_per_epoch`. Item `index` is a pure function of (seed, epoch, index): the random
     generator is derived from them, not from global state, so workers, ranks and resumed runs see the same
@@ -49,12 +54,13 @@ class HybridDataset(torch.utils.data.Dataset):
         samples_per_epoch: int = 500 * 8 * 2 * 10,
         num_classes_per_sample: int = 3,
         dataset: str = "sem_seg||refer_seg||vqa||reason_seg",
-        sample_rates: str | Sequence[float] = "9,3,3,1",
+        sample_rates: str | Sequence[float] | None = None,
         sem_seg_data: str = "ade20k||cocostuff||pascal_part||paco_lvis||mapillary",
         refer_seg_data: str = "refclef||refcoco||refcoco+||refcocog",
         vqa_data: str = "llava_instruct_150k",
         reason_seg_data: str = "ReasonSeg|train",
         explanatory: float = 0.1,
+        custom_data: str = "",
         seed: int = 0,
     ):
         builders = {
@@ -62,12 +68,15 @@ class HybridDataset(torch.utils.data.Dataset):
             "refer_seg": lambda: ReferSegDataset(dataset_dir, refer_seg_data, num_classes_per_sample),
             "vqa": lambda: VQADataset(dataset_dir, vqa_data),
             "reason_seg": lambda: ReasonSegDataset(dataset_dir, reason_seg_data, num_classes_per_sample, explanatory),
+            "custom": lambda: CustomDataset(custom_data, num_classes_per_sample),
         }
         self.family_names = split_names(dataset)
         unknown = [n for n in self.family_names if n not in builders]
         if unknown:
             raise ValueError(f"unknown data families {unknown}; choose from {', '.join(FAMILIES)}")
         self.families = [builders[name]() for name in self.family_names]
+        if sample_rates is None:
+            sample_rates = [DEFAULT_RATES[name] for name in self.family_names]
         self.rates = parse_rates(sample_rates, len(self.families))
         self.samples_per_epoch = samples_per_epoch
         self.seed = seed
@@ -80,17 +89,17 @@ class HybridDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self.samples_per_epoch
 
-    def family_of(self, index: int, attempt: int = 0) -> int:
-        """Which family item `index` draws on a given attempt (the first draw of its generator)."""
-        return int(sample_rng(self.seed, self.epoch, index, attempt).choice(len(self.families), p=self.rates))
+    def draw_family(self, index: int, attempt: int = 0) -> tuple[int, np.random.Generator]:
+        """The family item `index` draws on a given attempt, and the generator that then draws its sample."""
+        rng = sample_rng(self.seed, self.epoch, index, attempt)
+        return int(rng.choice(len(self.families), p=self.rates)), rng
 
     def __getitem__(self, index: int) -> Sample:
         skipped = []
         for attempt in range(self.max_attempts):
-            rng = sample_rng(self.seed, self.epoch, index, attempt)
-            family = self.families[rng.choice(len(self.families), p=self.rates)]
+            family, rng = self.draw_family(index, attempt)
             try:
-                sample = family.sample(rng)
+                sample = self.families[family].sample(rng)
             except SampleError as error:
                 self.num_skipped += 1
                 skipped.append(error.path)
@@ -101,17 +110,22 @@ class HybridDataset(torch.utils.data.Dataset):
         raise RuntimeError(f"{self.max_attempts} bad samples in a row at index {index}; last: {skipped[-1]}")
 
 
-def build_val_dataset(dataset_dir: str, name: str, all_texts: bool = False) -> ReasonSegValDataset | ReferSegValDataset:
+def build_val_dataset(
+    dataset_dir: str, name: str, all_texts: bool = False
+) -> ReasonSegValDataset | ReferSegValDataset | CustomValDataset:
     """A validation data set by the original's names: "ReasonSeg|val", "ReasonSeg|test" (2 parts) or a
-    referring split "refcoco|unc|val", "refcocog|umd|test", "grefcoco|unc|val" (3 parts).
+    referring split "refcoco|unc|val", "refcocog|umd|test", "grefcoco|unc|val" (3 parts); or a custom folder's
+    split "custom|DIR|val" (DIR is not under `dataset_dir`).
 
     `__getitem__` returns a `ValSample` or raises `SampleError` for a bad file, for the caller to count.
-    `all_texts` (ReasonSeg) scores every text of an image instead of only the first.
+    `all_texts` (ReasonSeg, custom) scores every text / question of an image instead of only the first.
     """
     parts = name.split("|")
+    if len(parts) == 3 and parts[0] == "custom":
+        return CustomValDataset(parts[1], parts[2], all_texts=all_texts)
     if len(parts) == 2:
         return ReasonSegValDataset(dataset_dir, name, all_texts=all_texts)
     if len(parts) == 3:
         return ReferSegValDataset(dataset_dir, name)
-    raise ValueError(f"validation data set {name!r}: expected 'ReasonSeg|split' or 'dataset|splitBy|split'")
+    raise ValueError(f"validation data set {name!r}: expected 'ReasonSeg|split', 'dataset|splitBy|split' or 'custom|DIR|split'")
 

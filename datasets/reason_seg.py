@@ -1,8 +1,9 @@
 """ReasonSeg: `reason_seg/ReasonSeg/{train,val,test}/*.jpg` + LabelMe-like `*.json`, and explanatory answers
-(reference/lisa.md §3.3-§3.4)."""
+(the original's `utils/reason_seg_dataset.py` and `utils/data_processing.py`)."""
 
 from __future__ import annotations
 
+import enum
 import glob
 import logging
 import os
@@ -21,10 +22,19 @@ from datasets.templates import (
     turn,
     val_conversation,
 )
+from utils.metrics import IGNORE_PIXEL
 
 logger = logging.getLogger(__name__)
 
-TARGET, IGNORE = 1, 255
+TARGET = 1
+
+
+class AnswerKind(enum.Enum):
+    """What a training ReasonSeg answer holds."""
+
+    MASK = "mask"  # "It is [SEG]."
+    MASK_AND_EXPLANATION = "mask_and_explanation"  # "It is [SEG]. {explanation}", to a question asking why
+    EXPLANATION_ONLY = "explanation_only"  # the explanation alone: no [SEG], no mask
 
 
 def _label(path: str, shape: object) -> str:
@@ -71,9 +81,17 @@ def get_mask_from_json(json_path: str, height: int, width: int) -> tuple[np.ndar
         raise SampleError(json_path, "'text' must be a non-empty list of non-empty strings")
     if not isinstance(anno["shapes"], list):
         raise SampleError(json_path, "'shapes' must be a list")
+    return shapes_to_mask(json_path, anno["shapes"], height, width), texts, bool(anno["is_sentence"])
 
+
+def shapes_to_mask(json_path: str, shapes: list, height: int, width: int) -> np.ndarray:
+    """Rasterizes LabelMe-like shapes `[{"label", "points"}, ...]` by the rules of `get_mask_from_json`.
+
+    Returns:
+        (height, width) uint8 in {0, 1, 255}.
+    """
     polygons, areas = [], []
-    for shape in anno["shapes"]:
+    for shape in shapes:
         label = _label(json_path, shape)
         if label.lower() == "flag":  # deprecated annotations, skipped by the original
             continue
@@ -86,7 +104,7 @@ def get_mask_from_json(json_path: str, height: int, width: int) -> tuple[np.ndar
             raise SampleError(json_path, f"polygon {label!r} lies wholly outside the {width}x{height} image")
         if not inside:
             logger.warning("%s: polygon %r partly outside the %dx%d image; clipped", json_path, label, width, height)
-        polygons.append((IGNORE if "ignore" in label.lower() else TARGET, polygon))
+        polygons.append((IGNORE_PIXEL if "ignore" in label.lower() else TARGET, polygon))
         areas.append(area)
 
     mask = np.zeros((height, width), dtype=np.uint8)
@@ -94,17 +112,21 @@ def get_mask_from_json(json_path: str, height: int, width: int) -> tuple[np.ndar
     for i in np.argsort(np.asarray(areas, dtype=np.int64), kind="stable")[::-1]:
         value, polygon = polygons[i]
         _draw(mask, polygon, value)
-    return mask, texts, bool(anno["is_sentence"])
+    return mask
 
 
-def _load(image_path: str) -> tuple[np.ndarray, np.ndarray, list[str], bool]:
-    """Image, mask {0,1,255}, texts and is_sentence of one ReasonSeg image; no target pixel is an error."""
+def _load(image_path: str, require_target: bool) -> tuple[np.ndarray, np.ndarray, list[str], bool]:
+    """Image, mask {0,1,255}, texts and is_sentence of one ReasonSeg image.
+
+    `require_target`: an image without any target pixel is an error (training). Evaluation scores such an image
+    as the original does: IoU 1 when the prediction is empty outside the ignored pixels, else 0.
+    """
     image = read_image(image_path)
     json_path = os.path.splitext(image_path)[0] + ".json"
     mask, texts, is_sentence = get_mask_from_json(json_path, *image.shape[:2])
-    if not (mask == TARGET).any():
+    if require_target and not (mask == TARGET).any():
         reason = "no shapes" if not read_json(json_path)["shapes"] else "no target pixels"
-        raise SampleError(json_path, f"{reason}: nothing to segment")
+        raise SampleError(json_path, f"{reason}: nothing to train the mask on")
     return image, mask, texts, is_sentence
 
 
@@ -158,27 +180,35 @@ class ReasonSegDataset:
 
     def sample(self, rng: np.random.Generator) -> Sample:
         image_path = self.images[rng.integers(len(self.images))]
-        image, mask, texts, is_sentence = _load(image_path)
+        # The original trains an image without target pixels with "[SEG]" and an all-background mask; we skip it.
+        # A ReasonSeg text always describes something in the image, so an empty target is a missing annotation
+        # ("shapes": []) or a wholly ignored one, not a "no target" answer: training it would teach the mask
+        # decoder to output nothing for an object that is there, and its ignored pixels as background.
+        image, mask, texts, is_sentence = _load(image_path, require_target=True)
         texts = [texts[i] for i in choose_up_to(rng, len(texts), self.num_classes_per_sample)]
 
         explanation = self.explanations.get(os.path.basename(image_path))
-        choice = 0
+        kind = AnswerKind.MASK
         if explanation is not None:
-            choice = 2 if rng.random() < self.explanatory else int(rng.integers(2))
+            # The original's draws, in its order: explanation only with probability `explanatory`, else 50/50.
+            if rng.random() < self.explanatory:
+                kind = AnswerKind.EXPLANATION_ONLY
+            else:
+                kind = (AnswerKind.MASK, AnswerKind.MASK_AND_EXPLANATION)[int(rng.integers(2))]
 
         conversations = []
         for text in texts:
             question = long_question(rng, text) if is_sentence else short_question(rng, text)
             answer = seg_answer(rng)
-            if choice == 1:
+            if kind is AnswerKind.MASK_AND_EXPLANATION:
                 explain = EXPLANATORY_QUESTION_LIST[rng.integers(len(EXPLANATORY_QUESTION_LIST))]
                 question = f"{IMAGE_PLACEHOLDER}\n{text} {explain}"
                 answer = f"{answer} {explanation}"
-            elif choice == 2:
+            elif kind is AnswerKind.EXPLANATION_ONLY:
                 question, answer = f"{IMAGE_PLACEHOLDER}\n{text}", explanation
             conversations.append(turn(question, answer))
 
-        count = 0 if choice == 2 else len(texts)
+        count = 0 if kind is AnswerKind.EXPLANATION_ONLY else len(texts)
         masks = np.repeat((mask == TARGET)[None], count, axis=0)
         return Sample(sample_id(image_path), image, conversations, masks, queries=texts)
 
@@ -187,7 +217,8 @@ class ReasonSegValDataset(torch.utils.data.Dataset):
     """ReasonSeg validation/test split, `name` like "ReasonSeg|val".
 
     One teacher-forced conversation per query: only the first text of each image by default (the
-    original's protocol), every text with `all_texts=True`. The ground truth keeps 255 for ignore regions.
+    original's protocol), every text with `all_texts=True`. The ground truth keeps 255 for ignore regions;
+    an image without target pixels is scored too (an empty target), as the original scores it.
     """
 
     def __init__(self, dataset_dir: str, name: str = "ReasonSeg|val", all_texts: bool = False):
@@ -200,7 +231,7 @@ class ReasonSegValDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> ValSample:
         image_path = self.images[index]
-        image, mask, texts, is_sentence = _load(image_path)
+        image, mask, texts, is_sentence = _load(image_path, require_target=False)
         texts = [t.strip() for t in (texts if self.all_texts else texts[:1])]
         return ValSample(
             sample_id=sample_id(image_path),

@@ -1,5 +1,5 @@
 """Semantic and part segmentation: ADE20K, COCO-Stuff, Mapillary Vistas v2.0 (label maps) and PACO-LVIS,
-PASCAL-Part (COCO json), read from their real layouts (reference/lisa.md §3.1, §3.3)."""
+PASCAL-Part (COCO json), read from their real layouts (the original's `utils/sem_seg_dataset.py`)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,18 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from datasets.class_names import ADE20K_CLASSES, COCOSTUFF_CLASSES
-from datasets.common import SampleError, Sample, check_size, choose_up_to, read_image, read_json, split_names
-from datasets.refer_seg import decode_segmentation
+from datasets.common import (
+    SampleError,
+    Sample,
+    check_size,
+    choose_up_to,
+    decode_segmentation,
+    read_image,
+    read_json,
+    split_names,
+)
 from datasets.templates import seg_answer, short_question, turn
-
-IGNORE = 255
+from utils.metrics import IGNORE_PIXEL
 
 
 def read_label_map(path: str) -> np.ndarray:
@@ -47,9 +54,9 @@ class LabelMapSet:
     def transform(self, label: np.ndarray) -> np.ndarray:
         if self.name == "ade20k":
             # 0 ("other") is ignored and 1..150 become 0..149.
-            label = np.where((label == 0) | (label == IGNORE), IGNORE, label - 1)
+            label = np.where((label == 0) | (label == IGNORE_PIXEL), IGNORE_PIXEL, label - 1)
         for class_id in self.ignored:
-            label[label == class_id] = IGNORE
+            label[label == class_id] = IGNORE_PIXEL
         return label
 
     def load(self, index: int) -> tuple[str, np.ndarray, np.ndarray]:
@@ -58,10 +65,10 @@ class LabelMapSet:
         image = read_image(image_path)
         check_size(label_path, label.shape, image, image_path)
         values = np.unique(label)
-        bad = values[(values != IGNORE) & ((values < 0) | (values >= len(self.classes)))]
+        bad = values[(values != IGNORE_PIXEL) & ((values < 0) | (values >= len(self.classes)))]
         if len(bad):
             raise SampleError(label_path, f"label values {bad.tolist()[:5]} outside the {len(self.classes)} classes")
-        if (values == IGNORE).all():
+        if (values == IGNORE_PIXEL).all():
             raise SampleError(label_path, "no usable class (every pixel ignored)")
         return image_path, image, label
 
@@ -173,7 +180,7 @@ class SemSegDataset:
         index = int(rng.integers(len(data)))
         if isinstance(data, LabelMapSet):
             image_path, image, label = data.load(index)
-            present = [int(v) for v in np.unique(label) if v != IGNORE]
+            present = [int(v) for v in np.unique(label) if v != IGNORE_PIXEL]
             class_ids = [present[i] for i in choose_up_to(rng, len(present), self.num_classes_per_sample)]
             names = [data.classes[c] for c in class_ids]
             masks = np.stack([label == c for c in class_ids])

@@ -7,7 +7,8 @@ colours (red, green, blue, yellow) on a grey background, 64-96 px a side. The sa
 ReasonSeg (train/val/test, short and long queries, ignore regions, several polygons per target, float
 coordinates, explanatory answers), refCLEF / refCOCO / refCOCO+ / refCOCOg pickles and gRefCOCO json with
 polygon and RLE segmentations (multi-object and no-target expressions), ADE20K, COCO-Stuff, Mapillary v2.0,
-PACO-LVIS, PASCAL-Part and LLaVA-Instruct, so `--dataset_dir DIR` works unchanged for every loader.
+PACO-LVIS, PASCAL-Part and LLaVA-Instruct, so `--dataset_dir DIR` works unchanged for every loader; and as
+custom data (`DIR/custom`: train/val JSONL with PNG, RLE and polygon masks, several-`[SEG]` and no-target answers).
 
 `generate` also returns the generator's own ground truth (`ToyTruth`): for every sample id the loaders
 produce, the mask of every query, computed while drawing and independently of the loaders.
@@ -28,6 +29,7 @@ from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
 from datasets.class_names import ADE20K_CLASSES, COCOSTUFF_CLASSES
+from utils.cli import HelpFormatter
 
 KINDS = ("circle", "square", "triangle", "star")
 COLOURS = {"red": (215, 40, 35), "green": (40, 165, 60), "blue": (35, 75, 215), "yellow": (235, 205, 35)}
@@ -97,7 +99,8 @@ class Scene:
 @dataclass
 class ToyTruth:
     """The generator's ground truth: `masks[sample_id][query]` is the (H, W) mask of a query (bool, or uint8
-    {0,1,255} for ReasonSeg), `vqa[sample_id]` the expected chat messages, `explanations[image file]`."""
+    {0,1,255} for ReasonSeg; for custom data a (k, H, W) bool stack, one per `[SEG]`, k = 0 for no target),
+    `vqa[sample_id]` the expected chat messages, `explanations[image file]`."""
 
     masks: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     vqa: dict[str, list[dict[str, str]]] = field(default_factory=dict)
@@ -459,6 +462,43 @@ class ToyWriter:
         json_path = self.path("vlpart", "paco", "annotations", "paco_lvis_v1_train.json") if paco else self.path("vlpart", "pascal_part", "train.json")
         write_json(json_path, {"images": images, "annotations": annotations, "categories": categories})
 
+    # Custom data ----------------------------------------------------------------------------------------
+    def custom(self, counts: dict[str, int]) -> None:
+        """`custom/{split}.jsonl`: per image, a query about one shape (a PNG mask), one about two shapes (two
+        `[SEG]`: a compressed RLE and a polygon mask) and, when a kind is missing, a no-target query about it."""
+        rng = self.rng("custom")
+        for split, count in counts.items():
+            records = []
+            for i in range(count):
+                stem = f"toy_custom_{split}_{i:04d}"
+                scene = random_scene(rng, self.scale)
+                h, w = scene.height, scene.width
+                masks = [cv2_mask(h, w, s.polygon()) for s in scene.shapes]
+                save_jpg(self.path("custom", "images", f"{stem}.jpg"), paint(scene, masks, rng))
+                one, two = rng.permutation(len(scene.shapes))[:2]
+                short, long = descriptions(scene, scene.shapes[one])[int(rng.integers(5))]
+                save_png(self.path("custom", "masks", f"{stem}.png"), masks[one].astype(np.uint8) * 255)
+                a, b = scene.shapes[one], scene.shapes[two]
+                flat = flat_polygon(b)
+                conversations = [
+                    {"question": long, "answer": "It is [SEG].", "masks": [f"masks/{stem}.png"]},
+                    {"question": f"Please segment the {a.colour} {a.kind} and the {b.colour} {b.kind}.",
+                     "answer": "Sure, they are [SEG] and [SEG].", "masks": [compressed_rle(masks[one]), {"polygons": [flat]}]},
+                ]
+                truth = {long: masks[one][None], conversations[1]["question"]: np.stack([masks[one], coco_polygon_mask(h, w, flat)])}
+                missing = [k for k in KINDS if k not in {s.kind for s in scene.shapes}]
+                if missing:
+                    kind = missing[int(rng.integers(len(missing)))]
+                    question = f"Where is the {kind} in this picture?"
+                    conversations.append({"question": question, "answer": f"There is no {kind} in this image.", "masks": []})
+                    truth[question] = np.zeros((0, h, w), bool)
+                rng.shuffle(conversations)
+                records.append({"image": f"images/{stem}.jpg", "conversations": conversations})
+                self.truth.masks[f"custom/{stem}"] = truth
+            os.makedirs(self.path("custom"), exist_ok=True)
+            with open(self.path("custom", f"{split}.jsonl"), "w") as f:
+                f.writelines(json.dumps(record) + "\n" for record in records)
+
     # VQA ------------------------------------------------------------------------------------------------
     def vqa(self, count: int) -> None:
         rng = self.rng("vqa")
@@ -510,6 +550,7 @@ def generate(out: str, seed: int = 0, progress: bool = False, scale: float = 1.0
         lambda: writer.parts("paco_lvis", 20 * k),
         lambda: writer.parts("pascal_part", 20 * k),
         lambda: writer.vqa(30 * k),
+        lambda: writer.custom({"train": 20 * k, "val": 20}),
     ]
     for job in tqdm(jobs, desc="toy corpus", disable=not progress):
         job()
@@ -517,7 +558,7 @@ def generate(out: str, seed: int = 0, progress: bool = False, scale: float = 1.0
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--out", required=True, help="folder to write the corpus into (the --dataset_dir of the scripts)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the scenes")
     parser.add_argument("--scale", type=float, default=1.0, help="image size factor (12 gives ~1024-px images)")

@@ -7,7 +7,7 @@ The released checkpoints (`xinlai/LISA-7B-v1`, `LISA-7B-v1-explanatory`, `LISA-1
 `LISAForCausalLM`): sharded `pytorch_model-*.bin` with an index, LLaMA weights under `model.`, a single-Linear
 `model.mm_projector`, SAM in segment-anything naming under `model.visual_model.`, the `[SEG]` projection under
 `model.text_hidden_fcs.0.`, no CLIP weights (the tower is `openai/clip-vit-large-patch14`), and a slow
-sentencepiece LLaMA tokenizer (reference/lisa.md §2, §5.1, §7.4). The output folder loads with
+sentencepiece LLaMA tokenizer. The output folder loads with
 `model.loading.load_lisa`, so `chat.py`, `eval_reasonseg.py` and `train_ds.py --version` use it as is.
 
 The conversion is exact, not approximate:
@@ -46,6 +46,7 @@ from model.conversation import CHAT_TEMPLATES
 from model.lisa import LisaConfig, LisaForCausalLM
 from model.processing import SEG_TOKEN, LisaProcessor
 from model.sam import convert_original_sam_state_dict, sam_config_from_original_state_dict
+from utils.cli import HelpFormatter
 
 __all__ = ["convert_lisa", "load_original_state_dict", "convert_tokenizer", "CONV_TYPE"]
 
@@ -300,7 +301,7 @@ def convert_lisa(src: str, clip: str, out: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--src", required=True, help="folder of a released LISA v1 checkpoint (e.g. a download of xinlai/LISA-7B-v1)")
     parser.add_argument(
         "--clip", default="openai/clip-vit-large-patch14",

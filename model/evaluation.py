@@ -1,26 +1,24 @@
 """Scoring a LISA model on validation samples (ReasonSeg, referring splits): `evaluate` is what
 `eval_reasonseg.py` runs and what training calls for its per-epoch validation.
 
-Samples are `datasets.common.ValSample`-like (see `utils.evaluation`): each conversation is the original's
+Samples are `datasets.common.ValSample`-like (see `utils.scoring`): each conversation is the original's
 validation prompt followed by the answer "[SEG].".
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import torch
 
-from model.inference import answer, move_batch
+from model.inference import answer
 from model.lisa import LisaForCausalLM
-from model.processing import LisaProcessor
-from utils.evaluation import EvalReport, Predictor, run_evaluation
+from model.processing import SEG_TOKEN, LisaProcessor
+from utils.scoring import EvalReport, Predictor, run_evaluation
 
 MODES = ("generate", "teacher")
-FORWARD_INPUTS = (
-    "input_ids", "attention_mask", "pixel_values", "sam_pixel_values", "image_index", "resized_sizes", "original_sizes",
-)
 
 
 def teacher_predictor(model: LisaForCausalLM, processor: LisaProcessor) -> Predictor:
@@ -31,34 +29,30 @@ def teacher_predictor(model: LisaForCausalLM, processor: LisaProcessor) -> Predi
 
     @torch.no_grad()
     def predict(samples: list[Any]) -> list[list[np.ndarray]]:
-        items = [processor.process_sample(s.image, s.conversations, sample_id=s.sample_id) for s in samples]
-        batch = processor.collate(items, padding_side="right")
-        inputs = move_batch({k: batch[k] for k in FORWARD_INPUTS}, model.device, model.dtype)
-        pred_masks = model(**inputs).pred_masks  # per image (n_i, H, W) logits, one per conversation
+        batch = processor([s.image for s in samples], [s.conversations for s in samples], sample_ids=[s.sample_id for s in samples])
+        # No labels: only the masks are wanted, not the text loss.
+        pred_masks = model(**replace(batch, labels=None).to(model.device, model.dtype)).pred_masks
         return [list((logits > 0).cpu().numpy()) for logits in pred_masks]
 
     return predict
 
 
 def generate_predictor(model: LisaForCausalLM, processor: LisaProcessor, max_new_tokens: int) -> Predictor:
-    """The model answers the validation prompt itself; the first `[SEG]`'s mask is the prediction, and an
-    answer without `[SEG]` predicts an empty mask."""
+    """The model answers the validation prompt itself. A query whose teacher-forced answer holds k `[SEG]` (1 for
+    LISA's "[SEG].") is scored on the masks of the first k `[SEG]` the model emits, in order; a `[SEG]` it does not
+    emit predicts an empty mask."""
 
     def predict(samples: list[Any]) -> list[list[np.ndarray]]:
-        # One generation row per query, sharing its image; the prompt is the conversation without its "[SEG]." answer.
-        rows = [(i, c[:-1]) for i, s in enumerate(samples) for c in s.conversations]
+        # One generation row per query, sharing its image; the prompt is the conversation without its answer.
+        rows = [(i, c[:-1], c[-1]["content"].count(SEG_TOKEN)) for i, s in enumerate(samples) for c in s.conversations]
         answers = answer(
-            model, processor, [s.image for s in samples], [c for _, c in rows], image_index=[i for i, _ in rows],
+            model, processor, [s.image for s in samples], [c for _, c, _ in rows], image_index=[i for i, _, _ in rows],
             max_new_tokens=max_new_tokens,
         )
-        masks = [
-            a.masks[0].numpy() if a.masks else np.zeros(samples[i].image.shape[:2], dtype=bool)
-            for (i, _), a in zip(rows, answers)
-        ]
-        per_sample, start = [], 0
-        for s in samples:
-            per_sample.append(masks[start : start + len(s.conversations)])
-            start += len(s.conversations)
+        per_sample = [[] for _ in samples]
+        for (i, _, count), a in zip(rows, answers):
+            empty = np.zeros(samples[i].image.shape[:2], dtype=bool)
+            per_sample[i] += [a.masks[k].numpy() if k < len(a.masks) else empty for k in range(count)]
         return per_sample
 
     return predict

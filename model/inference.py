@@ -10,10 +10,6 @@ import torch
 from model.lisa import LisaForCausalLM
 from model.processing import LisaProcessor
 
-GENERATE_INPUTS = (
-    "input_ids", "attention_mask", "pixel_values", "sam_pixel_values", "resized_sizes", "original_sizes", "image_index",
-)
-
 
 @dataclass
 class Answer:
@@ -22,16 +18,6 @@ class Answer:
     text: str
     token_ids: list[int]
     masks: list[torch.Tensor]
-
-
-def move_batch(batch: dict, device: torch.device | str, dtype: torch.dtype) -> dict:
-    """Tensors to `device`; floating-point image tensors also to `dtype`."""
-    moved = {}
-    for key, value in batch.items():
-        if torch.is_tensor(value):
-            value = value.to(device, dtype=dtype if value.is_floating_point() else None)
-        moved[key] = value
-    return moved
 
 
 @torch.no_grad()
@@ -59,13 +45,12 @@ def answer(
         image_index = list(range(len(conversations)))
     # Batch rows come out grouped by image; remember where each conversation went.
     rows = [c for i in range(len(images)) for c, j in enumerate(image_index) if j == i]
-    items = [
-        processor.process_sample(image, [conversations[c] for c, j in enumerate(image_index) if j == i], add_generation_prompt=True)
-        for i, image in enumerate(images)
-    ]
-    batch = processor.collate(items, padding_side="left")
-    batch = move_batch({k: batch[k] for k in GENERATE_INPUTS}, model.device, model.dtype)
-    predictions = model.generate(**batch, max_new_tokens=max_new_tokens, **generate_kwargs)
+    batch = processor(
+        images,
+        [[conversations[c] for c, j in enumerate(image_index) if j == i] for i in range(len(images))],
+        add_generation_prompt=True,
+    )
+    predictions = model.generate(**batch.to(model.device, model.dtype), max_new_tokens=max_new_tokens, **generate_kwargs)
     answers = [None] * len(conversations)
     for row, prediction in zip(rows, predictions):
         answers[row] = Answer(

@@ -2,24 +2,26 @@
 
 The language model answers; for every `[SEG]` in the answer, the last-layer (post-norm) hidden state at the
 position *before* it — the position whose logits predict `[SEG]` — is projected by `text_hidden_fcs` to a
-256-d sparse prompt of SAM's mask decoder, which turns it into one mask (reference/lisa.md §2.4-2.5).
+256-d sparse prompt of SAM's mask decoder, which turns it into one mask (the original's `model/LISA.py`).
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from huggingface_hub.dataclasses import strict
 from torch import nn
-from transformers import LlavaConfig, LlavaForConditionalGeneration, PreTrainedModel, SamConfig, SamModel
+from transformers import AutoConfig, LlavaConfig, LlavaForConditionalGeneration, PreTrainedModel, SamConfig, SamModel
 from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import ModelOutput
 
-from model.losses import dice_per_mask, mean_over_masks, sigmoid_ce_per_mask
-from model.processing import IGNORE_INDEX, postprocess_masks
+from model.losses import causal_lm_loss, dice_per_mask, mean_over_masks, sigmoid_ce_per_mask
+
+logger = logging.getLogger(__name__)
 
 
 @strict
@@ -47,6 +49,11 @@ class LisaConfig(PreTrainedConfig):
     dice_loss_weight: float = 0.5
 
 
+# transformers' tokenizer and processor loaders read a folder's config.json through AutoConfig; without this, a LISA
+# folder's model type "lisa" is unknown there and every load warns that it instantiates "a model of type ``".
+AutoConfig.register(LisaConfig.model_type, LisaConfig)
+
+
 @dataclass
 class LisaOutput(ModelOutput):
     """
@@ -71,6 +78,30 @@ class LisaPrediction:
 
     token_ids: list[int]
     masks: list[torch.Tensor]
+
+
+def postprocess_masks(
+    low_res_logits: torch.Tensor,
+    image_size: int,
+    resized_size: tuple[int, int],
+    original_size: tuple[int, int],
+) -> torch.Tensor:
+    """Mask logits of SAM's decoder back to the original image.
+
+    Args:
+        low_res_logits: (n, h, w) decoder logits (256 x 256 for the released SAM).
+        image_size: SAM's square input size.
+        resized_size: (h', w') of the image inside the padded SAM input.
+        original_size: (H, W) of the original image.
+
+    Returns:
+        (n, H, W) float32 logits; a pixel belongs to the mask where the logit is > 0.
+    """
+    masks = low_res_logits.float().unsqueeze(1)
+    masks = F.interpolate(masks, (image_size, image_size), mode="bilinear", align_corners=False)
+    masks = masks[..., : resized_size[0], : resized_size[1]]
+    masks = F.interpolate(masks, tuple(original_size), mode="bilinear", align_corners=False)
+    return masks.squeeze(1)
 
 
 class LisaForCausalLM(PreTrainedModel):
@@ -108,6 +139,11 @@ class LisaForCausalLM(PreTrainedModel):
 
     def get_output_embeddings(self) -> nn.Module:
         return self.llava.get_output_embeddings()
+
+    @property
+    def context_length(self) -> int:
+        """Positions the language model was trained for; longer sequences run, but its answers degrade silently."""
+        return self.config.llava_config.text_config.max_position_embeddings
 
     @property
     def sam_image_size(self) -> int:
@@ -199,7 +235,6 @@ class LisaForCausalLM(PreTrainedModel):
         original_sizes: torch.LongTensor,
         labels: torch.LongTensor | None = None,
         masks: list[torch.Tensor] | None = None,
-        sample_ids: list[str] | None = None,
     ) -> LisaOutput:
         r"""Training and teacher-forced forward: all conversations are given in full.
 
@@ -210,11 +245,15 @@ class LisaForCausalLM(PreTrainedModel):
             sam_pixel_values: (N, 3, S, S) SAM pixel values of the same images.
             image_index: (R,) the image of each conversation.
             resized_sizes, original_sizes: (N, 2) image sizes inside SAM's input and originally.
-            labels: (R, L) next-token targets, `IGNORE_INDEX` where no loss is taken; adds `ce_loss`.
+            labels: (R, L) next-token targets, `IGNORE_LABEL` (-100) where no loss is taken; adds `ce_loss`.
             masks: per image, (n_i, H_i, W_i) ground truth, one per `[SEG]` of its conversations in row
                 order; adds the mask losses.
-            sample_ids: names used in error messages.
         """
+        if input_ids.shape[1] > self.context_length:
+            raise ValueError(
+                f"conversations of {input_ids.shape[1]} tokens (image tokens included) are longer than the model's "
+                f"context of {self.context_length} positions: shorten them"
+            )
         hidden_states = self._language_forward(input_ids, attention_mask, pixel_values, image_index)
         logits = self.llava.lm_head(hidden_states)
 
@@ -234,7 +273,7 @@ class LisaForCausalLM(PreTrainedModel):
             output.ce_loss = causal_lm_loss(logits, labels)
             losses.append(self.config.ce_loss_weight * output.ce_loss)
         if masks is not None:
-            self._check_mask_counts(pred_masks, masks, sample_ids)
+            self._check_mask_counts(pred_masks, masks)
             pairs = [(pred, target.to(pred)) for pred, target in zip(pred_masks, masks)]
             output.mask_bce_loss = mean_over_masks(torch.cat([sigmoid_ce_per_mask(p, t) for p, t in pairs]))
             output.mask_dice_loss = mean_over_masks(torch.cat([dice_per_mask(p, t) for p, t in pairs]))
@@ -247,16 +286,14 @@ class LisaForCausalLM(PreTrainedModel):
         return output
 
     @staticmethod
-    def _check_mask_counts(pred_masks: list[torch.Tensor], masks: list[torch.Tensor], sample_ids: list[str] | None) -> None:
-        if len(pred_masks) != len(masks):
-            raise ValueError(f"{len(masks)} ground-truth mask sets for {len(pred_masks)} images")
-        for i, (pred, target) in enumerate(zip(pred_masks, masks)):
-            if pred.shape != target.shape:
-                name = sample_ids[i] if sample_ids else f"image {i}"
-                raise ValueError(
-                    f"{name}: {pred.shape[0]} [SEG] tokens in its conversations but {target.shape[0]} ground-truth "
-                    f"masks (mask shape {tuple(target.shape[1:])}, image {tuple(pred.shape[1:])})"
-                )
+    def _check_mask_counts(pred_masks: list[torch.Tensor], masks: list[torch.Tensor]) -> None:
+        # `LisaProcessor` already refuses a sample whose [SEG] count differs from its mask count, naming it;
+        # this guards batches built by other means.
+        if [p.shape for p in pred_masks] != [m.shape for m in masks]:
+            raise ValueError(
+                f"one mask per [SEG] and image: predicted {[tuple(p.shape) for p in pred_masks]}, "
+                f"ground truth {[tuple(m.shape) for m in masks]}"
+            )
 
     # --------------------------------------------------------------------------------------- generation
     @torch.no_grad()
@@ -290,6 +327,18 @@ class LisaForCausalLM(PreTrainedModel):
         if image_index is None:
             image_index = torch.arange(input_ids.shape[0], device=input_ids.device)
         prompt_length = input_ids.shape[1]
+        room = self.context_length - prompt_length
+        if room <= 0:
+            raise ValueError(
+                f"a prompt of {prompt_length} tokens (image tokens included) does not fit the model's context of "
+                f"{self.context_length} positions: shorten it"
+            )
+        if max_new_tokens > room:
+            logger.warning(
+                "answers limited to %d new tokens: the prompt takes %d of the model's %d positions",
+                room, prompt_length, self.context_length,
+            )
+            max_new_tokens = room
         generate_kwargs.setdefault("do_sample", False)
         out = self.llava.generate(
             input_ids=input_ids,
@@ -318,16 +367,3 @@ class LisaForCausalLM(PreTrainedModel):
             logits = self.decode_masks(image_embeddings[i], queries, resized_sizes[i].tolist(), original_sizes[i].tolist())
             results.append(LisaPrediction(token_ids=tokens, masks=list(logits > 0)))
         return results
-
-
-def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Next-token cross-entropy, mean over labelled tokens of the batch.
-
-    Args:
-        logits: (R, L, V); labels: (R, L) with `IGNORE_INDEX` where no loss is taken.
-    """
-    shifted_logits = logits[:, :-1].flatten(0, 1).float()
-    shifted_labels = labels[:, 1:].flatten().to(logits.device)
-    if (shifted_labels == IGNORE_INDEX).all():
-        return shifted_logits.sum() * 0.0  # keeps the graph connected for DeepSpeed
-    return F.cross_entropy(shifted_logits, shifted_labels, ignore_index=IGNORE_INDEX)

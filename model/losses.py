@@ -1,4 +1,4 @@
-"""LISA's mask losses (reference/lisa.md §2.8).
+"""LISA's mask losses: sigmoid cross-entropy and Dice, as the original's `model/LISA.py` computes them.
 
 The original computes, per image, the sum of per-mask losses divided by the image's mask count, multiplies
 that back by the count, sums over images and divides by the batch's mask count: a plain average over all
@@ -9,6 +9,7 @@ them; images of different sizes simply contribute their masks' values.
 import torch
 import torch.nn.functional as F
 
+IGNORE_LABEL = -100  # label of a token that takes no loss (prompt, image, padding), as in transformers
 DICE_SCALE = 1000.0
 DICE_EPS = 1e-6
 COUNT_EPS = 1e-8
@@ -44,3 +45,16 @@ def dice_per_mask(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 def mean_over_masks(per_mask: torch.Tensor) -> torch.Tensor:
     """Average over all masks of the batch; 0 (still in the graph) when there are none."""
     return per_mask.sum() / (per_mask.shape[0] + COUNT_EPS)
+
+
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy, mean over labelled tokens of the batch.
+
+    Args:
+        logits: (R, L, V); labels: (R, L) with `IGNORE_LABEL` where no loss is taken.
+    """
+    shifted_logits = logits[:, :-1].flatten(0, 1).float()
+    shifted_labels = labels[:, 1:].flatten().to(logits.device)
+    if (shifted_labels == IGNORE_LABEL).all():
+        return shifted_logits.sum() * 0.0  # keeps the graph connected for DeepSpeed
+    return F.cross_entropy(shifted_logits, shifted_labels, ignore_index=IGNORE_LABEL)

@@ -1,4 +1,4 @@
-"""Which parameters of LISA train, and how.
+"""Which parameters of LISA train, and how (as the original's `train_ds.py` sets them up).
 
 LISA's recipe: LoRA on the language model's attention projections, plus a few modules trained in full
 (`lm_head`, `embed_tokens` — they hold the new `[SEG]` row —, SAM's mask decoder and the `[SEG]` projection).
@@ -8,6 +8,7 @@ Everything else is frozen: the CLIP tower, the projector, SAM's image and prompt
 from __future__ import annotations
 
 import re
+import warnings
 
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
@@ -64,7 +65,11 @@ def setup_trainable(
     Returns:
         the PEFT model; its `get_base_model()` is `model`, modified in place.
     """
-    peft_model = get_peft_model(model, lora_config(lora_r, lora_alpha, lora_dropout, lora_target_modules))
+    with warnings.catch_warnings():
+        # peft reads transformers' deprecated alias `is_gradient_checkpointing`, which warns on every run; the alias
+        # still returns the right value (`is_activation_checkpointing`), so the warning asks nothing of this project.
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        peft_model = get_peft_model(model, lora_config(lora_r, lora_alpha, lora_dropout, lora_target_modules))
     # get_peft_model froze everything but the LoRA matrices; unfreeze the fully trained modules.
     for name, param in peft_model.named_parameters():
         if is_trained_in_full(name, train_sam_encoder):

@@ -1,6 +1,6 @@
-"""Pre- and post-processing shared by training, evaluation and chat.
+"""Turning images and conversations into model inputs, shared by training, evaluation and chat.
 
-Two image paths feed LISA (reference/lisa.md §2.6):
+Two image paths feed LISA, as in the original's data sets (`utils/*_dataset.py`) and `chat.py`:
   * the CLIP path, through the base model's own image processor (resize + centre crop + CLIP mean/std);
   * the SAM path: longest side resized to SAM's input size, SAM mean/std on the 0-255 scale, zero pad
     bottom/right to a square. The resized size is kept so predicted masks can be cropped back.
@@ -13,43 +13,23 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from transformers import AutoProcessor, LlavaProcessor
 
 from model.conversation import CHAT_TEMPLATES
+from model.losses import IGNORE_LABEL
 
 SAM_PIXEL_MEAN = (123.675, 116.28, 103.53)
 SAM_PIXEL_STD = (58.395, 57.12, 57.375)
-IGNORE_INDEX = -100
 SEG_TOKEN = "[SEG]"
 PROCESSOR_CONFIG_NAME = "lisa_processor.json"
-
-
-class ImageError(ValueError):
-    """An image file that is missing or cannot be decoded."""
-
-
-def load_image(path: str | os.PathLike) -> np.ndarray:
-    """Reads an image file as RGB.
-
-    Grayscale, palette and RGBA files are converted (alpha dropped) so both image paths see three channels.
-
-    Returns:
-        `np.ndarray` of shape (H, W, 3), dtype uint8.
-    """
-    try:
-        with Image.open(path) as image:
-            image.load()  # decode now, so a truncated file fails here and not later in a worker
-            return np.asarray(image.convert("RGB"))
-    except FileNotFoundError:
-        raise ImageError(f"{path}: image file not found") from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as error:
-        raise ImageError(f"{path}: cannot read image ({error})") from None
 
 
 def sam_resized_size(height: int, width: int, image_size: int) -> tuple[int, int]:
@@ -81,28 +61,56 @@ def preprocess_sam(image: np.ndarray, image_size: int) -> tuple[torch.Tensor, tu
     return pixels, (resized_h, resized_w)
 
 
-def postprocess_masks(
-    low_res_logits: torch.Tensor,
-    image_size: int,
-    resized_size: tuple[int, int],
-    original_size: tuple[int, int],
-) -> torch.Tensor:
-    """Mask logits of SAM's decoder back to the original image.
+@dataclass
+class LisaBatch(Mapping):
+    """R conversations about N images, as `LisaForCausalLM` takes them: `model(**batch)` for the training /
+    teacher-forced forward, `model.generate(**batch)` for prompts made with `add_generation_prompt`.
 
-    Args:
-        low_res_logits: (n, h, w) decoder logits (256 x 256 for the released SAM).
-        image_size: SAM's square input size.
-        resized_size: (h', w') of the image inside the padded SAM input.
-        original_size: (H, W) of the original image.
+    As a mapping it holds the model inputs that are set (labels and masks only when present); `sample_ids`
+    is an attribute only, for messages.
 
-    Returns:
-        (n, H, W) float32 logits; a pixel belongs to the mask where the logit is > 0.
+    input_ids, attention_mask: (R, L); labels: (R, L), `IGNORE_LABEL` where no loss is taken.
+    pixel_values: (N, 3, h, w) CLIP input; sam_pixel_values: (N, 3, S, S) SAM input.
+    image_index: (R,) the image of each row; resized_sizes, original_sizes: (N, 2) sizes inside SAM's input
+        and originally.
+    masks: per image, (n_i, H_i, W_i) bool ground truth, one per `[SEG]` of its rows in order.
     """
-    masks = low_res_logits.float().unsqueeze(1)
-    masks = F.interpolate(masks, (image_size, image_size), mode="bilinear", align_corners=False)
-    masks = masks[..., : resized_size[0], : resized_size[1]]
-    masks = F.interpolate(masks, tuple(original_size), mode="bilinear", align_corners=False)
-    return masks.squeeze(1)
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    pixel_values: torch.Tensor
+    sam_pixel_values: torch.Tensor
+    image_index: torch.Tensor
+    resized_sizes: torch.Tensor
+    original_sizes: torch.Tensor
+    labels: torch.Tensor | None = None
+    masks: list[torch.Tensor] | None = None
+    sample_ids: list[str] = field(default_factory=list)
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "LisaBatch":
+        """The batch on `device`; floating-point tensors (the images) also in `dtype`."""
+
+        def move(value: torch.Tensor) -> torch.Tensor:
+            return value.to(device, dtype=dtype if dtype is not None and value.is_floating_point() else None)
+
+        moved = {key: move(self[key]) for key in self if key != "masks"}
+        if self.masks is not None:
+            moved["masks"] = [move(m) for m in self.masks]
+        return replace(self, **moved)
+
+    def __getitem__(self, key: str):
+        if key not in self._model_inputs():
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._model_inputs())
+
+    def __len__(self) -> int:
+        return len(self._model_inputs())
+
+    def _model_inputs(self) -> list[str]:
+        return [f.name for f in fields(self) if f.name != "sample_ids" and getattr(self, f.name) is not None]
 
 
 class LisaProcessor:
@@ -175,7 +183,7 @@ class LisaProcessor:
 
         Returns:
             `input_ids` with each `<image>` expanded to `image_seq_length` image tokens, and `labels`: the
-            same ids on assistant answers and their end-of-turn token, `IGNORE_INDEX` everywhere else.
+            same ids on assistant answers and their end-of-turn token, `IGNORE_LABEL` everywhere else.
         """
         encoded = self.tokenizer.apply_chat_template(
             messages,
@@ -189,29 +197,74 @@ class LisaProcessor:
         for token, is_answer in zip(encoded["input_ids"], encoded["assistant_masks"]):
             if token == self.image_token_id:
                 input_ids += [token] * self.image_seq_length
-                labels += [IGNORE_INDEX] * self.image_seq_length
+                labels += [IGNORE_LABEL] * self.image_seq_length
             else:
                 input_ids.append(token)
-                labels.append(token if is_answer else IGNORE_INDEX)
+                labels.append(token if is_answer else IGNORE_LABEL)
         return input_ids, labels
 
     def decode_answer(self, token_ids: list[int] | torch.Tensor) -> str:
-        """Text of generated ids, cut at the end-of-turn token, keeping `[SEG]`."""
+        """Text of generated ids, cut at the end-of-turn token, keeping `[SEG]`.
+
+        Added tokens that strip the whitespace beside them when encoding (those of the released LISA tokenizers:
+        `[SEG]`, `<im_start>`, ...) are decoded as the original's tokenizer (transformers 4.31, slow) decoded them:
+        each such token and each text run between them decoded on its own, joined by single spaces ("Sure, [SEG] .").
+        One decode of all ids would glue them to the words before them ("Sure,[SEG] .").
+        """
         token_ids = [int(t) for t in token_ids]
         if self.tokenizer.eos_token_id in token_ids:
             token_ids = token_ids[: token_ids.index(self.tokenizer.eos_token_id)]
         token_ids = [t for t in token_ids if t != self.tokenizer.pad_token_id]
-        return self.tokenizer.decode(token_ids, skip_special_tokens=False).strip()
+        stripping = {i for i, token in self.tokenizer.added_tokens_decoder.items() if token.lstrip or token.rstrip}
+        pieces, run = [], []
+        for token_id in token_ids:
+            if token_id in stripping:
+                pieces += [self.tokenizer.decode(run, skip_special_tokens=False)] if run else []
+                pieces.append(self.tokenizer.convert_ids_to_tokens(token_id))
+                run = []
+            else:
+                run.append(token_id)
+        if run:
+            pieces.append(self.tokenizer.decode(run, skip_special_tokens=False))
+        return " ".join(pieces).strip()
 
     # ---------------------------------------------------------------------------------------------- images
     def preprocess_clip(self, image: np.ndarray) -> torch.Tensor:
         """(H, W, 3) uint8 -> (3, h, w) float32 CLIP pixel values."""
-        return self.image_processor(images=image, return_tensors="pt")["pixel_values"][0]
+        # The layout is given: on an image a few pixels high, transformers cannot tell (H, W, 3) from (3, H, W) and
+        # guesses the latter (with a warning), which gives wrong pixel values.
+        return self.image_processor(images=image, return_tensors="pt", input_data_format="channels_last")["pixel_values"][0]
 
     def preprocess_sam(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
         return preprocess_sam(image, self.sam_image_size)
 
     # ----------------------------------------------------------------------------------------------- batch
+    def __call__(
+        self,
+        images: list[np.ndarray],
+        conversations: list[list[list[dict[str, str]]]],
+        masks: list[np.ndarray] | None = None,
+        sample_ids: list[str] | None = None,
+        add_generation_prompt: bool = False,
+    ) -> LisaBatch:
+        """Model inputs for N images and the conversations about each.
+
+        Args:
+            images: N (H_i, W_i, 3) uint8 RGB.
+            conversations: per image, its chat message lists (see `process_sample`).
+            masks: per image, (n_i, H_i, W_i) bool ground truth, one per `[SEG]`; None at inference.
+            sample_ids: per image, a name for error messages.
+            add_generation_prompt: prompts for generation: each conversation ends with the assistant prefix, rows
+                are left-padded and carry no labels. Otherwise whole conversations, right-padded, with labels.
+        """
+        sample_ids = sample_ids if sample_ids is not None else [""] * len(images)
+        masks = masks if masks is not None else [None] * len(images)
+        items = [
+            self.process_sample(image, convs, image_masks, sample_id, add_generation_prompt)
+            for image, convs, image_masks, sample_id in zip(images, conversations, masks, sample_ids, strict=True)
+        ]
+        return self.collate(items, padding_side="left" if add_generation_prompt else "right")
+
     def process_sample(
         self,
         image: np.ndarray,
@@ -228,15 +281,22 @@ class LisaProcessor:
             masks: (n, H, W) bool, one per `[SEG]` in the conversations, in order; None when there is no ground
                 truth (inference). A training sample without targets (VQA) passes an empty (0, H, W) array.
             sample_id: a name for error messages (usually the image path).
+            add_generation_prompt: end each conversation with the assistant prefix; the item then has no labels.
 
         Returns:
             an item for `collate`.
         """
         height, width = image.shape[:2]
-        if masks is not None and masks.shape[1:] != (height, width):
-            raise ValueError(f"{sample_id}: masks of shape {masks.shape} for an image of size {(height, width)}")
-        sam_pixel_values, resized_size = self.preprocess_sam(image)
         encoded = [self.encode_conversation(c, add_generation_prompt) for c in conversations]
+        if masks is not None:
+            if masks.shape[1:] != (height, width):
+                raise ValueError(f"{sample_id}: masks of shape {masks.shape} for an image of size {(height, width)}")
+            seg_count = sum(ids.count(self.seg_token_id) for ids, _ in encoded)
+            if seg_count != len(masks):
+                raise ValueError(
+                    f"{sample_id}: {seg_count} {self.seg_token} tokens in its conversations but {len(masks)} ground-truth masks"
+                )
+        sam_pixel_values, resized_size = self.preprocess_sam(image)
         return {
             "sample_id": sample_id,
             "pixel_values": self.preprocess_clip(image),
@@ -244,38 +304,42 @@ class LisaProcessor:
             "resized_size": resized_size,
             "original_size": (height, width),
             "input_ids": [ids for ids, _ in encoded],
-            "labels": [labels for _, labels in encoded],
+            "labels": None if add_generation_prompt else [labels for _, labels in encoded],
             "masks": None if masks is None else torch.from_numpy(np.ascontiguousarray(masks, dtype=bool)),
         }
 
-    def collate(self, items: list[dict[str, Any]], padding_side: str = "right") -> dict[str, Any]:
-        """Batches `process_sample` items; the keys are `LisaForCausalLM.forward`'s arguments.
+    def collate(self, items: list[dict[str, Any]], padding_side: str = "right") -> LisaBatch:
+        """Batches `process_sample` items.
 
         Rows are the conversations of all items, item by item; `image_index[r]` is the item of row r.
-        Use left padding for generation, right padding for training. `masks` is None when no item has any.
+        Use left padding for generation, right padding for training. `masks` is None when no item has any, and
+        `labels` when the items are generation prompts.
         """
-        if any(item["masks"] is None for item in items) and not all(item["masks"] is None for item in items):
-            raise ValueError("a batch mixes samples with and without ground-truth masks: " + ", ".join(i["sample_id"] for i in items))
-        rows = [(ids, labels, i) for i, item in enumerate(items) for ids, labels in zip(item["input_ids"], item["labels"])]
-        length = max(len(ids) for ids, _, _ in rows)
-        pad_id = self.tokenizer.pad_token_id
-        input_ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
-        labels = torch.full((len(rows), length), IGNORE_INDEX, dtype=torch.long)
+        for key in ("masks", "labels"):
+            if len({item[key] is None for item in items}) > 1:
+                names = ", ".join(item["sample_id"] for item in items)
+                raise ValueError(f"a batch mixes samples with and without {key}: {names}")
+        rows = [(ids, i) for i, item in enumerate(items) for ids in item["input_ids"]]
+        row_labels = None if items[0]["labels"] is None else [labels for item in items for labels in item["labels"]]
+        length = max(len(ids) for ids, _ in rows)
+        input_ids = torch.full((len(rows), length), self.tokenizer.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(rows), length), IGNORE_LABEL, dtype=torch.long)
         attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
-        for r, (ids, row_labels, _) in enumerate(rows):
+        for r, (ids, _) in enumerate(rows):
             span = slice(length - len(ids), length) if padding_side == "left" else slice(0, len(ids))
             input_ids[r, span] = torch.tensor(ids)
-            labels[r, span] = torch.tensor(row_labels)
             attention_mask[r, span] = 1
-        return {
-            "input_ids": input_ids,
-            "attention_mask": attention_mask,
-            "labels": labels,
-            "pixel_values": torch.stack([item["pixel_values"] for item in items]),
-            "sam_pixel_values": torch.stack([item["sam_pixel_values"] for item in items]),
-            "image_index": torch.tensor([i for _, _, i in rows], dtype=torch.long),
-            "resized_sizes": torch.tensor([item["resized_size"] for item in items], dtype=torch.long),
-            "original_sizes": torch.tensor([item["original_size"] for item in items], dtype=torch.long),
-            "masks": None if items[0]["masks"] is None else [item["masks"] for item in items],
-            "sample_ids": [item["sample_id"] for item in items],
-        }
+            if row_labels is not None:
+                labels[r, span] = torch.tensor(row_labels[r])
+        return LisaBatch(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            pixel_values=torch.stack([item["pixel_values"] for item in items]),
+            sam_pixel_values=torch.stack([item["sam_pixel_values"] for item in items]),
+            image_index=torch.tensor([i for _, i in rows], dtype=torch.long),
+            resized_sizes=torch.tensor([item["resized_size"] for item in items], dtype=torch.long),
+            original_sizes=torch.tensor([item["original_size"] for item in items], dtype=torch.long),
+            labels=None if row_labels is None else labels,
+            masks=None if items[0]["masks"] is None else [item["masks"] for item in items],
+            sample_ids=[item["sample_id"] for item in items],
+        )

@@ -33,6 +33,7 @@ from transformers import (
 
 from model.loading import build_lisa_from_llava, save_lisa
 from model.conversation import CHAT_TEMPLATES, LLAMA_2_SYSTEM, LLAVA_V1_SYSTEM
+from utils.cli import HelpFormatter
 
 CLIP_IMAGE_SIZE = 32
 CLIP_PATCH_SIZE = 8
@@ -147,7 +148,7 @@ def write_tiny(out: str, seed: int = 0) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--out", required=True, help="folder to write llava/, sam/ and lisa/ into")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     args = parser.parse_args()

@@ -104,6 +104,21 @@ def test_interactive(seg_model_dir, files, capsys, monkeypatch):
     assert not (files["out"] / "second_mask_2.png").exists()
 
 
+def test_images_of_one_name_keep_their_own_masks(seg_model_dir, files, tmp_path, capsys, monkeypatch):
+    """Two different images called photo.* in one session: the second one's files are photo_2_*; the first image,
+    given again, keeps its name."""
+    other = tmp_path / "elsewhere" / "photo.png"
+    other.parent.mkdir()
+    Image.fromarray(np.random.default_rng(2).integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(other)
+    lines = ["what is it?", files["image"], "and this?", str(other), "again?", files["image"]]
+    monkeypatch.setattr(sys, "stdin", io.StringIO("\n".join(lines) + "\n"))
+    chat.main(args(seg_model_dir, files))
+    assert capsys.readouterr().out.count("Answer: ") == 3
+    check_pngs(files["out"], "photo", [0, 1], IMAGE_SIZE)
+    check_pngs(files["out"], "photo_2", [0, 1], (20, 24))
+    assert not (files["out"] / "photo_3_mask_0.png").exists()
+
+
 def test_exit_quits(seg_model_dir, files, monkeypatch, capsys):
     monkeypatch.setattr(sys, "stdin", io.StringIO(f"what?\n{files['image']}\nexit\nnever asked\n"))
     chat.main(args(seg_model_dir, files))

@@ -1,6 +1,6 @@
 """Tests of model/convert_lisa.py: released LISA v1 checkpoints run here exactly as in the original.
 
-Tiny checkpoints are written in the released layouts (lisa.md §2, §5.1, §7.4) — the 7B one (`<im_patch>`,
+Tiny checkpoints are written in the released layouts — the 7B one (`<im_patch>`,
 `<im_start>`, `<im_end>`, `[SEG]` after the base vocabulary) and the 13B one (`[SEG]`, `<im_start>`, `<im_end>`)
 — with a sentencepiece `tokenizer.model`, bf16 LLM, fp32 SAM (segment-anything's own modules, random weights),
 two `.bin` shards and an index that also lists `rotary_emb.inv_freq`, and a separate CLIP folder. A reference
@@ -30,7 +30,7 @@ from model.loading import dequantize, load_lisa
 from model.conversation import LLAVA_V1_SYSTEM
 from model.convert_lisa import CONV_TYPE, NotReleasedLisaError, convert_lisa, main
 from model.inference import answer
-from model.processing import IGNORE_INDEX
+from model.losses import IGNORE_LABEL
 from tests.sam_reference import build_original_sam
 
 IMAGE_PLACEHOLDER = -200  # the original's IMAGE_TOKEN_INDEX
@@ -45,7 +45,7 @@ CORPUS = [
     "Sure, it is the one on the left. There is no such object in the image.",
 ]
 LAYOUTS = {
-    # name: added tokens in id order after the base vocabulary (lisa.md §2.3)
+    # name: added tokens in id order after the base vocabulary (the released added_tokens.json)
     "7b": ("<im_patch>", "<im_start>", "<im_end>", "[SEG]"),
     "13b": ("[SEG]", "<im_start>", "<im_end>"),
 }
@@ -172,7 +172,7 @@ class OriginalLisa:
         self.sam = sam
 
     def tokenize(self, prompt: str) -> list[int]:
-        """`tokenizer_image_token` with the slow legacy tokenizer (lisa.md §3.7, §5.1): split at `<image>`, each
+        """`tokenizer_image_token` with the slow legacy tokenizer (the original's `mm_utils.py`): split at `<image>`, each
         chunk tokenized alone (added tokens strip the whitespace beside them, every text run gets sentencepiece's
         dummy prefix), one BOS kept, `<image>` -> -200."""
         prompt = prompt.replace("<image>", "<im_start><image><im_end>")
@@ -193,6 +193,20 @@ class OriginalLisa:
                 if part:
                     ids += self.sp.encode(part)
         return ids
+
+    def decode(self, ids: list[int]) -> str:
+        """The original's decode (transformers 4.31 slow tokenizer, special tokens kept): every added token and every
+        run of ids between them decoded on its own (sentencepiece drops a run's leading "▁"), joined by spaces."""
+        added_ids = {token_id: token for token, token_id in self.added.items()}
+        pieces, run = [], []
+        for token_id in ids:
+            if token_id in added_ids:
+                pieces += [self.sp.decode(run)] if run else []
+                pieces.append(added_ids[token_id])
+                run = []
+            else:
+                run.append(token_id)
+        return " ".join(pieces + ([self.sp.decode(run)] if run else []))
 
     @torch.no_grad()
     def forward(self, ids: list[int], clip_pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -308,7 +322,7 @@ def test_token_ids_of_the_original(released):
             # Labels: exactly the answer and its </s>, i.e. everything after the original's generation prompt.
             prompt = reference.tokenize(f"{system}USER: {QUESTION} ASSISTANT:")
             start = len(prompt) - 1 + 16
-            assert labels[:start] == [IGNORE_INDEX] * start, name
+            assert labels[:start] == [IGNORE_LABEL] * start, name
             assert labels[start:] == ids[start:] and ids[-1] == tokenizer.eos_token_id, name
 
 
@@ -341,6 +355,17 @@ def test_generation_matches_the_original(released):
     clip_pixels = processor.preprocess_clip(image(1))
     prompt = reference.tokenize(f"{LLAVA_V1_SYSTEM} USER: {QUESTION} ASSISTANT:")
     assert reply.token_ids == reference.generate(prompt, clip_pixels, max_new_tokens=8)
+
+
+@pytest.mark.parametrize(
+    "answer_text, shown",
+    [("Sure, [SEG].", "Sure, [SEG] ."), ("It is [SEG] and [SEG].", "It is [SEG] and [SEG] ."), ("[SEG].", "[SEG] ."),
+     ("Sure, it is [SEG][SEG], 2 of them.", "Sure, it is [SEG] [SEG] , 2 of them.")],
+)
+def test_decoded_answers_read_as_the_original_printed_them(released, answer_text, shown):
+    processor, reference = released["processor"], released["reference"]
+    ids = reference.tokenize(answer_text)[1:]  # the ids the original model generates for this answer, without <s>
+    assert processor.decode_answer(ids + [processor.tokenizer.eos_token_id]) == reference.decode(ids) == shown
 
 
 def test_default_load_and_fine_tuning_start(released):
@@ -436,7 +461,7 @@ def test_quantised_language_model_answers_as_the_original(released):
     model, processor = released["model"], released["processor"]
     batch = processor.collate([processor.process_sample(image(), [conversation()], np.zeros((2, 40, 52), dtype=bool))])
     inputs = {k: v for k, v in batch.items() if k not in ("labels", "masks")}
-    answer_positions = batch["labels"][0] != IGNORE_INDEX
+    answer_positions = batch["labels"][0] != IGNORE_LABEL
 
     def run(m):
         with torch.no_grad():

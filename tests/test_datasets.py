@@ -390,7 +390,7 @@ def test_vqa_bad_turns(tmp_path):
 # ------------------------------------------------------------------------------------------------ hybrid
 def test_sample_rates_within_tolerance(toy):
     data = HybridDataset(toy[0], samples_per_epoch=20000, seed=7)
-    counts = np.bincount([data.family_of(i) for i in range(len(data))], minlength=4)
+    counts = np.bincount([data.draw_family(i)[0] for i in range(len(data))], minlength=4)
     p = np.array([9, 3, 3, 1]) / 16
     # Each count is binomial(n, p): 5 standard deviations make a false failure ~1e-6 likely.
     np.testing.assert_array_less(np.abs(counts - len(data) * p), 5 * np.sqrt(len(data) * p * (1 - p)))
@@ -403,7 +403,7 @@ def test_hybrid_items_follow_their_family_and_are_reproducible(toy):
     again = HybridDataset(root, samples_per_epoch=200, seed=3)
     for index in range(0, 200, 5):
         sample = data[index]
-        family = data.family_names[data.family_of(index)]
+        family = data.family_names[data.draw_family(index)[0]]
         assert sample.sample_id.split("/")[0] in families[family]
         twin = again[index]
         assert twin.sample_id == sample.sample_id and twin.conversations == sample.conversations
@@ -452,11 +452,26 @@ def test_invalid_and_empty_reason_seg_json(corpus_copy):
     with pytest.raises(SampleError, match="invalid JSON") as error:
         data[0]
     assert error.value.path == json_path
+
+
+@pytest.mark.parametrize("shapes", [[], [{"label": "ignore", "points": [[0, 0], [20, 0], [20, 20]]}]], ids=["no_shapes", "all_ignored"])
+def test_reason_seg_without_target_pixels(corpus_copy, shapes):
+    """Validation scores an empty target (as the original); training skips it, naming the file."""
+    data = build_val_dataset(corpus_copy, "ReasonSeg|val")
     json_path = data.images[1][:-4] + ".json"
     with open(json_path, "w") as f:
-        json.dump({"text": ["x"], "is_sentence": False, "shapes": []}, f)
-    with pytest.raises(SampleError, match="no shapes"):
-        data[1]
+        json.dump({"text": ["x"], "is_sentence": False, "shapes": shapes}, f)
+    sample = data[1]
+    assert not (sample.gt == 1).any() and not sample.masks.any() and sample.conversations[0][1]["content"] == "[SEG]."
+    assert (sample.gt == 255).any() == bool(shapes)
+    train_dir = os.path.join(corpus_copy, "reason_seg", "ReasonSeg", "train")
+    for name in os.listdir(train_dir):  # every training image loses its target
+        if name.endswith(".json"):
+            shutil.copy(json_path, os.path.join(train_dir, name))
+    train = ReasonSegDataset(corpus_copy, explanatory=-1)
+    with pytest.raises(SampleError, match="nothing to train the mask on") as error:
+        train.sample(sample_rng(0))
+    assert error.value.path.startswith(train_dir)
 
 
 def test_grayscale_and_rgba_images_are_read_as_rgb(corpus_copy, toy):
@@ -550,7 +565,8 @@ def labelled_spans(labels: torch.Tensor) -> list[list[int]]:
 def test_collated_labels_are_exactly_the_answers(toy, processor):
     samples = [HybridDataset(toy[0], samples_per_epoch=64, seed=11)[i] for i in range(64)]
     samples += [build_val_dataset(toy[0], "ReasonSeg|val")[0], build_val_dataset(toy[0], "grefcoco|unc|val")[0]]
-    batch = LisaCollator(processor)(samples)
+    batch, skipped = LisaCollator(processor)(samples)
+    assert skipped == []
     rows = [c for s in samples for c in s.conversations]
     assert batch["input_ids"].shape[0] == len(rows)
     assert batch["image_index"].tolist() == [i for i, s in enumerate(samples) for _ in s.conversations]
@@ -561,18 +577,18 @@ def test_collated_labels_are_exactly_the_answers(toy, processor):
     for s, masks in zip(samples, batch["masks"]):
         np.testing.assert_array_equal(masks.numpy(), s.masks)
         assert masks.shape[0] == sum(a.count("[SEG]") for c in s.conversations for a in answers_of(c))
-    assert batch["sample_ids"] == [s.sample_id for s in samples]
+    assert batch.sample_ids == [s.sample_id for s in samples]
 
 
 def test_collator_with_workers_and_distributed_sampler(toy, processor):
     data = HybridDataset(toy[0], samples_per_epoch=16, seed=5)
-    collator = LisaCollator(processor, keep=("skipped",))
+    collator = LisaCollator(processor)
     pickle.loads(pickle.dumps(collator))
     sampler = torch.utils.data.distributed.DistributedSampler(data, num_replicas=2, rank=1, shuffle=True, seed=0)
     ids = []
     for workers in (0, 2):
         loader = torch.utils.data.DataLoader(data, batch_size=2, sampler=sampler, collate_fn=collator, num_workers=workers)
         batches = list(loader)
-        assert len(batches) == 4 and all(b["skipped"] == [[], []] for b in batches)
-        ids.append([i for b in batches for i in b["sample_ids"]])
+        assert len(batches) == 4 and all(skipped == [] for _, skipped in batches)
+        ids.append([i for batch, _ in batches for i in batch.sample_ids])
     assert ids[0] == ids[1] == [data[i].sample_id for i in sampler]

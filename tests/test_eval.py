@@ -16,7 +16,7 @@ from model.evaluation import evaluate
 from model.inference import answer
 from model.loading import load_for_inference
 from tests.lisa_fixtures import reason_seg_items, write_reason_seg, write_seg_emitter
-from utils.evaluation import PredictionFiles, run_evaluation
+from utils.scoring import PredictionFiles, run_evaluation
 
 GOOD = 6
 SCHEMA = {"giou", "ciou", "n", "short", "long", "per_sample"}
@@ -24,14 +24,14 @@ SCHEMA = {"giou", "ciou", "n", "short", "long", "per_sample"}
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    """ReasonSeg val with GOOD readable samples and three bad ones (undecodable image, invalid JSON, no shapes)."""
+    """ReasonSeg val with GOOD readable samples and three bad ones (undecodable image, invalid JSON, a one-point polygon)."""
     root = str(tmp_path_factory.mktemp("data"))
     write_reason_seg(root, "val", reason_seg_items(GOOD))
     folder = os.path.join(root, "reason_seg", "ReasonSeg", "val")
     bad = reason_seg_items(3, seed=1)
-    for item, name in zip(bad, ["bad_image", "bad_json", "no_shapes"]):
+    for item, name in zip(bad, ["bad_image", "bad_json", "bad_polygon"]):
         item["name"] = name
-    bad[2]["shapes"] = []
+    bad[2]["shapes"] = [("target", [[1, 1]])]
     write_reason_seg(root, "val", bad)
     with open(os.path.join(folder, "bad_image.jpg"), "w") as f:
         f.write("not a jpeg")
@@ -82,7 +82,7 @@ def test_unreadable_samples_are_named_and_counted(seg_model, data_dir, caplog):
     with caplog.at_level(logging.WARNING):
         report = evaluate(*seg_model, dataset, mode="teacher", batch_size=3, progress=False)
     assert len(report.skipped) == 3 and report.summary["n"] == GOOD
-    for name in ["bad_image.jpg", "bad_json.json", "no_shapes.json"]:
+    for name in ["bad_image.jpg", "bad_json.json", "bad_polygon.json"]:
         assert any(name in s for s in report.skipped)
         assert name in caplog.text
 
@@ -94,7 +94,7 @@ def test_all_texts(seg_model, data_dir):
     assert {"img000#0", "img000#1"} <= set(report.summary["per_sample"])
 
 
-def test_pred_dir(data_dir, tmp_path, caplog):
+def test_pred_dir(data_dir, tmp_path, caplog, capsys):
     """Saved masks: a perfect one, a half one (RGB), a wrongly sized one, and missing files."""
     dataset = build_val_dataset(data_dir, "ReasonSeg|val")
     gts = {os.path.basename(p)[:-4]: dataset[i].gt[0] for i, p in enumerate(dataset.images) if "img" in p}
@@ -109,7 +109,8 @@ def test_pred_dir(data_dir, tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         eval_reasonseg.main(["--pred_dir", str(pred_dir), "--dataset_dir", data_dir, "--workers", "0", "--output", str(output)])
     summary = json.loads(output.read_text())
-    assert set(summary) == SCHEMA
+    assert set(summary) == SCHEMA | {"skipped", "prediction_problems"}
+    assert len(summary["skipped"]) == 3 and len(summary["prediction_problems"]) == GOOD - 2
     per_sample = summary["per_sample"]
     target = (gts["img000"] == 1).sum()
     assert per_sample["img000"] == target / (target + 1e-5)
@@ -117,6 +118,8 @@ def test_pred_dir(data_dir, tmp_path, caplog):
     assert per_sample["img001"] == pytest.approx(expected_half)
     assert per_sample["img002"] == per_sample["img003"] == 0.0
     assert "img002.png: prediction of size (3, 3)" in caplog.text and "img003.png: missing prediction file" in caplog.text
+    printed = capsys.readouterr().out  # each file named in the run's summary too, not only a count
+    assert f"{pred_dir}/img002.png: prediction of size (3, 3)" in printed and f"{pred_dir}/img003.png: missing" in printed
     assert summary["n"] == GOOD and 0.0 <= summary["giou"] <= 1.0 and 0.0 <= summary["ciou"] <= 1.0
     # The prediction files' problems are kept for the caller.
     files = PredictionFiles(str(pred_dir))
@@ -131,10 +134,11 @@ def test_cli_model_run(seg_model, tiny_dir, data_dir, tmp_path, capsys):
         "--batch_size", "2", "--workers", "0", "--output", str(output),
     ])
     printed = capsys.readouterr().out
-    assert "3 unreadable sample(s) skipped" in printed and "gIoU" in printed and "overall" in printed
+    assert "3 unusable sample(s) skipped" in printed and "gIoU" in printed and "overall" in printed
     summary = json.loads(output.read_text())
     reference = evaluate(*seg_model, build_val_dataset(data_dir, "ReasonSeg|val"), mode="teacher", progress=False)
-    assert summary == json.loads(json.dumps(reference.summary))
+    assert summary == json.loads(json.dumps({**reference.summary, "skipped": reference.skipped, "prediction_problems": []}))
+    assert any("bad_polygon.json: degenerate polygon" in s for s in summary["skipped"])
 
 
 def test_cli_needs_a_model_or_predictions(data_dir):
@@ -193,3 +197,60 @@ def test_two_processes_equal_one(tiny_dir, seg_model, data_dir, tmp_path):
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     assert json.loads((tmp_path / "one.json").read_text()) == json.loads((tmp_path / "two.json").read_text())
+
+
+def test_a_missing_model_or_prediction_folder_is_refused_at_once(tmp_path, capsys):
+    for flag in ("--version", "--pred_dir"):
+        with pytest.raises(SystemExit):
+            eval_reasonseg.parse_args([flag, str(tmp_path / "missing")])
+        assert f"{flag} {tmp_path / 'missing'}: no such file or folder" in capsys.readouterr().err
+
+
+def rect(x0, y0, x1, y1):
+    """A rectangle polygon; ReasonSeg's rasterization (outline + fill) paints [x0, x1] x [y0, y1] inclusive."""
+    return [[x0, y0], [x1, y0], [x1, y1], [x0, y1]]
+
+
+def test_empty_targets_are_scored_as_the_original(tmp_path):
+    """Samples whose shapes are all "ignore"/"flag", or none, have an empty target: the original scores them (IoU 1
+    when the prediction is empty outside the ignored pixels, else 0) and counts them in gIoU, cIoU and n."""
+    h, w = 30, 40
+    shapes = {
+        "target": [("target", rect(5, 5, 20, 15)), ("ignore", rect(25, 0, 39, 9))],
+        "ignored": [("ignore", rect(2, 2, 12, 12)), ("flag", rect(0, 0, 39, 29))],
+        "no_shapes": [],
+        "ignored_missed": [("Ignore_occluded", rect(0, 20, 9, 29))],
+    }
+    items = [{"name": name, "size": (h, w), "texts": ["the thing"], "is_sentence": False, "shapes": s, "seed": i}
+             for i, (name, s) in enumerate(shapes.items())]
+    root = write_reason_seg(str(tmp_path / "data"), "val", items)
+    # Independent ground truth: 1 target, 255 ignored, by numpy slicing.
+    gts = {name: np.zeros((h, w), np.uint8) for name in shapes}
+    gts["target"][5:16, 5:21] = 1
+    gts["target"][0:10, 25:40] = 255
+    gts["ignored"][2:13, 2:13] = 255
+    gts["ignored_missed"][20:30, 0:10] = 255
+    preds = {name: np.zeros((h, w), bool) for name in shapes}
+    preds["target"][8:20, 10:30] = True
+    preds["ignored"][3:10, 3:10] = True  # only inside the ignored region: free, still an "empty" prediction
+    preds["ignored_missed"][0:5, 30:40] = True  # outside: a mask where there is nothing
+    pred_dir = tmp_path / "pred"
+    pred_dir.mkdir()
+    for name, pred in preds.items():
+        Image.fromarray(pred.astype(np.uint8) * 255).save(pred_dir / f"{name}.png")
+
+    inters, unions, ious = [], [], []
+    for name in shapes:
+        pred = preds[name] & (gts[name] != 255)
+        target = gts[name] == 1
+        inter = int((pred & target).sum())
+        union = int(pred.sum() + target.sum()) - inter
+        inters.append(inter), unions.append(union), ious.append(inter / (union + 1e-5) + (union == 0))
+    output = tmp_path / "out.json"
+    eval_reasonseg.main(["--pred_dir", str(pred_dir), "--dataset_dir", root, "--workers", "0", "--output", str(output)])
+    result = json.loads(output.read_text())
+    assert result["n"] == 4 and result["skipped"] == []
+    assert result["per_sample"] == pytest.approx(dict(zip(shapes, ious)))
+    assert ious[1:] == [1.0, 1.0, 0.0]
+    assert result["giou"] == pytest.approx(np.mean(ious)) and result["ciou"] == pytest.approx(sum(inters) / sum(unions))
+    assert result["n_no_target"] == 3 and result["no_target_acc"] == pytest.approx(2 / 3)

@@ -6,7 +6,7 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from model.loading import add_seg_token, load_lisa, save_lisa
-from model.inference import GENERATE_INPUTS, answer
+from model.inference import answer
 from model.losses import dice_per_mask, mean_over_masks, sigmoid_ce_per_mask
 
 QUESTION = "<image>\nWhat is the red circle in this image? Please output segmentation mask."
@@ -77,10 +77,9 @@ def test_forward_shapes_and_losses(lisa):
 
 
 def test_mask_count_mismatch_names_the_sample(lisa):
-    model, processor = lisa
-    item = processor.process_sample(random_image(0), [[user(), assistant("[SEG] and [SEG].")]], random_masks(0, 1), "img_007.jpg")
+    _, processor = lisa
     with pytest.raises(ValueError, match="img_007.jpg: 2 \\[SEG\\] tokens .* but 1 ground-truth"):
-        model(**processor.collate([item]))
+        processor([random_image(0)], [[[user(), assistant("[SEG] and [SEG].")]]], [random_masks(0, 1)], ["img_007.jpg"])
 
 
 def test_vqa_batch_adds_only_ce(lisa):
@@ -155,9 +154,7 @@ def test_seg_token_must_encode_to_one_id(tiny_dir):
 
 
 def generate_inputs(processor, images, prompts):
-    items = [processor.process_sample(img, [[user(p)]], None, add_generation_prompt=True) for img, p in zip(images, prompts)]
-    batch = processor.collate(items, padding_side="left")
-    return {k: batch[k] for k in GENERATE_INPUTS}
+    return processor(images, [[[user(p)]] for p in prompts], add_generation_prompt=True)
 
 
 def test_cached_generation_equals_uncached_recomputation(lisa):
@@ -186,6 +183,25 @@ def test_cached_generation_equals_uncached_recomputation(lisa):
     for mask, logits in zip(cached.masks, recomputed):
         # Equal wherever the logit is not within float noise of the threshold.
         assert torch.equal(mask[logits.abs() > 1e-4], (logits > 0)[logits.abs() > 1e-4])
+
+
+def test_prompts_beyond_the_context_are_refused_and_answers_capped_visibly(lisa, monkeypatch, caplog):
+    model, processor = lisa
+    inputs = generate_inputs(processor, [random_image(4)], [QUESTION])
+    prompt_length = inputs["input_ids"].shape[1]
+    text_config = model.config.llava_config.text_config
+    monkeypatch.setattr(text_config, "max_position_embeddings", prompt_length + 3)
+    with caplog.at_level("WARNING", logger="model.lisa"):
+        prediction = model.generate(**inputs, max_new_tokens=20, min_new_tokens=20)[0]
+    assert len(prediction.token_ids) == 3
+    assert f"answers limited to 3 new tokens: the prompt takes {prompt_length} of the model's {prompt_length + 3}" in caplog.text
+
+    monkeypatch.setattr(text_config, "max_position_embeddings", prompt_length - 1)
+    with pytest.raises(ValueError, match=f"a prompt of {prompt_length} tokens .* does not fit the model's context"):
+        model.generate(**inputs)
+    batch = processor([random_image(4)], [[[user(), assistant("It is [SEG].")]]])
+    with pytest.raises(ValueError, match="longer than the model's context"):
+        model(**batch)
 
 
 def test_batched_generation_equals_one_at_a_time(lisa):
@@ -347,3 +363,21 @@ def test_projection_width_comes_from_sam(tiny_dir):
     assert model.text_hidden_fcs[2].out_features == 64
     with pytest.raises(ValueError, match="out_dim 256 must equal the prompt width 64"):
         build_lisa_from_llava(str(tiny_dir / "llava"), str(tiny_dir / "sam"), out_dim=256)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (1, 5), (4, 4)])
+def test_clip_input_of_an_image_a_few_pixels_high(lisa, size):
+    """A one-colour image gives the same CLIP input at any size: its (H, W, 3) layout is not mistaken for (3, H, W)."""
+    _, processor = lisa
+    colour = np.array([200, 30, 90], np.uint8)
+    tiny = processor.preprocess_clip(np.broadcast_to(colour, (*size, 3)).copy())
+    large = processor.preprocess_clip(np.broadcast_to(colour, (64, 64, 3)).copy())
+    torch.testing.assert_close(tiny, large)
+
+
+def test_decoded_answer_is_the_answer_text(lisa):
+    """With this project's tokenizers ([SEG] keeps the spaces beside it) an answer decodes to its own text."""
+    _, processor = lisa
+    text = "Sure, it is [SEG]. And [SEG] , [SEG][SEG] too."
+    ids = processor.tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert processor.decode_answer(ids + [processor.tokenizer.eos_token_id]) == text

@@ -91,7 +91,7 @@ def test_a_quantised_folder_cannot_be_merged(tiny_dir, tmp_path):
         merge_lora_weights.main(["--weight", str(tmp_path / "q4"), "--save_path", str(tmp_path / "out"),
                                  "--version", str(tiny_dir / "lisa")])
     with pytest.raises(SystemExit, match="base .* was saved quantised"):
-        merge_lora_weights.main(["--weight", str(tmp_path / "nowhere"), "--save_path", str(tmp_path / "out"),
+        merge_lora_weights.main(["--weight", str(tiny_dir / "lisa"), "--save_path", str(tmp_path / "out"),
                                  "--version", str(tmp_path / "q4")])
     assert not (tmp_path / "out").exists()
 

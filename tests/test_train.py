@@ -21,8 +21,10 @@ import torch
 
 from model.loading import load_for_training, load_lisa
 from model.peft_setup import FULLY_TRAINED, lora_target_regex, setup_trainable
+from model.processing import LisaBatch
 from train_ds import parse_args
 from utils.checkpoint import LATEST, read_pointer, save_checkpoint, step_tag
+from utils.run_folder import lock_run_folder
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
@@ -60,9 +62,10 @@ def env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO}
 
 
-def run(command: list[str]) -> str:
+def run(command: list[str], succeed: bool = True) -> str:
+    """The command's output; it must exit 0 (`succeed`) or fail."""
     result = subprocess.run(command, cwd=REPO, env=env(), capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert (result.returncode == 0) == succeed, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout + result.stderr
 
 
@@ -72,7 +75,7 @@ def final_weights(ckpt_dir) -> dict[str, torch.Tensor]:
     return get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=read_pointer(str(ckpt_dir), LATEST))
 
 
-def toy_batch(processor, seed: int = 0) -> dict:
+def toy_batch(processor, seed: int = 0) -> LisaBatch:
     """Two images, three conversations, three [SEG] with random target masks."""
     rng = np.random.default_rng(seed)
     items = []
@@ -165,6 +168,36 @@ def test_a_save_killed_midway_leaves_the_previous_checkpoint(tmp_path):
     assert sorted(n for n in os.listdir(tmp_path) if n.startswith("global_step")) == [step_tag(30)]
 
 
+def test_a_save_that_cannot_write_says_so_and_keeps_the_previous_checkpoint(tmp_path):
+    class FullDisk(FakeEngine):
+        def save_checkpoint(self, save_dir, tag, client_state, save_latest):
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file")
+
+    save_checkpoint(FakeEngine(), str(tmp_path), 10, {})
+    with pytest.raises(RuntimeError, match=r"could not write checkpoint .*global_step20: disk full\?.*global_step10 is intact"):
+        save_checkpoint(FullDisk(), str(tmp_path), 20, {})
+    assert read_pointer(str(tmp_path)) == step_tag(10)
+
+
+# ------------------------------------------------------------------------------------------- bad arguments
+@pytest.mark.parametrize("flag", ["--batch_size", "--grad_accumulation_steps", "--steps_per_epoch", "--epochs"])
+def test_non_positive_counts_are_refused_by_the_parser(flag, capsys):
+    with pytest.raises(SystemExit):
+        parse_args([flag, "0"])
+    assert f"argument {flag}: must be a positive integer, not 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("version", ["/nonexistent/llava", "./nonexistent-llava", "nonexistent-llava", "tests/nonexistent"])
+def test_a_missing_version_folder_is_refused_at_once(version, tmp_path, capsys):
+    started = time.perf_counter()
+    with pytest.raises(SystemExit):
+        parse_args(["--version", version, "--log_base_dir", str(tmp_path)])
+    assert f"--version {version}: no such file or folder" in capsys.readouterr().err
+    assert time.perf_counter() - started < 2  # no network attempt
+    assert os.listdir(tmp_path) == []  # and nothing written
+    parse_args(["--version", "llava-hf/llava-1.5-7b-hf"])  # a hub id is left to the hub
+
+
 # ------------------------------------------------------------------------------------------ launched runs
 @pytest.fixture(scope="module")
 def reference_run(tiny_dir, toy_dir, tmp_path_factory):
@@ -195,6 +228,31 @@ def test_kill_and_resume_gives_the_same_weights(tiny_dir, toy_dir, reference_run
     assert expected.keys() == resumed.keys()
     for name in expected:
         assert torch.equal(expected[name], resumed[name]), name
+
+
+@pytest.mark.slow
+def test_a_run_folder_is_one_runs_and_a_resume_must_continue_it(tiny_dir, toy_dir, reference_run, tmp_path):
+    command = train_command(tiny_dir, toy_dir, reference_run, "--epochs", "2", "--steps_per_epoch", "6", "--save_steps", "2",
+                            "--no_eval")
+    ckpt_dir = reference_run / "ckpt_model"
+    before = sorted(os.listdir(ckpt_dir))
+    # The same command again: the run is complete.
+    assert f"nothing to do: {ckpt_dir} finished all 2 epochs (latest: step 12; best: epoch 1)" in run(command)
+    # Other arguments would mix two runs; the refusal names each change.
+    output = run(command + ["--lr", "5e-4", "--dataset", "vqa||reason_seg"], succeed=False)
+    assert "--lr 0.001 -> 0.0005" in output and "--dataset sem_seg||refer_seg||vqa||reason_seg -> vqa||reason_seg" in output
+    assert "nothing to do" in run(command + ["--lr", "5e-4", "--resume_anyway"])
+    assert "which --no_auto_resume would overwrite" in run(command + ["--no_auto_resume"], succeed=False)
+    assert sorted(os.listdir(ckpt_dir)) == before
+    # A folder another training holds is refused, before anything is written into it.
+    held = tmp_path / "held"
+    lock = lock_run_folder(str(held))
+    try:
+        output = run(train_command(tiny_dir, toy_dir, held, "--epochs", "1", "--steps_per_epoch", "2"), succeed=False)
+    finally:
+        lock.close()
+    assert f"{held} is in use by another training (process {os.getpid()})" in output
+    assert os.listdir(held) == [".lock"]
 
 
 @pytest.mark.slow
@@ -342,3 +400,11 @@ def test_merge_from_zero_to_fp32_output(reference_run, merged_dir, tmp_path, ext
     actual, _ = load_lisa(str(out))
     for (name, p), q in zip(expected.state_dict().items(), actual.state_dict().values()):
         assert torch.equal(p, q), name
+
+
+def test_merge_refuses_a_missing_checkpoint_folder(tmp_path, capsys):
+    from merge_lora_weights import parse_args as merge_args
+
+    with pytest.raises(SystemExit):
+        merge_args(["--weight", str(tmp_path / "runs" / "missing"), "--save_path", str(tmp_path / "out")])
+    assert f"--weight {tmp_path / 'runs' / 'missing'}: no such file or folder" in capsys.readouterr().err

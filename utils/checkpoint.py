@@ -17,7 +17,7 @@ import os
 import shutil
 from typing import Any
 
-import torch.distributed as dist
+from utils.distributed import barrier, is_main
 
 LATEST = "latest"
 BEST = "best"
@@ -26,6 +26,11 @@ TRAIN_ARGS_FILE = "train_args.json"  # a run's flags, beside its checkpoints: wh
 
 def step_tag(global_step: int) -> str:
     return f"global_step{global_step}"
+
+
+def tag_step(tag: str) -> int:
+    """The optimizer step a `global_step{N}` tag was saved at."""
+    return int(tag.removeprefix("global_step"))
 
 
 def write_atomic(path: str, text: str) -> None:
@@ -57,15 +62,6 @@ def read_best(ckpt_dir: str) -> dict[str, Any] | None:
         return json.load(f)
 
 
-def _is_main() -> bool:
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-
-
-def _barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
 def save_checkpoint(engine, ckpt_dir: str, global_step: int, client_state: dict[str, Any], best: dict[str, Any] | None = None) -> str:
     """Saves the engine's full training state as tag `global_step{N}` and points `latest` at it.
 
@@ -76,9 +72,17 @@ def save_checkpoint(engine, ckpt_dir: str, global_step: int, client_state: dict[
         the tag.
     """
     tag = step_tag(global_step)
-    engine.save_checkpoint(ckpt_dir, tag=tag, client_state=client_state, save_latest=False)
-    _barrier()  # every shard is on disk before any pointer names it
-    if _is_main():
+    try:
+        engine.save_checkpoint(ckpt_dir, tag=tag, client_state=client_state, save_latest=False)
+    except (OSError, RuntimeError) as error:
+        # torch.save reports a full disk as "[enforce fail at inline_container.cc] ... file write failed".
+        kept = read_pointer(ckpt_dir, LATEST)
+        raise RuntimeError(
+            f"could not write checkpoint {os.path.join(ckpt_dir, tag)}: disk full? ({error}). "
+            + (f"The previous checkpoint {kept} is intact." if kept else "No earlier checkpoint exists.")
+        ) from error
+    barrier()  # every shard is on disk before any pointer names it
+    if is_main():
         if best is not None:
             write_atomic(os.path.join(ckpt_dir, BEST + ".json"), json.dumps({**best, "tag": tag}, indent=2))
             write_atomic(os.path.join(ckpt_dir, BEST), tag)
@@ -87,5 +91,5 @@ def save_checkpoint(engine, ckpt_dir: str, global_step: int, client_state: dict[
         for name in os.listdir(ckpt_dir):
             if name.startswith("global_step") and name not in keep:
                 shutil.rmtree(os.path.join(ckpt_dir, name), ignore_errors=True)
-    _barrier()
+    barrier()
     return tag

@@ -1,4 +1,4 @@
-"""The DeepSpeed configuration of LISA's training (the original's ZeRO-2 AdamW recipe), built in code from the flags."""
+"""The DeepSpeed configuration of LISA's training, built in code from the flags as the original's `train_ds.py` does."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Segmentation metrics of LISA's evaluation, exactly as the original computes them (reference/lisa.md §6).
+"""Segmentation metrics of LISA's evaluation, exactly as the original computes them (`intersectionAndUnionGPU` in
+`utils/utils.py`, `validate` in `train_ds.py`).
 
 For every (image, query) pair, one predicted mask is compared with the ground truth (1 target, 0 background,
 255 ignored):
@@ -6,8 +7,8 @@ For every (image, query) pair, one predicted mask is compared with the ground tr
 * per pair: foreground IoU = I / (U + 1e-5), plus 1.0 when U == 0 (ground truth and prediction both empty
   outside the ignored pixels: a correctly answered "no object" query scores 1);
 * gIoU = mean of the per-pair IoUs; cIoU = sum I / (sum U + 1e-10) over the split;
-* no-target accuracy (gRefCOCO): share of the queries whose ground truth is empty that are answered with an
-  empty mask.
+* no-target accuracy (gRefCOCO, and any set with empty targets): share of the queries whose ground truth is
+  empty that are answered with an empty mask (outside the ignored pixels, as the IoU rule counts it).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-IGNORE_INDEX = 255
+IGNORE_PIXEL = 255  # ground-truth value of a pixel no metric counts (ReasonSeg "ignore" regions, unlabeled)
 IOU_EPS = 1e-5  # the original's `intersection / (union + 1e-5)`
 CIOU_EPS = 1e-10
 
@@ -28,7 +29,7 @@ def intersection_and_union(
     pred: torch.Tensor | np.ndarray,
     target: torch.Tensor | np.ndarray,
     num_classes: int = 2,
-    ignore_index: int = IGNORE_INDEX,
+    ignore_index: int = IGNORE_PIXEL,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-class pixel counts of one prediction, the original `intersectionAndUnionGPU`.
 
@@ -111,10 +112,11 @@ class SegMetrics:
         target = torch.as_tensor(target)
         pred = torch.as_tensor(pred, device=target.device)
         intersection, union, area_target = intersection_and_union(pred, target)
-        i, u = int(intersection[1]), int(union[1])
+        i, u, t = int(intersection[1]), int(union[1]), int(area_target[1])
+        # "Empty" as the IoU rule sees it: a prediction only inside ignored pixels is empty (union - target + I).
         result = PairResult(
             order=tuple(order), key=key, intersection=i, union=u, iou=pair_iou(i, u), is_sentence=bool(is_sentence),
-            no_target=int(area_target[1]) == 0, pred_empty=not bool(pred.bool().any()),
+            no_target=t == 0, pred_empty=u - t + i == 0,
         )
         self.results.append(result)
         return result

@@ -1,11 +1,12 @@
-"""The evaluation loop: validation samples -> predicted masks -> metrics, batched and split across processes.
+"""Scoring a data set: validation samples -> predicted masks -> metrics, batched and split across processes.
 
 The loop knows nothing of the model: a *predictor* turns a batch of samples into masks. `model.evaluation`
 provides the model's predictors (generated or teacher-forced answers); `PredictionFiles` reads saved masks.
 
 A sample is duck-typed (e.g. `datasets.common.ValSample`): `sample_id` (its name; the last path component is
 its stem), `gt` ((n, H, W) uint8 ground truth per query: 1 target, 0 background, 255 ignored) and
-`is_sentence` (n bools); predictors may read more (`image`, `conversations`).
+`is_sentence` (n bools); predictors may read more (`image`, `conversations`). A data set may list records it
+refused while reading its index in `bad_records` ("file:line: reason"); they join the report's `skipped`.
 """
 
 from __future__ import annotations
@@ -17,12 +18,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
-import torch.distributed as dist
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from utils.distributed import gather_lists, rank_and_world
 from utils.metrics import SegMetrics
 
 logger = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ Predictor = Callable[[list[Any]], list[list[np.ndarray]]]
 
 @dataclass
 class EvalReport:
-    """summary: `SegMetrics.summary()`; skipped: "name: reason" of every sample that could not be read."""
+    """summary: `SegMetrics.summary()`; skipped: "name: reason" of every record or sample that could not be used."""
 
     summary: dict
     skipped: list[str]
@@ -48,34 +48,6 @@ def pair_key(sample_id: str, query: int, num_queries: int) -> str:
     """`per_sample` key: the stem for a sample with one query, `"{stem}#{k}"` for query k of several."""
     stem = sample_stem(sample_id)
     return stem if num_queries == 1 else f"{stem}#{query}"
-
-
-def init_distributed() -> tuple[int, int]:
-    """Joins the process group a launcher (`torchrun`, `deepspeed`) describes in the environment, if any.
-
-    Returns:
-        (rank, world size); (0, 1) for a plain single-process run.
-    """
-    if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if backend == "nccl":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-        dist.init_process_group(backend=backend)
-    return _distributed()
-
-
-def finish_distributed() -> None:
-    """Leaves the process group, if any, once every rank is done: a gloo group still alive at interpreter exit
-    can abort the process ("terminate called without an active exception") after its work is finished."""
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
-
-
-def _distributed() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 class _Guarded(Dataset):
@@ -115,7 +87,7 @@ def run_evaluation(
         batch_size: samples (images) per call of `predict`.
         workers: `DataLoader` worker processes reading samples (0 reads in this process).
     """
-    rank, world = _distributed()
+    rank, world = rank_and_world()
     indices = list(range(rank, len(dataset), world))
     loader = DataLoader(
         _Guarded(dataset, indices), batch_size=batch_size, num_workers=workers, collate_fn=list, shuffle=False
@@ -139,11 +111,9 @@ def run_evaluation(
             for k, (mask, gt, is_sentence) in enumerate(zip(masks, sample.gt, sample.is_sentence)):
                 metrics.add(mask, gt, (index, k), pair_key(sample.sample_id, k, count), is_sentence)
 
-    if world > 1:
-        gathered: list[list | None] = [None] * world
-        dist.all_gather_object(gathered, skipped)
-        skipped = [item for part in gathered for item in part]
-    return EvalReport(summary=metrics.summary(), skipped=[error for _, error in sorted(skipped)])
+    skipped = gather_lists(skipped)
+    bad_records = list(getattr(dataset, "bad_records", []))
+    return EvalReport(summary=metrics.summary(), skipped=bad_records + [error for _, error in sorted(skipped)])
 
 
 class PredictionFiles:
