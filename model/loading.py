@@ -327,3 +327,5 @@ def dequantize(model: nn.Module, dtype: torch.dtype = torch.float32) -> None:
             if module.bias is not None:
                 linear.bias = nn.Parameter(module.bias.data.to(dtype))
             model.set_submodule(name, linear)
+    if (quantizer := getattr(model, "hf_quantizer", None)) is not None:
+        quantizer.remove_quantization_config(model)  # a model loaded quantised would otherwise save as quantised

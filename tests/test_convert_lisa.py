@@ -491,6 +491,7 @@ def test_quantised_language_model_answers_as_the_original(released):
         check(quantised.eval(), 0.9, quantization)
     # What the 4-bit model computes with is the NF4 rounding above, up to its 8-bit quantised block scales.
     dequantize(quantised)
+    assert not quantised.is_quantized and "quantization_config" not in quantised.config.to_dict()  # saves as a full one
     weights = dict(model.named_parameters())
     for name, weight in quantised.named_parameters():
         if ".language_model." in name and name.endswith("proj.weight"):
