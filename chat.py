@@ -26,9 +26,10 @@ from model.conversation import CHAT_TEMPLATES
 from model.lisa import LisaForCausalLM
 from model.loading import PRECISIONS, load_for_inference
 from model.processing import LisaProcessor
+from model.session import ChatSession
 from utils.cli import HelpFormatter, positive_int
 from utils.images import ImageError, load_image
-from model.session import ChatSession
+from utils.locations import location_problem
 from utils.vis import FileStems, save_masks
 
 
@@ -49,6 +50,8 @@ def add_model_arguments(parser: argparse.ArgumentParser, max_new_tokens: int = 5
 
 def load_model(args: argparse.Namespace) -> tuple[LisaForCausalLM, LisaProcessor]:
     """The model `add_model_arguments`' flags name; a folder that cannot be loaded exits with why."""
+    if (problem := location_problem(args.version)) is not None:
+        sys.exit(f"cannot load --version {problem}")  # at once: transformers would first try the hub with it
     quantization = "8bit" if args.load_in_8bit else "4bit" if args.load_in_4bit else None
     try:
         return load_for_inference(args.version, args.precision, quantization, conv_type=args.conv_type)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw
 
-from tests.lisa_fixtures import write_seg_emitter
+from tests.lisa_fixtures import free_port, write_seg_emitter
 
 CHROMIUM = "/usr/bin/chromium"
 MISSING = [name for name in ("gradio", "playwright") if importlib.util.find_spec(name) is None]
@@ -37,12 +36,6 @@ REPO = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 120  # imports (torch, transformers, gradio) on a busy 2-core machine
 ANSWER_TIMEOUT_MS = 60_000
 MAX_NEW_TOKENS = 4  # the emitter answers "[SEG].[SEG]." ...: two masks per answer
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def toy_image(path: Path) -> Path:

@@ -164,7 +164,7 @@ def test_usage_errors(seg_model_dir, files):
         chat.main(args(seg_model_dir, files, "--image", files["image"]))  # --prompt missing
     with pytest.raises(SystemExit) as exit_info:
         chat.main(["--version", str(files["out"] / "nowhere"), "--image", files["image"], "--prompt", "hi"])
-    assert "cannot load" in str(exit_info.value.code)
+    assert str(exit_info.value.code) == f"cannot load --version {files['out'] / 'nowhere'}: no such file or folder"
 
 
 def test_overlay_colours():

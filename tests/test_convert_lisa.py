@@ -28,7 +28,7 @@ from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPVisionMo
 
 from model.loading import dequantize, load_lisa
 from model.conversation import LLAVA_V1_SYSTEM
-from model.convert_lisa import CONV_TYPE, NotReleasedLisaError, convert_lisa, main
+from model.convert_lisa import NotReleasedLisaError, convert_lisa, main
 from model.inference import answer
 from model.losses import IGNORE_LABEL
 from tests.sam_reference import build_original_sam
