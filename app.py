@@ -1,6 +1,6 @@
 """A web demo of a LISA model (Gradio): upload an image, ask a question, get the answer and its masks.
 
-    python app.py --version DIR [--host 127.0.0.1 --port 7860]
+    python app.py --version DIR [--host 127.0.0.1 --port 7860] [--load_in_4bit]
 
 then open http://127.0.0.1:7860. Every [SEG] of an answer is overlaid on the image in its own colour and
 its mask is offered as a PNG (0/255) beside the overlay. Follow-up questions continue the conversation on
@@ -21,10 +21,11 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
 
+from chat import add_model_arguments, load_model  # noqa: E402
 from model.lisa import LisaForCausalLM  # noqa: E402
-from model.loading import add_model_arguments, load_from_arguments  # noqa: E402
 from model.processing import LisaProcessor  # noqa: E402
 from model.session import ChatSession  # noqa: E402
+from utils.cli import HelpFormatter  # noqa: E402
 from utils.images import ImageError, load_image  # noqa: E402
 from utils.vis import mask_colour, overlay, save_masks  # noqa: E402
 
@@ -37,7 +38,7 @@ EXAMPLES = [
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_model_arguments(parser)
     parser.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0: every interface)")
     parser.add_argument("--port", type=int, default=7860, help="port to serve on")
@@ -131,11 +132,18 @@ def build_demo(model: LisaForCausalLM, processor: LisaProcessor, max_new_tokens:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    model, processor = load_from_arguments(args)
+    model, processor = load_model(args)
     vis_save_path = args.vis_save_path or tempfile.mkdtemp(prefix="lisa_demo_")
     os.makedirs(vis_save_path, exist_ok=True)
     demo = build_demo(model, processor, args.max_new_tokens, vis_save_path)
-    demo.launch(server_name=args.host, server_port=args.port, share=False, show_error=True, allowed_paths=[vis_save_path])
+    # quiet: Gradio's start-up lines end with "To create a public link, set `share=True`", a setting this script
+    # does not offer; the address is printed here instead.
+    demo.launch(
+        server_name=args.host, server_port=args.port, share=False, show_error=True, allowed_paths=[vis_save_path],
+        quiet=True, prevent_thread_lock=True,
+    )
+    print(f"Serving on {demo.local_url}", flush=True)
+    demo.block_thread()
 
 
 if __name__ == "__main__":

@@ -9,7 +9,11 @@ One-shot (scriptable):
     python chat.py --version DIR --image PATH --prompt "Where can the driver see the speed? Please output segmentation mask."
 
 For the [SEG] number k of a conversation, writes {vis_save_path}/{stem}_mask_{k}.png (0/255, image size) and
-{stem}_masked_img_{k}.png (the image with that mask overlaid) and prints their paths.
+{stem}_masked_img_{k}.png (the image with that mask overlaid) and prints their paths. {stem} is the image's file
+name without extension; another image of the same name in the same session gets {stem}_2, {stem}_3, ...
+
+On a GPU with little memory, --load_in_4bit (or --load_in_8bit) quantises the language model (bitsandbytes; also
+runs on the CPU); CLIP, the projector, SAM and the [SEG] projection stay in --precision.
 """
 
 from __future__ import annotations
@@ -18,14 +22,45 @@ import argparse
 import os
 import sys
 
-from model.loading import add_model_arguments, load_from_arguments
-from utils.images import ImageError, load_image
+from model.conversation import CHAT_TEMPLATES
+from model.lisa import LisaForCausalLM
+from model.loading import PRECISIONS, load_for_inference
+from model.processing import LisaProcessor
 from model.session import ChatSession
-from utils.vis import save_masks
+from utils.cli import HelpFormatter, positive_int
+from utils.images import ImageError, load_image
+from utils.locations import location_problem
+from utils.vis import FileStems, save_masks
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, max_new_tokens: int = 512, version_required: bool = True) -> None:
+    """The flags of every script that answers with a trained model: `chat.py`, `app.py`, `eval_reasonseg.py`."""
+    parser.add_argument("--version", required=version_required, help="trained LISA folder")
+    parser.add_argument("--precision", default="bf16", choices=list(PRECISIONS),
+                        help="weights' precision; with --load_in_8bit/--load_in_4bit that of the unquantised parts and "
+                             "of the computation (default: %(default)s)")
+    quantization = parser.add_mutually_exclusive_group()
+    quantization.add_argument("--load_in_8bit", action="store_true",
+                              help="quantise the language model's linear layers to 8 bits (bitsandbytes LLM.int8)")
+    quantization.add_argument("--load_in_4bit", action="store_true",
+                              help="quantise the language model's linear layers to 4-bit NF4 (bitsandbytes)")
+    parser.add_argument("--max_new_tokens", type=positive_int, default=max_new_tokens, help="longest answer, in tokens (default: %(default)s)")
+    parser.add_argument("--conv_type", choices=list(CHAT_TEMPLATES), help="conversation format (default: the model folder's)")
+
+
+def load_model(args: argparse.Namespace) -> tuple[LisaForCausalLM, LisaProcessor]:
+    """The model `add_model_arguments`' flags name; a folder that cannot be loaded exits with why."""
+    if (problem := location_problem(args.version)) is not None:
+        sys.exit(f"cannot load --version {problem}")  # at once: transformers would first try the hub with it
+    quantization = "8bit" if args.load_in_8bit else "4bit" if args.load_in_4bit else None
+    try:
+        return load_for_inference(args.version, args.precision, quantization, conv_type=args.conv_type)
+    except (OSError, RuntimeError, ValueError) as error:
+        sys.exit(f"cannot load {args.version}: {error}")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_model_arguments(parser)
     parser.add_argument("--vis_save_path", default="./vis_output", help="folder for the mask and overlay PNGs")
     parser.add_argument("--image", help="one-shot: the image to ask about (with --prompt)")
@@ -58,7 +93,7 @@ def read(prompt: str) -> str | None:
 
 
 def interact(session: ChatSession, vis_save_path: str) -> None:
-    stem = None
+    stems, stem = FileStems(), None
     while True:
         prompt = read("Please input your prompt: ")
         if prompt is None:
@@ -75,7 +110,7 @@ def interact(session: ChatSession, vis_save_path: str) -> None:
             except ImageError as error:
                 print(error)
                 continue
-            stem = os.path.splitext(os.path.basename(path))[0]
+            stem = stems(path)
         elif session.image is None:
             print("No image yet: please give an image path.")
             continue
@@ -95,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
             image = load_image(args.image)
         except ImageError as error:
             sys.exit(str(error))
-    model, processor = load_from_arguments(args)
+    model, processor = load_model(args)
     session = ChatSession(model, processor, args.max_new_tokens)
     if args.prompt is None:
         interact(session, args.vis_save_path)

@@ -6,7 +6,8 @@
     python eval_reasonseg.py --version DIR --dataset_dir ./dataset --val_dataset "refcoco|unc|val"
     python eval_reasonseg.py --version DIR --val_dataset "custom|MY_DATA|val"   # your own data (docs/custom_data.md)
 
-Metrics as the original (reference/lisa.md §6); results do not depend on --batch_size or the process count.
+Metrics as the original's `validate` in `train_ds.py` (see utils/metrics.py); results do not depend on --batch_size or the process count.
+--load_in_8bit / --load_in_4bit quantise the language model.
 """
 
 from __future__ import annotations
@@ -15,11 +16,10 @@ import argparse
 import json
 import logging
 
+from chat import add_model_arguments, load_model
 from datasets.hybrid import build_val_dataset
-from model.conversation import CHAT_TEMPLATES
 from model.evaluation import MODES, evaluate
-from model.loading import PRECISIONS, load_for_inference
-from utils.cli import non_negative_int, positive_int
+from utils.cli import HelpFormatter, non_negative_int, positive_int
 from utils.distributed import finish_distributed, gather_lists, init_distributed
 from utils.scoring import PredictionFiles, run_evaluation
 from utils.locations import location_problem
@@ -27,8 +27,8 @@ from utils.metrics import format_table
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--version", help="trained LISA folder (not needed with --pred_dir)")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    add_model_arguments(parser, max_new_tokens=128, version_required=False)  # --version: not needed with --pred_dir
     parser.add_argument("--dataset_dir", default="./dataset", help="data root holding reason_seg/ (and refer_seg/)")
     parser.add_argument("--split", default="val", choices=["val", "test"], help="ReasonSeg split to score")
     parser.add_argument(
@@ -52,9 +52,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="write the figures (fractions), per-sample IoUs, the skipped samples and records ('skipped': 'name: "
         "reason') and, with --pred_dir, the unusable prediction files ('prediction_problems') to this JSON file",
     )
-    parser.add_argument("--precision", default="bf16", choices=list(PRECISIONS), help="model weights' precision")
-    parser.add_argument("--max_new_tokens", type=positive_int, default=128, help="generation budget per answer (generate mode)")
-    parser.add_argument("--conv_type", choices=list(CHAT_TEMPLATES), help="conversation format (default: the model folder's)")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=0, help="set by the deepspeed launcher; unused")
     args = parser.parse_args(argv)
     if args.pred_dir is None and args.version is None:
@@ -78,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
         problems = sorted(gather_lists(predictions.problems))
         source = args.pred_dir
     else:
-        model, processor = load_for_inference(args.version, args.precision, conv_type=args.conv_type)
+        model, processor = load_model(args)
         report = evaluate(
             model, processor, dataset, mode=args.mode, batch_size=args.batch_size,
             max_new_tokens=args.max_new_tokens, workers=args.workers,

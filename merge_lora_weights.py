@@ -1,4 +1,4 @@
-"""Turn a training checkpoint into one self-contained LISA folder (reference/lisa.md §4.6).
+"""Turn a training checkpoint into one self-contained LISA folder (the original's `merge_lora_weights_and_save_hf_model.py`).
 
     python merge_lora_weights.py --weight runs/lisa-7b/ckpt_model --save_path ./LISA-7B
 
@@ -11,6 +11,10 @@ The model is rebuilt from the base it was trained from (read from the run's `tra
 the LoRA flags override), the weights are loaded strictly, LoRA is merged into the language model and the result
 is saved with its processor. `chat.py --version`, `eval_reasonseg.py --version` and `train_ds.py --version`
 load it. `--adapter_only` saves just the LoRA adapter (PEFT format) and the fully trained modules instead.
+
+A QLoRA run (`train_ds.py --load_in_4bit`) merges the same way into a normal full-precision folder: the base is
+quantised to NF4 as in training and dequantised, so LoRA is merged into the weights it was trained against.
+A folder saved quantised cannot be merged into: its full-precision weights are gone.
 """
 
 from __future__ import annotations
@@ -24,20 +28,25 @@ import torch
 from peft import PeftModel, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 
-from model.builder import save_lisa
-from model.peft_setup import load_for_training, setup_trainable
-from utils.checkpoint import BEST, LATEST, read_pointer
+from model.lisa import LisaConfig
+from model.loading import PRECISIONS, dequantize, is_quantized_folder, load_for_training, save_lisa
+from model.peft_setup import LORA_ALPHA, LORA_DROPOUT, LORA_R, LORA_TARGET_MODULES, setup_trainable
+from utils.checkpoint import BEST, LATEST, TRAIN_ARGS_FILE, read_pointer
+from utils.cli import HelpFormatter
 from utils.locations import location_problem
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-TRAIN_ARGS_FILE = "train_args.json"
 TRAINED_MODULES_FILE = "trained_modules.safetensors"
-MODEL_ARGS = ("version", "vision_pretrained", "conv_type", "out_dim", "lora_r", "lora_alpha", "lora_dropout",
-              "lora_target_modules", "train_sam_encoder", "ce_loss_weight", "bce_loss_weight", "dice_loss_weight")
+# The run's settings that rebuild its model, and their values where a run did not record them (train_ds.py's defaults).
+MODEL_DEFAULTS = {
+    "version": None, "vision_pretrained": None, "conv_type": None, "out_dim": None, "load_in_4bit": False,
+    "lora_r": LORA_R, "lora_alpha": LORA_ALPHA, "lora_dropout": LORA_DROPOUT, "lora_target_modules": LORA_TARGET_MODULES,
+    "train_sam_encoder": False, "ce_loss_weight": LisaConfig.ce_loss_weight,
+    "bce_loss_weight": LisaConfig.bce_loss_weight, "dice_loss_weight": LisaConfig.dice_loss_weight,
+}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--weight", required=True,
                         help="DeepSpeed checkpoint folder, zero_to_fp32 output (folder or file), or an --adapter_only folder")
     parser.add_argument("--save_path", required=True, help="output folder")
@@ -46,7 +55,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "(default: best if recorded, else latest)")
     parser.add_argument("--train_args", default=None,
                         help=f"the run's {TRAIN_ARGS_FILE} (default: looked up beside/above --weight)")
-    parser.add_argument("--precision", default="bf16", choices=sorted(DTYPES), help="dtype of the saved weights")
+    parser.add_argument("--precision", default="bf16", choices=list(PRECISIONS), help="dtype of the saved weights (default: %(default)s)")
     parser.add_argument("--adapter_only", action=argparse.BooleanOptionalAction, default=False,
                         help="save only the LoRA adapter and the fully trained modules, not a merged model")
     group = parser.add_argument_group("model (default: the training run's values from train_args.json)")
@@ -60,6 +69,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     group.add_argument("--lora_target_modules", help="comma-separated LoRA target names of the language model")
     group.add_argument("--train_sam_encoder", action=argparse.BooleanOptionalAction, default=None,
                        help="whether SAM's image encoder was trained in full")
+    group.add_argument("--load_in_4bit", action=argparse.BooleanOptionalAction, default=None,
+                       help="whether the run was QLoRA (a 4-bit NF4 language model)")
     for term in ("ce", "bce", "dice"):
         group.add_argument(f"--{term}_loss_weight", type=float, help=f"{term} loss weight stored in the saved config")
     args = parser.parse_args(argv)
@@ -84,16 +95,12 @@ def find_train_args(weight: str) -> str | None:
 def model_settings(args: argparse.Namespace) -> dict:
     """The run's model settings, overridden by the flags given here."""
     path = args.train_args or find_train_args(args.weight)
-    settings = {}
+    settings = dict(MODEL_DEFAULTS)
     if path is not None:
         with open(path) as f:
-            settings = {k: v for k, v in json.load(f).items() if k in MODEL_ARGS}
-    settings.update({k: getattr(args, k) for k in MODEL_ARGS if getattr(args, k) is not None})
-    defaults = {"vision_pretrained": None, "conv_type": None, "out_dim": None, "lora_r": 8, "lora_alpha": 16,
-                "lora_dropout": 0.05, "lora_target_modules": "q_proj,v_proj", "train_sam_encoder": False,
-                "ce_loss_weight": 1.0, "bce_loss_weight": 2.0, "dice_loss_weight": 0.5}
-    settings = {**defaults, **settings}
-    if settings.get("version") is None:
+            settings.update({k: v for k, v in json.load(f).items() if k in MODEL_DEFAULTS})
+    settings.update({k: getattr(args, k) for k in MODEL_DEFAULTS if getattr(args, k) is not None})
+    if settings["version"] is None:
         raise SystemExit(f"no {TRAIN_ARGS_FILE} found for {args.weight}: pass --version (and the LoRA flags used)")
     return settings
 
@@ -134,6 +141,37 @@ def read_checkpoint(weight: str, tag: str | None) -> dict[str, torch.Tensor]:
     return read_consolidated(weight)
 
 
+def check_not_quantized(weight: str, version: str) -> None:
+    """A folder saved quantised has lost the full-precision weights a merge starts from.
+
+    Raises:
+        SystemExit: `weight` or the base `version` is such a folder.
+    """
+    if os.path.isfile(os.path.join(weight, "config.json")) and is_quantized_folder(weight):
+        raise SystemExit(f"{weight} is a model folder saved quantised, not a training checkpoint: give the run's "
+                         "ckpt_model folder (a QLoRA run's too), whose merge is a full-precision folder")
+    if is_quantized_folder(version):
+        raise SystemExit(f"the base {version} was saved quantised: merging needs the full-precision base the run "
+                         "started from (a QLoRA run quantises it while loading, and so does the merge)")
+
+
+def load_trained(peft_model: PeftModel, state: dict[str, torch.Tensor], source: str) -> None:
+    """The run's trained tensors (LoRA and the fully trained modules) into the rebuilt model.
+
+    Its frozen weights are the rebuilt base's, which are the run's (for a QLoRA run the base's NF4 rounding,
+    dequantised), so only the trained tensors are read. The checkpoint must hold all of them and nothing the model
+    lacks (e.g. LoRA on other modules: the LoRA flags or train_args.json do not match).
+    """
+    # A checkpoint of other families (say, trained with SAM 2, rebuilt with SAM) is named as such.
+    peft_model.get_base_model().check_weights_fit(state, source)
+    trained = {name for name, param in peft_model.named_parameters() if param.requires_grad}
+    missing, unexpected = sorted(trained - state.keys()), sorted(state.keys() - peft_model.state_dict().keys())
+    if missing or unexpected:
+        raise ValueError(f"{source}: the checkpoint does not match the rebuilt model (missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}); pass the run's train_args.json or its LoRA flags")
+    peft_model.load_state_dict({name: state[name] for name in trained}, strict=False)
+
+
 def load_adapter(peft_model: PeftModel, folder: str) -> None:
     """Loads an `--adapter_only` folder into a freshly set-up PEFT model."""
     set_peft_model_state_dict(peft_model, load_file(os.path.join(folder, "adapter_model.safetensors")))
@@ -149,11 +187,14 @@ def load_adapter(peft_model: PeftModel, folder: str) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     settings = model_settings(args)
+    check_not_quantized(args.weight, settings["version"])
     model, processor = load_for_training(
         settings["version"], settings["vision_pretrained"], settings["conv_type"], dtype=torch.float32,
-        out_dim=settings["out_dim"], ce_loss_weight=settings["ce_loss_weight"],
-        bce_loss_weight=settings["bce_loss_weight"], dice_loss_weight=settings["dice_loss_weight"],
+        out_dim=settings["out_dim"], quantization="4bit" if settings["load_in_4bit"] else None,
+        ce_loss_weight=settings["ce_loss_weight"], bce_loss_weight=settings["bce_loss_weight"],
+        dice_loss_weight=settings["dice_loss_weight"],
     )
+    dequantize(model)  # a QLoRA run's base as it trained: NF4-rounded, now in fp32
     peft_model = setup_trainable(
         model, settings["lora_r"], settings["lora_alpha"], settings["lora_dropout"], settings["lora_target_modules"],
         settings["train_sam_encoder"],
@@ -161,15 +202,9 @@ def main(argv: list[str] | None = None) -> None:
     if os.path.isfile(os.path.join(args.weight, "adapter_config.json")):
         load_adapter(peft_model, args.weight)
     else:
-        state_dict = read_checkpoint(args.weight, args.tag)
-        try:
-            peft_model.get_base_model().check_weights_fit(state_dict, args.weight)
-        except ValueError as error:
-            raise SystemExit(f"{error} (built from --version {settings['version']}, --vision_pretrained "
-                             f"{settings['vision_pretrained']}: give the ones the run was trained from)")
-        peft_model.load_state_dict(state_dict, strict=True)
+        load_trained(peft_model, read_checkpoint(args.weight, args.tag), args.weight)
 
-    dtype = DTYPES[args.precision]
+    dtype = PRECISIONS[args.precision]
     os.makedirs(args.save_path, exist_ok=True)
     if args.adapter_only:
         peft_model.save_pretrained(args.save_path)  # adapter_config.json + adapter_model.safetensors (LoRA only)

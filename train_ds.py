@@ -1,4 +1,4 @@
-"""Train LISA with DeepSpeed (ZeRO-2) and LoRA — LISA's recipe (reference/lisa.md §4).
+"""Train LISA with DeepSpeed (ZeRO-2) and LoRA — the recipe of the paper and of the original's `train_ds.py`.
 
     deepspeed train_ds.py --version llava-hf/llava-1.5-7b-hf --vision_pretrained sam_vit_h_4b8939.pth \\
         --dataset_dir ./dataset --exp_name lisa-7b
@@ -35,20 +35,22 @@ from datasets.collate import LisaCollator
 from datasets.hybrid import HybridDataset, build_val_dataset
 from model.conversation import CHAT_TEMPLATES
 from model.evaluation import evaluate
-from model.lisa import LisaForCausalLM
-from model.peft_setup import count_parameters, load_for_training, parameter_groups, setup_trainable
+from model.lisa import LisaConfig, LisaForCausalLM
+from model.loading import PRECISIONS, load_for_training
+from model.peft_setup import (
+    LORA_ALPHA, LORA_DROPOUT, LORA_R, LORA_TARGET_MODULES, count_parameters, parameter_groups, setup_trainable,
+)
 from model.processing import LisaBatch, LisaProcessor
-from utils.checkpoint import read_best, read_pointer, save_checkpoint, tag_step
-from utils.cli import non_negative_int, positive_int
+from utils.checkpoint import TRAIN_ARGS_FILE, read_best, read_pointer, save_checkpoint, tag_step
+from utils.cli import HelpFormatter, non_negative_int, positive_int
 from utils.deepspeed_config import deepspeed_config, delayed_start_scale
 from utils.distributed import broadcast_from_main, finish_distributed, is_main, mean_over_ranks, rank_and_world, single_process_environment
 from utils.locations import location_problem
+from utils.log_filters import dropping_log_message
 from utils.metrics import format_table
 from utils.run_folder import RunFolderBusy, argument_changes, lock_run_folder
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 LOSS_TERMS = ("loss", "ce_loss", "mask_bce_loss", "mask_dice_loss", "mask_loss")
-TRAIN_ARGS_FILE = "train_args.json"  # beside the checkpoints: what merge_lora_weights.py needs to rebuild the model
 # What a resumed run may change: none of them alters the model, the data order or the optimisation of the steps
 # already taken (--epochs extends or shortens the run; the learning-rate schedule follows the new length).
 RESUMABLE_ARGS = ("epochs", "workers", "auto_resume", "resume_anyway", "eval", "val_mode", "val_batch_size",
@@ -64,7 +66,7 @@ def add_switch(parser: argparse.ArgumentParser, name: str, default: bool, help: 
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     model = parser.add_argument_group("model")
     model.add_argument("--version", default="llava-hf/llava-1.5-7b-hf",
                        help="vision-language base (hub id or folder): LLaVA-1.5 (llava-hf layout) or Qwen2.5-VL; or a "
@@ -79,16 +81,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument("--out_dim", type=int, default=None,
                        help="output width of the [SEG] projection; must equal SAM's prompt width (default: read from "
                             "the SAM weights, 256 for the released SAM and SAM 2; base only)")
-    model.add_argument("--precision", default="bf16", choices=sorted(DTYPES), help="training precision")
+    model.add_argument("--precision", default="bf16", choices=list(PRECISIONS), help="training precision (default: %(default)s)")
+    model.add_argument("--load_in_4bit", action="store_true",
+                       help="QLoRA: the frozen language model in 4-bit NF4 (bitsandbytes, CUDA or CPU); LoRA on it and the "
+                            "fully trained modules in --precision")
     add_switch(model, "gradient_checkpointing", True, "recompute activations in the backward pass to save memory")
 
     lora = parser.add_argument_group("trainable parameters (LoRA on the language model; lm_head, embed_tokens, "
                                       "SAM mask decoder and [SEG] projection in full)")
-    lora.add_argument("--lora_r", type=positive_int, default=8, help="LoRA rank")
-    lora.add_argument("--lora_alpha", type=int, default=16, help="LoRA scaling numerator (scale = alpha / r)")
-    lora.add_argument("--lora_dropout", type=float, default=0.05, help="dropout on the LoRA input")
-    lora.add_argument("--lora_target_modules", default="q_proj,v_proj",
-                      help="comma-separated linear names of the *language model* that get LoRA")
+    lora.add_argument("--lora_r", type=positive_int, default=LORA_R, help="LoRA rank (default: %(default)s)")
+    lora.add_argument("--lora_alpha", type=int, default=LORA_ALPHA,
+                      help="LoRA scaling numerator (scale = alpha / r; default: %(default)s)")
+    lora.add_argument("--lora_dropout", type=float, default=LORA_DROPOUT, help="dropout on the LoRA input (default: %(default)s)")
+    lora.add_argument("--lora_target_modules", default=LORA_TARGET_MODULES,
+                      help="comma-separated linear names of the *language model* that get LoRA (default: %(default)s)")
     add_switch(lora, "train_sam_encoder", False,
                "research option: also train SAM's image encoder in full (frozen in LISA's recipe)")
     lora.add_argument("--sam_encoder_frozen_steps", type=non_negative_int, default=0,
@@ -130,9 +136,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     optim.add_argument("--steps_per_epoch", type=positive_int, default=500, help="optimizer steps per epoch")
     optim.add_argument("--batch_size", type=positive_int, default=2, help="images per micro-batch per process")
     optim.add_argument("--grad_accumulation_steps", type=positive_int, default=10, help="micro-batches per optimizer step")
-    optim.add_argument("--ce_loss_weight", type=float, default=1.0, help="weight of the text cross-entropy")
-    optim.add_argument("--bce_loss_weight", type=float, default=2.0, help="weight of the mask BCE")
-    optim.add_argument("--dice_loss_weight", type=float, default=0.5, help="weight of the mask Dice loss")
+    optim.add_argument("--ce_loss_weight", type=float, default=LisaConfig.ce_loss_weight,
+                       help="weight of the text cross-entropy (default: %(default)s)")
+    optim.add_argument("--bce_loss_weight", type=float, default=LisaConfig.bce_loss_weight,
+                       help="weight of the mask BCE (default: %(default)s)")
+    optim.add_argument("--dice_loss_weight", type=float, default=LisaConfig.dice_loss_weight,
+                       help="weight of the mask Dice loss (default: %(default)s)")
+    add_switch(optim, "deepspeed_adam", False,
+               "DeepSpeed's own fused Adam instead of torch's fused AdamW (on CUDA it is JIT-compiled with nvcc)")
     optim.add_argument("--seed", type=int, default=0, help="seed of the data order, new weights and dropout")
 
     run = parser.add_argument_group("run")
@@ -156,6 +167,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for flag in ("version", "vision_pretrained"):
         if (problem := location_problem(getattr(args, flag))) is not None:
             parser.error(f"--{flag} {problem}")
+    if args.precision == "fp16" and not deepspeed.get_accelerator().is_fp16_supported():
+        # Checked here, before minutes of loading: DeepSpeed refuses only when the engine starts.
+        parser.error(f"--precision fp16: DeepSpeed cannot train in fp16 on {deepspeed.get_accelerator().device_name()} "
+                     "(with or without --load_in_4bit); use bf16 or fp32")
     return args
 
 
@@ -293,9 +308,12 @@ def build_engine(model: PeftModel, args: argparse.Namespace, device: torch.devic
     encoder's learning rate can start late), else one."""
     ds_config = deepspeed_config(
         args.batch_size, args.grad_accumulation_steps, args.lr, (args.beta1, args.beta2), args.precision,
-        args.epochs * args.steps_per_epoch, args.warmup_steps, on_cpu=device.type == "cpu",
+        args.epochs * args.steps_per_epoch, args.warmup_steps, torch_adam=not args.deepspeed_adam,
     )
-    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=parameter_groups(model), config=ds_config)
+    # DeepSpeed's warmup scheduler asks itself for a learning rate while it is built, before step 0, and warns that it
+    # "has not started"; the rate it then returns is the warmup's start, the right one for step 0.
+    with dropping_log_message("DeepSpeed", "Attempting to get learning rate from scheduler before it has started"):
+        engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=parameter_groups(model), config=ds_config)
     return engine
 
 
@@ -305,7 +323,9 @@ def resume(engine: deepspeed.DeepSpeedEngine, ckpt_dir: str, args: argparse.Name
     tag = read_pointer(ckpt_dir) if args.auto_resume else None
     if tag is None:
         return None
-    engine.load_checkpoint(ckpt_dir, tag=tag)
+    # bitsandbytes' 4-bit layers save their quantisation state beside each weight (absmax, quant_map, ...), keys that
+    # load_state_dict does not take back; those weights are the frozen base, quantised alike on every load.
+    engine.load_checkpoint(ckpt_dir, tag=tag, load_module_strict=not args.load_in_4bit)
     if is_main():
         print(f"resumed from {ckpt_dir}/{tag} at step {engine.global_steps}")
     return read_best(ckpt_dir)
@@ -434,7 +454,7 @@ def log_epoch(
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     rank, world, device = start_distributed()
-    dtype = DTYPES[args.precision]
+    dtype = PRECISIONS[args.precision]
     run_dir = os.path.join(args.log_base_dir, args.exp_name)
     ckpt_dir = os.path.join(run_dir, "ckpt_model")
     if not args.eval_only:
@@ -450,6 +470,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(args.seed)  # the new [SEG] row and projection of a base
     model, processor = load_for_training(
         args.version, args.vision_pretrained, args.conv_type, dtype=dtype, out_dim=args.out_dim,
+        quantization="4bit" if args.load_in_4bit else None, device=device,
         ce_loss_weight=args.ce_loss_weight, bce_loss_weight=args.bce_loss_weight, dice_loss_weight=args.dice_loss_weight,
     )
     val_dataset = build_val_dataset(args.dataset_dir, args.val_dataset) if args.eval or args.eval_only else None

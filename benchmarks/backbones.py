@@ -43,7 +43,7 @@ from transformers import (
 )
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-from model.builder import add_seg_token
+from model.loading import add_seg_token
 from model.conversation import CHAT_TEMPLATES
 from model.inference import answer
 from model.lisa import LisaConfig, LisaForCausalLM

@@ -22,6 +22,7 @@ from datasets import HybridDataset, LisaCollator
 from datasets.toy import generate
 from model.processing import LisaProcessor
 from model.tiny import write_tiny
+from utils.cli import HelpFormatter
 
 
 def real_size_processor(folder: str) -> LisaProcessor:
@@ -62,7 +63,7 @@ def loader_rate(dataset: HybridDataset, collator: LisaCollator | None, workers: 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--dataset_dir", help="a LISA data root; default: a 12x toy corpus in a temporary folder")
     parser.add_argument("--samples", type=int, default=200, help="samples per measurement")
     args = parser.parse_args()

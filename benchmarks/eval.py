@@ -19,10 +19,11 @@ from datasets.toy import ToyWriter
 from model.evaluation import MODES, evaluate
 from model.loading import load_for_inference
 from model.tiny import write_tiny
+from utils.cli import HelpFormatter
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--samples", type=int, default=48, help="toy ReasonSeg val images")
     parser.add_argument("--max_new_tokens", type=int, default=32, help="tokens per answer (the random model seldom stops early)")
     parser.add_argument("--repeats", type=int, default=2, help="timed runs per setting (the best is kept)")

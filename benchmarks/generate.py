@@ -14,12 +14,13 @@ import time
 import numpy as np
 import torch
 
-from model.builder import load_lisa
+from model.loading import load_lisa
 from model.tiny import write_tiny
+from utils.cli import HelpFormatter
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--new_tokens", type=int, default=256, help="tokens generated per run")
     parser.add_argument("--prompt_tokens", type=int, default=300, help="approximate prompt length in tokens")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per method (the best is kept)")

@@ -23,9 +23,11 @@ import time
 import numpy as np
 import torch
 
-from model.peft_setup import load_for_training, setup_trainable
+from model.loading import load_for_training
+from model.peft_setup import setup_trainable
 from model.processing import LisaBatch
 from model.tiny import write_tiny
+from utils.cli import HelpFormatter
 
 
 def make_batch(processor, batch_size: int, rng: np.random.Generator) -> LisaBatch:
@@ -72,7 +74,7 @@ def measure(tiny: str, batch_size: int, steps: int, checkpointing: bool) -> dict
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--batch_size", type=int, default=4, help="images per step (3 conversations each)")
     parser.add_argument("--steps", type=int, default=20, help="timed steps per setting (median reported)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")

@@ -1,5 +1,5 @@
 """LISA's data: the four training families read from their real on-disk layouts, their mixture, the
-validation splits, the batch collator and a toy corpus in the same layouts (reference/lisa.md §3).
+validation splits, the batch collator and a toy corpus in the same layouts (the original's `utils/*_dataset.py`).
 
 This folder shadows the Hugging Face `datasets` package when scripts run from the repository root; nothing
 here uses that package.

@@ -31,6 +31,7 @@ from datasets.custom import SPLITS, check_folder, image_size, split_path
 from datasets.reason_seg import TARGET, get_mask_from_json, shapes_to_mask
 from datasets.templates import IMAGE_PLACEHOLDER, long_question, seg_answer, short_question
 from model.processing import SEG_TOKEN
+from utils.cli import HelpFormatter
 
 logger = logging.getLogger(__name__)
 
@@ -247,10 +248,10 @@ def labelme_records(src: str, writer: FolderWriter, seed: int = 0) -> list[dict]
 
 # -------------------------------------------------------------------------------------------------- CLI
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    check = commands.add_parser("check", help="read every record of a folder's splits in full; list the bad ones")
+    check = commands.add_parser("check", formatter_class=HelpFormatter, help="read every record of a folder's splits in full; list the bad ones")
     check.add_argument("folder", help="a custom data folder (train.jsonl / val.jsonl / test.jsonl)")
 
     def output_flags(sub: argparse.ArgumentParser) -> None:
@@ -262,14 +263,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          help="copy the images into OUT/images/ (default: refer to them by a path relative to OUT)")
         sub.add_argument("--seed", type=int, default=0, help="seed of the question/answer templates and the val split")
 
-    coco = commands.add_parser("from_coco", help="a COCO instances JSON: one question per category present")
+    coco = commands.add_parser("from_coco", formatter_class=HelpFormatter, help="a COCO instances JSON: one question per category present")
     coco.add_argument("--instances", required=True, help="COCO instances file (e.g. instances_train2017.json)")
     coco.add_argument("--images", required=True, help="folder the images' file_name is relative to")
     coco.add_argument("--absent", type=int, default=0,
                       help="per image, also ask about this many categories that are absent, with a no-target answer")
     output_flags(coco)
 
-    labelme = commands.add_parser("from_labelme", help="a folder of ReasonSeg or labelme JSON files beside their images")
+    labelme = commands.add_parser("from_labelme", formatter_class=HelpFormatter, help="a folder of ReasonSeg or labelme JSON files beside their images")
     labelme.add_argument("--src", required=True, help="folder with NAME.json + NAME.jpg (e.g. ReasonSeg/train)")
     output_flags(labelme)
     args = parser.parse_args(argv)

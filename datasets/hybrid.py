@@ -1,5 +1,5 @@
 """The training mixture of LISA's four data families (and custom data), and the validation data sets by name
-(reference/lisa.md §3.5, §4.5)."""
+(the original's `HybridDataset` and `ValDataset`, `utils/dataset.py`)."""
 
 from __future__ import annotations
 

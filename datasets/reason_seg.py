@@ -1,5 +1,5 @@
 """ReasonSeg: `reason_seg/ReasonSeg/{train,val,test}/*.jpg` + LabelMe-like `*.json`, and explanatory answers
-(reference/lisa.md §3.3-§3.4)."""
+(the original's `utils/reason_seg_dataset.py` and `utils/data_processing.py`)."""
 
 from __future__ import annotations
 

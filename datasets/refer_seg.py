@@ -1,6 +1,6 @@
 """Referring segmentation: refCLEF, refCOCO, refCOCO+, refCOCOg (`refs(unc|umd).p` + `instances.json`) and
 gRefCOCO (`grefs(unc).p|.json`, several or no objects per expression), read by our own reader
-(reference/lisa.md §3.3)."""
+(the data of the original's `utils/refer_seg_dataset.py`)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Semantic and part segmentation: ADE20K, COCO-Stuff, Mapillary Vistas v2.0 (label maps) and PACO-LVIS,
-PASCAL-Part (COCO json), read from their real layouts (reference/lisa.md §3.1, §3.3)."""
+PASCAL-Part (COCO json), read from their real layouts (the original's `utils/sem_seg_dataset.py`)."""
 
 from __future__ import annotations
 

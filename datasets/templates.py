@@ -1,4 +1,4 @@
-"""LISA's question and answer templates (reference/lisa.md §3.2, §4.5), and the messages built from them."""
+"""LISA's question and answer templates (the original's `utils/utils.py`), and the messages built from them."""
 
 from __future__ import annotations
 

@@ -29,6 +29,7 @@ from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
 from datasets.class_names import ADE20K_CLASSES, COCOSTUFF_CLASSES
+from utils.cli import HelpFormatter
 
 KINDS = ("circle", "square", "triangle", "star")
 COLOURS = {"red": (215, 40, 35), "green": (40, 165, 60), "blue": (35, 75, 215), "yellow": (235, 205, 35)}
@@ -557,7 +558,7 @@ def generate(out: str, seed: int = 0, progress: bool = False, scale: float = 1.0
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--out", required=True, help="folder to write the corpus into (the --dataset_dir of the scripts)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the scenes")
     parser.add_argument("--scale", type=float, default=1.0, help="image size factor (12 gives ~1024-px images)")

@@ -1,5 +1,5 @@
 """Visual question answering: LLaVA-Instruct-150k (`llava_dataset/{name}.json`, images from coco/train2017),
-multi-turn, no masks (reference/lisa.md §3.3)."""
+multi-turn, no masks (the original's `utils/vqa_dataset.py`)."""
 
 from __future__ import annotations
 

@@ -38,8 +38,10 @@ python -m model.tiny --out "$OUT/tiny" --vlm "$VLM" --sam "$SAM"
 # 20x the default training images: with a few dozen per family the model memorises them and fails on val.
 python -m datasets.toy --out "$OUT/data" --train_factor 20
 
+# A free port for the launcher's rendezvous: its default, 29500, is taken whenever another job uses it.
+port=$(python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 start=$(date +%s)
-deepspeed --num_gpus 2 train_ds.py \
+deepspeed --num_gpus 2 --master_port "$port" train_ds.py \
     --version "$OUT/tiny/$VLM" --vision_pretrained "$OUT/tiny/$SAM" --out_dim 64 \
     --dataset_dir "$OUT/data" --dataset "sem_seg||refer_seg||vqa||reason_seg" --sample_rates "3,3,1,3" \
     --precision fp32 --no_gradient_checkpointing --train_sam_encoder --sam_encoder_frozen_steps 1500 \

@@ -7,8 +7,8 @@ The released checkpoints (`xinlai/LISA-7B-v1`, `LISA-7B-v1-explanatory`, `LISA-1
 `LISAForCausalLM`): sharded `pytorch_model-*.bin` with an index, LLaMA weights under `model.`, a single-Linear
 `model.mm_projector`, SAM in segment-anything naming under `model.visual_model.`, the `[SEG]` projection under
 `model.text_hidden_fcs.0.`, no CLIP weights (the tower is `openai/clip-vit-large-patch14`), and a slow
-sentencepiece LLaMA tokenizer (reference/lisa.md §2, §5.1, §7.4). The output folder loads with
-`model.builder.load_lisa`, so `chat.py`, `eval_reasonseg.py` and `train_ds.py --version` use it as is.
+sentencepiece LLaMA tokenizer. The output folder loads with
+`model.loading.load_lisa`, so `chat.py`, `eval_reasonseg.py` and `train_ds.py --version` use it as is.
 
 The conversion is exact, not approximate:
 * Projector: llava-hf's two-layer projector with `projector_hidden_act="linear"` and an identity second layer
@@ -41,11 +41,12 @@ from tokenizers import Tokenizer
 from torch import Tensor
 from transformers import CLIPImageProcessor, CLIPVisionModel, LlamaConfig, LlamaTokenizer, LlavaConfig, LlavaProcessor
 
-from model.builder import save_lisa
+from model.loading import save_lisa
 from model.conversation import CHAT_TEMPLATES
 from model.lisa import LisaConfig, LisaForCausalLM
 from model.processing import SEG_TOKEN, LisaProcessor
 from model.sam import convert_original_sam_state_dict, sam_config_from_original_state_dict
+from utils.cli import HelpFormatter
 
 __all__ = ["convert_lisa", "load_original_state_dict", "convert_tokenizer", "CONV_TYPE"]
 
@@ -212,7 +213,7 @@ def _llama_config(original: dict, vocab_size: int) -> LlamaConfig:
 
 def convert_lisa(src: str, clip: str, out: str) -> None:
     """Writes a released LISA v1 checkpoint as a folder of this project's format (see the module docstring);
-    `model.builder.load_lisa(out)` loads it.
+    `model.loading.load_lisa(out)` loads it.
 
     Args:
         src: folder of the released checkpoint (config.json, index + shards, tokenizer files).
@@ -300,7 +301,7 @@ def convert_lisa(src: str, clip: str, out: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--src", required=True, help="folder of a released LISA v1 checkpoint (e.g. a download of xinlai/LISA-7B-v1)")
     parser.add_argument(
         "--clip", default="openai/clip-vit-large-patch14",

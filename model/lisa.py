@@ -2,7 +2,7 @@
 
 The language model answers; for every `[SEG]` in the answer, the last-layer (post-norm) hidden state at the
 position *before* it — the position whose logits predict `[SEG]` — is projected by `text_hidden_fcs` to a
-256-d sparse prompt of SAM's mask decoder, which turns it into one mask (reference/lisa.md §2.4-2.5).
+256-d sparse prompt of SAM's mask decoder, which turns it into one mask (the original's `model/LISA.py`).
 
 The vision-language model is of a family of `model.vlm_families` (LLaVA-1.5, Qwen2.5-VL), the mask head of one of
 `model.mask_heads` (SAM, SAM 2); this module is the same for every pair.
@@ -54,6 +54,11 @@ class LisaConfig(PreTrainedConfig):
     ce_loss_weight: float = 1.0
     bce_loss_weight: float = 2.0
     dice_loss_weight: float = 0.5
+
+
+# transformers' tokenizer and processor loaders read a folder's config.json through AutoConfig; without this, a LISA
+# folder's model type "lisa" is unknown there and every load warns that it instantiates "a model of type ``".
+AutoConfig.register(LisaConfig.model_type, LisaConfig)
 
 
 @dataclass

@@ -1,25 +1,208 @@
-"""Loading a trained LISA folder for inference (chat, evaluation, the web demo): device, precision and
-optional bitsandbytes quantisation."""
+"""Every way a LISA model comes to be, and how it is saved.
+
+* `build_lisa_from_base`: training init from a vision-language base (LLaVA-1.5 or Qwen2.5-VL) plus SAM or SAM 2
+  weights, each family read from its config — `[SEG]` is added to the tokenizer, the embeddings are resized and the
+  `[SEG]` projection is fresh.
+* `load_lisa`: a trained LISA folder, restored exactly — nothing is re-initialised, and a folder whose weights
+  do not cover the model (or hold weights the model does not have) is an error, not a silent re-randomisation.
+* `save_lisa`: one self-contained folder that `load_lisa` reads.
+* `load_for_training` (a base or a LISA folder, what `train_ds.py --version` takes) and
+  `load_for_inference` (a LISA folder on a device in a precision, what chat, evaluation and the demo take).
+
+Both of the last two can quantise the language model with bitsandbytes (8-bit LLM.int8 or 4-bit NF4, on CUDA or
+on the CPU): exactly the language model's linear layers are quantised, every other weight stays in the chosen
+precision (`quantization_census` tells which is which).
+"""
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import os
-import sys
+from collections import Counter
 
 import torch
+from tokenizers import AddedToken
+from torch import nn
+from transformers import PretrainedConfig
 
-from model.builder import load_lisa
-from model.conversation import CHAT_TEMPLATES
-from model.lisa import LisaForCausalLM
-from model.processing import LisaProcessor
+from model.lisa import LisaConfig, LisaForCausalLM
+from model.mask_heads import load_mask_head, mask_head_family
+from model.processing import SEG_TOKEN, LisaProcessor
+from model.vlm_families import vlm_family
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-# Kept in full precision when quantising: SAM (as the original's `llm_int8_skip_modules=["visual_model"]`;
-# its decoder reads its weights directly), the [SEG] projection, the CLIP tower (the original loaded CLIP
-# after quantisation, so it stayed unquantised) and the output head (transformers' own default skip).
-QUANTIZATION_SKIP_MODULES = ["sam", "text_hidden_fcs", "vision_tower", "lm_head"]
+QUANTIZATIONS = ("8bit", "4bit")
+LANGUAGE_MODEL = "language_model"  # the module name of the LLM inside LLaVA and Qwen2.5-VL (and so inside LISA)
+# Everything outside the language model stays unquantised — CLIP and the projector (the original loaded CLIP after
+# quantising, so it stayed unquantised), SAM (the original skipped `visual_model`; its decoder reads weights
+# directly), the [SEG] projection and `lm_head`. transformers matches a skip name from the start of a module's full
+# name, so a bare "vision_tower" misses `vlm.model.vision_tower.…` and CLIP came out quantised; one pattern that
+# matches every name not inside the language model holds for a LISA model and a base of either family alike (Qwen's
+# vision transformer and patch merger, `model.visual`, stay unquantised as CLIP does).
+NOT_QUANTIZED = [rf"(?!.*\b{LANGUAGE_MODEL}\.).*"]
+
+
+# ------------------------------------------------------------------------------------------ building
+def add_seg_token(tokenizer, seg_token: str = SEG_TOKEN) -> int:
+    """Adds `[SEG]` as a special token and returns its id.
+
+    Raises if it does not encode to exactly that one id: with some LLaMA-2 tokenizers the original's
+    `tokenizer("[SEG]")` gave a leading space piece first, so every mask was read from the wrong position.
+    """
+    tokenizer.add_tokens([AddedToken(seg_token, special=True, normalized=False)], special_tokens=True)
+    seg_token_id = tokenizer.convert_tokens_to_ids(seg_token)
+    encoded = tokenizer(seg_token, add_special_tokens=False).input_ids
+    if encoded != [seg_token_id]:
+        raise ValueError(f"{seg_token!r} encodes to {encoded}, not to the single id {seg_token_id}")
+    return seg_token_id
+
+
+def build_lisa_from_base(
+    base_path: str,
+    sam_path: str,
+    conv_type: str | None = None,
+    dtype: torch.dtype | None = None,
+    out_dim: int | None = None,
+    quantization: str | None = None,
+    device: torch.device | None = None,
+    **config_kwargs,
+) -> tuple[LisaForCausalLM, LisaProcessor]:
+    """A LISA model to train, from a vision-language base and SAM or SAM 2 weights; each family is read from its
+    folder's (or hub id's) config.
+
+    Args:
+        base_path: hub id or folder of a `LlavaForConditionalGeneration` (e.g. `llava-hf/llava-1.5-7b-hf`) or a
+            `Qwen2_5_VLForConditionalGeneration` (e.g. `Qwen/Qwen2.5-VL-3B-Instruct`).
+        sam_path: a `SamModel` or `Sam2Model` folder or hub id (e.g. `facebook/sam2.1-hiera-tiny`), or a
+            `sam_vit_h_4b8939.pth`-style file in segment-anything's layout.
+        conv_type: conversation format (`model.conversation.CHAT_TEMPLATES`); None: the base family's default.
+        out_dim: output width of the new `[SEG]` projection; it must be the mask head's prompt width (the default;
+            256 for the released SAM and SAM 2).
+        quantization, device: see `load_lisa`.
+        config_kwargs: other `LisaConfig` fields (loss weights).
+
+    Raises:
+        ValueError: a base or mask head of no supported family (naming the supported ones).
+    """
+    family = vlm_family(PretrainedConfig.get_config_dict(base_path)[0], source=base_path)
+    vlm_processor = family.load_processor(base_path)
+    seg_token_id = add_seg_token(vlm_processor.tokenizer)
+    vlm = family.model_class.from_pretrained(base_path, dtype=dtype, **_quantization_kwargs(quantization, dtype, device))
+    vlm.resize_token_embeddings(len(vlm_processor.tokenizer))
+    sam = load_mask_head(sam_path, dtype=dtype)
+    prompt_width = sam.config.prompt_encoder_config.hidden_size
+    if out_dim not in (None, prompt_width):
+        raise ValueError(f"out_dim {out_dim} must equal the prompt width {prompt_width} of the SAM in {sam_path}")
+
+    config = LisaConfig(
+        vlm_config=vlm.config, sam_config=sam.config, seg_token_id=seg_token_id, out_dim=prompt_width, **config_kwargs
+    )
+    model = LisaForCausalLM(config, vlm=vlm, sam=sam)
+    # Wrapping the loaded parts' configs in LisaConfig clears their resolved attention implementation, and a
+    # language model without one attends bidirectionally; set it once for the whole model, as loading does.
+    model.set_attn_implementation(config._attn_implementation)
+    if quantization is not None:
+        model.to(device)  # SAM and the new projection join the quantised base on its device
+    if dtype is not None:
+        cast_unquantized(model, dtype)
+    check_quantized(model, quantization)
+    sam_family = mask_head_family(sam.config)
+    processor = LisaProcessor(vlm_processor, sam_image_size=sam_family.image_size(sam.config), sam_family=sam_family.name)
+    processor.set_chat_template(conv_type or family.chat_templates[0])
+    return model, processor
+
+
+# ------------------------------------------------------------------------------------- loading, saving
+def load_lisa(
+    path: str,
+    dtype: torch.dtype | None = None,
+    quantization: str | None = None,
+    device: torch.device | None = None,
+    **kwargs,
+) -> tuple[LisaForCausalLM, LisaProcessor]:
+    """A trained LISA folder (ours, as written by `save_pretrained`): model and processor.
+
+    Args:
+        path: the folder.
+        dtype: weights' dtype (default: as saved); with quantisation, the unquantised parts' and the compute dtype.
+        quantization: None, "8bit" or "4bit" (`quantization_config`); the model is then loaded onto `device`
+            (default: the CPU), where bitsandbytes quantises it.
+        kwargs: passed to `from_pretrained`, e.g. `LisaConfig` overrides such as loss weights.
+    """
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise FileNotFoundError(f"{path}: no config.json, not a LISA folder")
+    model, info = LisaForCausalLM.from_pretrained(
+        path, dtype=dtype, output_loading_info=True, **_quantization_kwargs(quantization, dtype, device), **kwargs
+    )
+    problems = {k: info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys") if info.get(k)}
+    if problems:
+        details = "; ".join(f"{k}: {sorted(map(str, v))}" for k, v in problems.items())
+        raise ValueError(f"{path}: the weights do not match the LISA model ({details})")
+    if dtype is not None:
+        # The vision-language model builds its vision tower and language model from their own sub-configs, which
+        # keep the saved dtype; one cast makes the whole model (but the quantised weights) uniform.
+        cast_unquantized(model, dtype)
+    check_quantized(model, quantization)
+    return model, LisaProcessor.from_pretrained(path)
+
+
+def save_lisa(model: LisaForCausalLM, processor: LisaProcessor, path: str) -> None:
+    """Writes one self-contained folder: weights, config, tokenizer, image processor, chat template."""
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+
+
+def is_lisa(version: str) -> bool:
+    """Whether `version` (hub id or folder) is a trained LISA (config `model_type` "lisa") or a base to build one on."""
+    config, _ = PretrainedConfig.get_config_dict(version)
+    return config.get("model_type") == "lisa"
+
+
+def is_quantized_folder(version: str) -> bool:
+    """Whether a model folder or hub id was saved with quantised weights (its config holds a `quantization_config`)."""
+    config, _ = PretrainedConfig.get_config_dict(version)
+    return "quantization_config" in config
+
+
+def load_for_training(
+    version: str,
+    vision_pretrained: str,
+    conv_type: str | None = None,
+    dtype: torch.dtype | None = None,
+    out_dim: int | None = None,
+    quantization: str | None = None,
+    device: torch.device | None = None,
+    **loss_weights: float,
+) -> tuple[LisaForCausalLM, LisaProcessor]:
+    """The model a training run starts from, and its processor.
+
+    Args:
+        version: a vision-language base (LLaVA-1.5 or Qwen2.5-VL): `[SEG]` is added and the LISA parts are new,
+            SAM or SAM 2 comes from `vision_pretrained`; or a trained LISA folder: restored exactly, nothing
+            re-initialised and `vision_pretrained` unused (its SAM is part of it).
+        conv_type: conversation format; None keeps the base family's default (llava_1_5, qwen2_5_vl) or the
+            folder's own.
+        out_dim: width of SAM's prompt embeddings, the new projection's output (base only; default: read from the
+            SAM weights).
+        quantization, device: "4bit" for QLoRA (a frozen NF4 language model under LoRA), loaded onto `device`.
+        loss_weights: `ce_loss_weight`, `bce_loss_weight`, `dice_loss_weight` — they replace a LISA folder's
+            saved weights, so fine-tuning uses the flags.
+    """
+    if is_lisa(version):
+        model, processor = load_lisa(version, dtype=dtype, quantization=quantization, device=device, **loss_weights)
+        if conv_type is not None:
+            processor.set_chat_template(conv_type)
+    else:
+        model, processor = build_lisa_from_base(
+            version, vision_pretrained, conv_type=conv_type, dtype=dtype, out_dim=out_dim, quantization=quantization,
+            device=device, **loss_weights,
+        )
+    for module in model.modules():
+        if type(module).__name__ == "Linear4bit":
+            # In eval mode under no_grad (validation), bitsandbytes' CPU backend repacks a 4-bit weight for an
+            # inference kernel that has no backward, and keeps it so for the training steps that follow.
+            module.support_avx512bf16_for_cpu = False
+    return model, processor
 
 
 def pick_device() -> torch.device:
@@ -29,35 +212,10 @@ def pick_device() -> torch.device:
     return torch.device("cpu")
 
 
-def quantization_config(load_in_8bit: bool, load_in_4bit: bool, dtype: torch.dtype, device: torch.device):
-    """A `BitsAndBytesConfig` (None without quantisation): 4-bit = NF4 with double quantisation, as the original.
-
-    Raises:
-        RuntimeError: both flags, no CUDA device, or bitsandbytes not installed — bitsandbytes only runs on GPUs.
-    """
-    if not (load_in_8bit or load_in_4bit):
-        return None
-    if load_in_8bit and load_in_4bit:
-        raise RuntimeError("choose one of --load_in_8bit and --load_in_4bit")
-    if device.type != "cuda":
-        raise RuntimeError("8-bit / 4-bit loading needs a CUDA GPU (bitsandbytes); none is available here")
-    if importlib.util.find_spec("bitsandbytes") is None:
-        raise RuntimeError("8-bit / 4-bit loading needs bitsandbytes: pip install bitsandbytes")
-    from transformers import BitsAndBytesConfig
-
-    if load_in_4bit:
-        return BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=dtype, llm_int8_skip_modules=QUANTIZATION_SKIP_MODULES,
-        )
-    return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=QUANTIZATION_SKIP_MODULES)
-
-
 def load_for_inference(
     version: str,
     precision: str = "bf16",
-    load_in_8bit: bool = False,
-    load_in_4bit: bool = False,
+    quantization: str | None = None,
     conv_type: str | None = None,
     device: torch.device | None = None,
 ) -> tuple[LisaForCausalLM, LisaProcessor]:
@@ -65,37 +223,120 @@ def load_for_inference(
 
     Args:
         precision: "fp32", "bf16" or "fp16"; with quantisation, the dtype of the unquantised parts and of
-            the 4-bit compute.
+            the computation.
+        quantization: None, "8bit" or "4bit": the language model's linear layers quantised by bitsandbytes.
         conv_type: a `model.conversation.CHAT_TEMPLATES` name overriding the folder's chat template.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
-    dtype = PRECISIONS[precision]
     device = device or pick_device()
-    quantization = quantization_config(load_in_8bit, load_in_4bit, dtype, device)
-    if quantization is not None:
-        model, processor = load_lisa(version, dtype=dtype, quantization_config=quantization, device_map={"": device.index or 0})
-    else:
-        model, processor = load_lisa(version, dtype=dtype)
+    model, processor = load_lisa(version, dtype=PRECISIONS[precision], quantization=quantization, device=device)
+    if quantization is None:
         model.to(device)
     if conv_type is not None:
         processor.set_chat_template(conv_type)
     return model.eval(), processor
 
 
-def add_model_arguments(parser: argparse.ArgumentParser, max_new_tokens: int = 512) -> None:
-    """The flags every script that answers with a trained model shares (`chat.py`, `app.py`)."""
-    parser.add_argument("--version", required=True, help="trained LISA folder")
-    parser.add_argument("--precision", default="bf16", choices=list(PRECISIONS), help="weights' precision")
-    parser.add_argument("--load_in_8bit", action="store_true", help="quantise the language model to 8 bits (bitsandbytes, CUDA)")
-    parser.add_argument("--load_in_4bit", action="store_true", help="quantise the language model to 4-bit NF4 (bitsandbytes, CUDA)")
-    parser.add_argument("--max_new_tokens", type=int, default=max_new_tokens, help="longest answer, in tokens")
-    parser.add_argument("--conv_type", choices=list(CHAT_TEMPLATES), help="conversation format (default: the model folder's)")
+# ---------------------------------------------------------------------------------------- quantisation
+def quantization_config(quantization: str, dtype: torch.dtype | None):
+    """The `BitsAndBytesConfig` of "8bit" (LLM.int8) or "4bit" (NF4 with double quantisation and `dtype`
+    compute, as the original's `--load_in_4bit`), quantising the language model only.
+
+    Raises:
+        ValueError: an unknown kind.
+        RuntimeError: bitsandbytes is not installed.
+    """
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f"unknown quantisation {quantization!r}; choose from {', '.join(QUANTIZATIONS)}")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise RuntimeError("8-bit / 4-bit loading needs bitsandbytes: pip install bitsandbytes")
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "4bit":
+        return BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype or torch.float32, llm_int8_skip_modules=NOT_QUANTIZED,
+        )
+    return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=NOT_QUANTIZED)
 
 
-def load_from_arguments(args: argparse.Namespace) -> tuple[LisaForCausalLM, LisaProcessor]:
-    """`load_for_inference` with `add_model_arguments`' flags; a folder that cannot be loaded exits with why."""
-    try:
-        return load_for_inference(args.version, args.precision, args.load_in_8bit, args.load_in_4bit, conv_type=args.conv_type)
-    except (OSError, RuntimeError, ValueError) as error:
-        sys.exit(f"cannot load {args.version}: {error}")
+def _quantization_kwargs(quantization: str | None, dtype: torch.dtype | None, device: torch.device | None) -> dict:
+    """`from_pretrained`'s arguments for `quantization`: the config, and the device bitsandbytes quantises on."""
+    if quantization is None:
+        return {}
+    device = torch.device(device or "cpu")
+    where = (device.index or 0) if device.type == "cuda" else device.type
+    return {"quantization_config": quantization_config(quantization, dtype), "device_map": {"": where}}
+
+
+def is_quantized_linear(module: nn.Module) -> bool:
+    """A bitsandbytes `Linear8bitLt` / `Linear4bit` (checked by name: bitsandbytes is optional)."""
+    return type(module).__name__ in ("Linear8bitLt", "Linear4bit")
+
+
+def is_quantized_weight(tensor: torch.Tensor) -> bool:
+    """A bitsandbytes-quantised weight: `Int8Params` or `Params4bit`."""
+    return type(tensor).__name__ in ("Int8Params", "Params4bit")
+
+
+def cast_unquantized(model: nn.Module, dtype: torch.dtype) -> None:
+    """Every floating-point parameter and buffer but the quantised weights to `dtype`, in place.
+
+    (`model.to(dtype)` is refused by transformers once a model is quantised.)
+    """
+    for module in model.modules():
+        for name, param in module.named_parameters(recurse=False):
+            if param.is_floating_point() and not is_quantized_weight(param):
+                param.data = param.data.to(dtype)
+        for name, buffer in module.named_buffers(recurse=False):
+            if buffer.is_floating_point():
+                module._buffers[name] = buffer.to(dtype)
+
+
+def quantization_census(model: nn.Module) -> dict[str, Counter]:
+    """Linear layers by where they sit and what they are: `{"language_model": Counter({"Linear4bit": 14}),
+    "vision_tower": Counter({"Linear": 12}), ...}`, named by the first component that tells the parts apart."""
+    census: dict[str, Counter] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear) or is_quantized_linear(module):
+            parts = [p for p in name.split(".") if p not in ("vlm", "model", "base_model")]
+            census.setdefault(parts[0], Counter())[type(module).__name__] += 1
+    return census
+
+
+def check_quantized(model: nn.Module, quantization: str | None) -> None:
+    """Checks that exactly the language model's linear layers are quantised (all of them, nothing else), or none.
+
+    Raises:
+        RuntimeError: naming the first layer that is not as it should be.
+    """
+    for name, module in model.named_modules():
+        if not (isinstance(module, nn.Linear) or is_quantized_linear(module)):
+            continue
+        should = quantization is not None and f".{LANGUAGE_MODEL}." in f".{name}"
+        if is_quantized_linear(module) != should:
+            state = "quantised" if is_quantized_linear(module) else "not quantised"
+            raise RuntimeError(f"{name} came out {state} with quantisation {quantization}")
+
+
+def dequantize(model: nn.Module, dtype: torch.dtype = torch.float32) -> None:
+    """Replaces every bitsandbytes linear layer of `model` by an `nn.Linear` holding its dequantised weight in
+    `dtype`, in place: the model the quantised one computes, in full precision (what merging a QLoRA run needs)."""
+    from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
+    from transformers.integrations.bitsandbytes import dequantize_bnb_weight
+
+    for name, module in list(model.named_modules()):
+        if is_quantized_linear(module):
+            quant_state = getattr(module.weight, "quant_state", None)
+            if getattr(quant_state, "packing_format_for_cpu", False):
+                # After a CPU forward in eval mode, bitsandbytes holds a 4-bit weight in its CPU kernel's layout;
+                # back to the standard one (as bitsandbytes itself does before saving).
+                module.weight.data, module.weight.quant_state = _convert_weight_packed_for_cpu_inverse(module.weight.data, quant_state)
+            linear = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None, device="meta")
+            linear.weight = nn.Parameter(dequantize_bnb_weight(module.weight, getattr(module, "state", None)).to(dtype))
+            if module.bias is not None:
+                linear.bias = nn.Parameter(module.bias.data.to(dtype))
+            model.set_submodule(name, linear)
+    if (quantizer := getattr(model, "hf_quantizer", None)) is not None:
+        quantizer.remove_quantization_config(model)  # a model loaded quantised would otherwise save as quantised

@@ -1,4 +1,4 @@
-"""LISA's mask losses (reference/lisa.md §2.8).
+"""LISA's mask losses: sigmoid cross-entropy and Dice, as the original's `model/LISA.py` computes them.
 
 The original computes, per image, the sum of per-mask losses divided by the image's mask count, multiplies
 that back by the count, sums over images and divides by the batch's mask count: a plain average over all

@@ -1,4 +1,4 @@
-"""Which parameters of LISA train, and how (reference/lisa.md §2.7).
+"""Which parameters of LISA train, and how (as the original's `train_ds.py` sets them up).
 
 LISA's recipe: LoRA on the language model's attention projections, plus a few modules trained in full
 (`lm_head`, `embed_tokens` — they hold the new `[SEG]` row —, SAM's mask decoder and the `[SEG]` projection).
@@ -8,20 +8,19 @@ Everything else is frozen: the CLIP tower, the projector, SAM's image and prompt
 from __future__ import annotations
 
 import re
+import warnings
 
-import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
-from transformers import PretrainedConfig
 
-from model.builder import build_lisa_from_base, load_lisa
 from model.lisa import LisaForCausalLM
-from model.processing import LisaProcessor
 
 # Modules trained in full in LISA's recipe, matched as substrings of parameter names (as the original did).
 FULLY_TRAINED = ("lm_head", "embed_tokens", "mask_decoder", "text_hidden_fcs")
 # A research option: SAM's image encoder, frozen in LISA's recipe (the paper ablates unfreezing it).
 SAM_IMAGE_ENCODER = "sam.vision_encoder"
+# LISA's LoRA: rank 8, alpha 16, dropout 0.05 on the language model's q_proj and v_proj (Lai et al., 2024).
+LORA_R, LORA_ALPHA, LORA_DROPOUT, LORA_TARGET_MODULES = 8, 16, 0.05, "q_proj,v_proj"
 
 
 def lora_target_regex(target_modules: str) -> str:
@@ -36,7 +35,9 @@ def lora_target_regex(target_modules: str) -> str:
     return rf".*language_model.*\.({'|'.join(names)})"
 
 
-def lora_config(r: int = 8, alpha: int = 16, dropout: float = 0.05, target_modules: str = "q_proj,v_proj") -> LoraConfig:
+def lora_config(
+    r: int = LORA_R, alpha: int = LORA_ALPHA, dropout: float = LORA_DROPOUT, target_modules: str = LORA_TARGET_MODULES
+) -> LoraConfig:
     # No task_type: the PEFT wrapper then forwards LISA's own arguments unchanged to `LisaForCausalLM.forward`.
     return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=lora_target_regex(target_modules), bias="none")
 
@@ -48,10 +49,10 @@ def is_trained_in_full(name: str, train_sam_encoder: bool = False) -> bool:
 
 def setup_trainable(
     model: LisaForCausalLM,
-    lora_r: int = 8,
-    lora_alpha: int = 16,
-    lora_dropout: float = 0.05,
-    lora_target_modules: str = "q_proj,v_proj",
+    lora_r: int = LORA_R,
+    lora_alpha: int = LORA_ALPHA,
+    lora_dropout: float = LORA_DROPOUT,
+    lora_target_modules: str = LORA_TARGET_MODULES,
     train_sam_encoder: bool = False,
 ) -> PeftModel:
     """Wraps `model` with LoRA and sets `requires_grad` per LISA's recipe.
@@ -64,7 +65,11 @@ def setup_trainable(
     Returns:
         the PEFT model; its `get_base_model()` is `model`, modified in place.
     """
-    peft_model = get_peft_model(model, lora_config(lora_r, lora_alpha, lora_dropout, lora_target_modules))
+    with warnings.catch_warnings():
+        # peft reads transformers' deprecated alias `is_gradient_checkpointing`, which warns on every run; the alias
+        # still returns the right value (`is_activation_checkpointing`), so the warning asks nothing of this project.
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        peft_model = get_peft_model(model, lora_config(lora_r, lora_alpha, lora_dropout, lora_target_modules))
     # get_peft_model froze everything but the LoRA matrices; unfreeze the fully trained modules.
     for name, param in peft_model.named_parameters():
         if is_trained_in_full(name, train_sam_encoder):
@@ -82,41 +87,12 @@ def parameter_groups(model: nn.Module) -> list[dict]:
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
-    """(trainable, total) parameter counts."""
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return trainable, sum(p.numel() for p in model.parameters())
+    """(trainable, total) parameter counts; a 4-bit weight counts as its unpacked shape (bitsandbytes stores two
+    values per byte)."""
 
+    def size(param: nn.Parameter) -> int:
+        quant_state = getattr(param, "quant_state", None)
+        return quant_state.shape.numel() if quant_state is not None else param.numel()
 
-def is_lisa(version: str) -> bool:
-    """Whether `version` (hub id or folder) is a trained LISA (config `model_type` "lisa") or a base to build one on."""
-    config, _ = PretrainedConfig.get_config_dict(version)
-    return config.get("model_type") == "lisa"
-
-
-def load_for_training(
-    version: str,
-    vision_pretrained: str,
-    conv_type: str | None = None,
-    dtype: torch.dtype | None = None,
-    out_dim: int | None = None,
-    **loss_weights: float,
-) -> tuple[LisaForCausalLM, LisaProcessor]:
-    """The model a training run starts from, and its processor.
-
-    Args:
-        version: a vision-language base (LLaVA-1.5 or Qwen2.5-VL): `[SEG]` is added and the LISA parts are new,
-            SAM or SAM 2 comes from `vision_pretrained`; or a trained LISA folder: restored exactly, nothing
-            re-initialised and `vision_pretrained` unused (its SAM is part of it).
-        conv_type: conversation format; None keeps the base family's default (llava_1_5, qwen2_5_vl) or the
-            folder's own.
-        out_dim: width of SAM's prompt embeddings, the new projection's output (base only; default: read from the
-            SAM weights).
-        loss_weights: `ce_loss_weight`, `bce_loss_weight`, `dice_loss_weight` — they replace a LISA folder's
-            saved weights, so fine-tuning uses the flags.
-    """
-    if is_lisa(version):
-        model, processor = load_lisa(version, dtype=dtype, **loss_weights)
-        if conv_type is not None:
-            processor.set_chat_template(conv_type)
-        return model, processor
-    return build_lisa_from_base(version, vision_pretrained, conv_type=conv_type, dtype=dtype, out_dim=out_dim, **loss_weights)
+    trainable = sum(size(p) for p in model.parameters() if p.requires_grad)
+    return trainable, sum(size(p) for p in model.parameters())

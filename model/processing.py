@@ -1,6 +1,6 @@
 """Turning images and conversations into model inputs, shared by training, evaluation and chat.
 
-Two image paths feed LISA:
+Two image paths feed LISA, as in the original's data sets (`utils/*_dataset.py`) and `chat.py`:
   * the vision-language model's, through its own image processor (CLIP's resize + centre crop for LLaVA, dynamic
     resolution patches for Qwen2.5-VL: `model.vlm_families`);
   * the mask head's (`model.mask_heads`): SAM's longest side + padding, or SAM 2's square resize. The size the image
@@ -199,12 +199,29 @@ class LisaProcessor:
         return input_ids, labels
 
     def decode_answer(self, token_ids: list[int] | torch.Tensor) -> str:
-        """Text of generated ids, cut at the end-of-turn token, keeping `[SEG]`."""
+        """Text of generated ids, cut at the end-of-turn token, keeping `[SEG]`.
+
+        Added tokens that strip the whitespace beside them when encoding (those of the released LISA tokenizers:
+        `[SEG]`, `<im_start>`, ...) are decoded as the original's tokenizer (transformers 4.31, slow) decoded them:
+        each such token and each text run between them decoded on its own, joined by single spaces ("Sure, [SEG] .").
+        One decode of all ids would glue them to the words before them ("Sure,[SEG] .").
+        """
         token_ids = [int(t) for t in token_ids]
         if self.tokenizer.eos_token_id in token_ids:
             token_ids = token_ids[: token_ids.index(self.tokenizer.eos_token_id)]
         token_ids = [t for t in token_ids if t != self.tokenizer.pad_token_id]
-        return self.tokenizer.decode(token_ids, skip_special_tokens=False).strip()
+        stripping = {i for i, token in self.tokenizer.added_tokens_decoder.items() if token.lstrip or token.rstrip}
+        pieces, run = [], []
+        for token_id in token_ids:
+            if token_id in stripping:
+                pieces += [self.tokenizer.decode(run, skip_special_tokens=False)] if run else []
+                pieces.append(self.tokenizer.convert_ids_to_tokens(token_id))
+                run = []
+            else:
+                run.append(token_id)
+        if run:
+            pieces.append(self.tokenizer.decode(run, skip_special_tokens=False))
+        return " ".join(pieces).strip()
 
     # ---------------------------------------------------------------------------------------------- images
     def preprocess_image(self, image: np.ndarray) -> ImageInput:

@@ -46,9 +46,10 @@ from transformers import (
 from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-from model.builder import build_lisa_from_base, save_lisa
 from model.conversation import CHAT_TEMPLATES, LLAMA_2_SYSTEM, LLAVA_V1_SYSTEM, QWEN_SYSTEM
+from model.loading import build_lisa_from_base, save_lisa
 from model.vlm_families import Qwen2_5_VLTextImageProcessor
+from utils.cli import HelpFormatter
 
 CLIP_IMAGE_SIZE = 32
 CLIP_PATCH_SIZE = 8
@@ -265,7 +266,7 @@ def write_tiny(out: str, seed: int = 0, vlm: str = "llava", sam: str = "sam") ->
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--out", required=True, help="folder to write <vlm>/, <sam>/ and lisa/ into")
     parser.add_argument("--vlm", default="llava", choices=sorted(VLM_BUILDERS), help="vision-language model family")
     parser.add_argument("--sam", default="sam", choices=sorted(SAM_BUILDERS), help="mask head family")

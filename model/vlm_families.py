@@ -105,7 +105,10 @@ class VlmFamily:
         raise NotImplementedError
 
     def preprocess_image(self, processor: VlmProcessor, image: np.ndarray) -> ImageInput:
-        """(H, W, 3) uint8 RGB -> the image as the VLM takes it."""
+        """(H, W, 3) uint8 RGB -> the image as the VLM takes it.
+
+        The layout is given to the image processor: on an image a few pixels high, transformers cannot tell
+        (H, W, 3) from (3, H, W) and guesses the latter (with a warning), which gives wrong pixel values."""
         raise NotImplementedError
 
     def image_seq_length(self, processor: VlmProcessor) -> int:
@@ -157,7 +160,7 @@ class LlavaFamily(VlmFamily):
         return AutoProcessor.from_pretrained(path)
 
     def preprocess_image(self, processor: LlavaProcessor, image: np.ndarray) -> ImageInput:
-        pixel_values = processor.image_processor(images=image, return_tensors="pt")["pixel_values"][0]
+        pixel_values = processor.image_processor(images=image, return_tensors="pt", input_data_format="channels_last")["pixel_values"][0]
         return ImageInput(pixel_values, None, self.image_seq_length(processor))
 
     def image_seq_length(self, processor: LlavaProcessor) -> int:
@@ -194,7 +197,7 @@ class Qwen2_5_VLFamily(VlmFamily):
         return Qwen2_5_VLTextImageProcessor.from_pretrained(path)
 
     def preprocess_image(self, processor: Qwen2_5_VLTextImageProcessor, image: np.ndarray) -> ImageInput:
-        out = processor.image_processor(images=image, return_tensors="pt")
+        out = processor.image_processor(images=image, return_tensors="pt", input_data_format="channels_last")
         grid_thw = out["image_grid_thw"][0]
         return ImageInput(out["pixel_values"], grid_thw, int(grid_thw.prod()) // processor.image_processor.merge_size**2)
 

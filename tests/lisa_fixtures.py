@@ -5,12 +5,20 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 
 import numpy as np
 import torch
 from PIL import Image
 
-from model.builder import load_lisa, save_lisa
+from model.loading import load_lisa, save_lisa
+
+
+def free_port() -> int:
+    """A TCP port no one listens on now, for a launcher's rendezvous or a server."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def write_seg_emitter(lisa_dir: str, out_dir: str, after_seg: str | None = ".") -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw
 
-from tests.lisa_fixtures import write_seg_emitter
+from tests.lisa_fixtures import free_port, write_seg_emitter
 
 CHROMIUM = "/usr/bin/chromium"
 MISSING = [name for name in ("gradio", "playwright") if importlib.util.find_spec(name) is None]
@@ -39,12 +38,6 @@ ANSWER_TIMEOUT_MS = 60_000
 MAX_NEW_TOKENS = 4  # the emitter answers "[SEG].[SEG]." ...: two masks per answer
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def toy_image(path: Path) -> Path:
     """Coloured shapes on grey, so the overlay has something to cover."""
     image = Image.new("RGB", (96, 72), (128, 128, 128))
@@ -57,9 +50,9 @@ def toy_image(path: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(tiny_dir, tmp_path_factory) -> Iterator[str]:
-    """URL of `app.py` serving a tiny model that always emits [SEG] (a random tiny model rarely does, and the
-    test needs masks to check the overlay and the PNG downloads)."""
+def served_app(tiny_dir, tmp_path_factory) -> Iterator[tuple[str, Path]]:
+    """URL and output (stdout and stderr) of `app.py` serving a tiny model that always emits [SEG] (a random tiny
+    model rarely does, and the test needs masks to check the overlay and the PNG downloads)."""
     tmp = tmp_path_factory.mktemp("app")
     version = write_seg_emitter(str(tiny_dir / "lisa"), str(tmp / "seg_emitter"))
     port = free_port()
@@ -85,7 +78,7 @@ def server(tiny_dir, tmp_path_factory) -> Iterator[str]:
             if time.monotonic() > deadline:
                 pytest.fail(f"app.py not serving after {START_TIMEOUT_S} s:\n{(tmp / 'server.log').read_text()}")
             time.sleep(0.5)
-        yield url
+        yield url, tmp / "server.log"
     finally:
         process.terminate()
         try:
@@ -94,6 +87,11 @@ def server(tiny_dir, tmp_path_factory) -> Iterator[str]:
             process.kill()
             process.wait(timeout=10)
         log.close()
+
+
+@pytest.fixture(scope="module")
+def server(served_app) -> str:
+    return served_app[0]
 
 
 @pytest.fixture
@@ -191,3 +189,10 @@ def test_bad_input_shows_message_and_server_keeps_serving(page, tmp_path):
     ask(page, "Can you segment the red circle in this image?")
     expect(page.locator("#chatbot")).to_contain_text("(2 masks)", timeout=ANSWER_TIMEOUT_MS)
     expect(page.locator("#image_out img")).to_be_visible()
+
+
+def test_start_up_prints_the_address_and_no_advice_about_flags_it_lacks(served_app):
+    url, log = served_app
+    output = log.read_text()
+    assert f"Serving on {url}" in output
+    assert "share=True" not in output  # Gradio's advice; app.py has no such setting

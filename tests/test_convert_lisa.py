@@ -1,6 +1,6 @@
 """Tests of model/convert_lisa.py: released LISA v1 checkpoints run here exactly as in the original.
 
-Tiny checkpoints are written in the released layouts (lisa.md §2, §5.1, §7.4) — the 7B one (`<im_patch>`,
+Tiny checkpoints are written in the released layouts — the 7B one (`<im_patch>`,
 `<im_start>`, `<im_end>`, `[SEG]` after the base vocabulary) and the 13B one (`[SEG]`, `<im_start>`, `<im_end>`)
 — with a sentencepiece `tokenizer.model`, bf16 LLM, fp32 SAM (segment-anything's own modules, random weights),
 two `.bin` shards and an index that also lists `rotary_emb.inv_freq`, and a separate CLIP folder. A reference
@@ -11,6 +11,7 @@ the converted model: ids, logits, generated ids, masks.
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import re
@@ -25,9 +26,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
 
-from model.builder import load_lisa
+from model.loading import dequantize, load_lisa
 from model.conversation import LLAVA_V1_SYSTEM
-from model.convert_lisa import CONV_TYPE, NotReleasedLisaError, convert_lisa, main
+from model.convert_lisa import NotReleasedLisaError, convert_lisa, main
 from model.inference import answer
 from model.losses import IGNORE_LABEL
 from tests.sam_reference import build_original_sam
@@ -44,7 +45,7 @@ CORPUS = [
     "Sure, it is the one on the left. There is no such object in the image.",
 ]
 LAYOUTS = {
-    # name: added tokens in id order after the base vocabulary (lisa.md §2.3)
+    # name: added tokens in id order after the base vocabulary (the released added_tokens.json)
     "7b": ("<im_patch>", "<im_start>", "<im_end>", "[SEG]"),
     "13b": ("[SEG]", "<im_start>", "<im_end>"),
 }
@@ -171,7 +172,7 @@ class OriginalLisa:
         self.sam = sam
 
     def tokenize(self, prompt: str) -> list[int]:
-        """`tokenizer_image_token` with the slow legacy tokenizer (lisa.md §3.7, §5.1): split at `<image>`, each
+        """`tokenizer_image_token` with the slow legacy tokenizer (the original's `mm_utils.py`): split at `<image>`, each
         chunk tokenized alone (added tokens strip the whitespace beside them, every text run gets sentencepiece's
         dummy prefix), one BOS kept, `<image>` -> -200."""
         prompt = prompt.replace("<image>", "<im_start><image><im_end>")
@@ -192,6 +193,20 @@ class OriginalLisa:
                 if part:
                     ids += self.sp.encode(part)
         return ids
+
+    def decode(self, ids: list[int]) -> str:
+        """The original's decode (transformers 4.31 slow tokenizer, special tokens kept): every added token and every
+        run of ids between them decoded on its own (sentencepiece drops a run's leading "▁"), joined by spaces."""
+        added_ids = {token_id: token for token, token_id in self.added.items()}
+        pieces, run = [], []
+        for token_id in ids:
+            if token_id in added_ids:
+                pieces += [self.sp.decode(run)] if run else []
+                pieces.append(added_ids[token_id])
+                run = []
+            else:
+                run.append(token_id)
+        return " ".join(pieces + ([self.sp.decode(run)] if run else []))
 
     @torch.no_grad()
     def forward(self, ids: list[int], clip_pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -342,9 +357,20 @@ def test_generation_matches_the_original(released):
     assert reply.token_ids == reference.generate(prompt, clip_pixels, max_new_tokens=8)
 
 
+@pytest.mark.parametrize(
+    "answer_text, shown",
+    [("Sure, [SEG].", "Sure, [SEG] ."), ("It is [SEG] and [SEG].", "It is [SEG] and [SEG] ."), ("[SEG].", "[SEG] ."),
+     ("Sure, it is [SEG][SEG], 2 of them.", "Sure, it is [SEG] [SEG] , 2 of them.")],
+)
+def test_decoded_answers_read_as_the_original_printed_them(released, answer_text, shown):
+    processor, reference = released["processor"], released["reference"]
+    ids = reference.tokenize(answer_text)[1:]  # the ids the original model generates for this answer, without <s>
+    assert processor.decode_answer(ids + [processor.tokenizer.eos_token_id]) == reference.decode(ids) == shown
+
+
 def test_default_load_and_fine_tuning_start(released):
     """The converted folder as `train_ds.py --version` loads it: a training step gives finite losses."""
-    from model.peft_setup import load_for_training
+    from model.loading import load_for_training
 
     model, processor = load_for_training(str(released["out"]), vision_pretrained="unused")
     assert processor.chat_template == released["processor"].chat_template
@@ -393,3 +419,80 @@ def test_cli_and_errors(released, clip_folder, tmp_path, monkeypatch, capsys):
             (broken / file.name).write_bytes(file.read_bytes())
     with pytest.raises(NotReleasedLisaError, match="pytorch_model-00002-of-00002.bin"):
         convert_lisa(str(broken), str(clip_folder), str(tmp_path / "again"))
+
+
+# ------------------------------------------------------------------------------------------- quantisation
+# NF4's 16 values: quantiles of N(0, 1) scaled to [-1, 1] with an exact zero (Dettmers et al., "QLoRA", 2023).
+NF4 = torch.tensor([
+    -1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635, -0.18477343022823334,
+    -0.09105003625154495, 0.0, 0.07958029955625534, 0.16093020141124725, 0.24611230194568634, 0.33791524171829224,
+    0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0,
+])
+
+
+def nf4_round(weight: torch.Tensor, block: int = 64) -> torch.Tensor:
+    """Blocks of 64 consecutive weights (row-major), each scaled by its absmax, rounded to the nearest NF4 value."""
+    blocks = weight.reshape(-1, block)
+    absmax = blocks.abs().amax(1, keepdim=True)
+    nearest = ((blocks / absmax)[..., None] - NF4).abs().argmin(-1)
+    return (NF4[nearest] * absmax).reshape(weight.shape)
+
+
+def int8_round(weight: torch.Tensor) -> torch.Tensor:
+    """LLM.int8's row-wise absmax rounding to 127 levels (without its fp16 outlier columns: the coarser case)."""
+    scale = weight.abs().amax(1, keepdim=True) / 127
+    return (weight / scale).round() * scale
+
+
+def mask_ious(expected: torch.Tensor, actual: torch.Tensor) -> list[float]:
+    return [float((e & a).sum() / (e | a).sum()) for e, a in zip(expected > 0, actual > 0)]
+
+
+@pytest.mark.slow
+def test_quantised_language_model_answers_as_the_original(released):
+    """Rounding the language model's linear weights as NF4 / int8 do keeps the masks (IoU >= 0.99) and every
+    next-token choice that is not a near-tie; bitsandbytes' 4-bit and 8-bit models (on the CPU) hold that rounding
+    and answer alike (IoU >= 0.9).
+
+    Random weights make near-ties of greedy choices (logits of std 0.16 here, the top two often within 0.02, while
+    NF4 moves logits by up to 0.04), so the text is compared position by position, teacher-forced, where the
+    unrounded model's margin is > 0.1, and every logit must stay within half a standard deviation.
+    """
+    model, processor = released["model"], released["processor"]
+    batch = processor.collate([processor.process_sample(image(), [conversation()], np.zeros((2, 40, 52), dtype=bool))])
+    inputs = {k: v for k, v in batch.items() if k not in ("labels", "masks")}
+    answer_positions = batch["labels"][0] != IGNORE_LABEL
+
+    def run(m):
+        with torch.no_grad():
+            output = m(**inputs)
+        return output.logits[0, answer_positions], output.pred_masks[0]
+
+    expected_logits, expected_masks = run(model)
+    top2 = expected_logits.topk(2).values
+    clear = top2[:, 0] - top2[:, 1] > 0.1
+    assert clear.any() and (expected_masks > 0).any()
+
+    def check(m, min_iou, what):
+        logits, masks = run(m)
+        assert (logits - expected_logits).abs().max() <= 0.5 * expected_logits.std(), what
+        assert torch.equal(logits.argmax(-1)[clear], expected_logits.argmax(-1)[clear]), what
+        assert min(mask_ious(expected_masks, masks)) >= min_iou, what
+
+    for rounding in (nf4_round, int8_round):
+        rounded = copy.deepcopy(model)
+        with torch.no_grad():
+            for name, module in rounded.named_modules():
+                if isinstance(module, torch.nn.Linear) and ".language_model." in name:
+                    module.weight.copy_(rounding(module.weight))
+        check(rounded, 0.99, rounding.__name__)
+    for quantization in ("8bit", "4bit"):
+        quantised, _ = load_lisa(str(released["out"]), dtype=torch.float32, quantization=quantization)
+        check(quantised.eval(), 0.9, quantization)
+    # What the 4-bit model computes with is the NF4 rounding above, up to its 8-bit quantised block scales.
+    dequantize(quantised)
+    assert not quantised.is_quantized and "quantization_config" not in quantised.config.to_dict()  # saves as a full one
+    weights = dict(model.named_parameters())
+    for name, weight in quantised.named_parameters():
+        if ".language_model." in name and name.endswith("proj.weight"):
+            torch.testing.assert_close(weight, nf4_round(weights[name]), atol=1e-2 * weights[name].abs().max().item(), rtol=0)

@@ -26,10 +26,10 @@ from datasets.custom_tools import main as custom_main
 from datasets.hybrid import HybridDataset, build_val_dataset
 from datasets.templates import ANSWER_LIST, SHORT_QUESTION_LIST, turn
 from datasets.toy import generate, uncompressed_rle
-from model.builder import load_lisa
+from model.loading import load_lisa
 from model.evaluation import evaluate
 from model.loading import load_for_inference
-from tests.lisa_fixtures import write_reason_seg, write_seg_emitter
+from tests.lisa_fixtures import free_port, write_reason_seg, write_seg_emitter
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 H, W = 24, 32
@@ -424,6 +424,8 @@ def doc_script(settings: str) -> str:
     lines = []
     for line in "".join(blocks[1:]).replace("\\\n", " ").splitlines():
         if "train_ds.py" in line:
+            # A port of its own: DeepSpeed's default 29500 may be taken by another job on the machine.
+            line = line.replace("deepspeed train_ds.py", f"deepspeed --master_port {free_port()} train_ds.py")
             line += " " + TRAIN_FLAGS
         elif "merge_lora_weights.py" in line:
             line += " --precision fp32"

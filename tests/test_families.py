@@ -12,7 +12,7 @@ import pytest
 import torch
 from transformers import Sam2Model, SamModel
 
-from model.builder import build_lisa_from_base
+from model.loading import build_lisa_from_base
 from model.mask_heads import MASK_HEAD_FAMILIES, load_mask_head
 from model.sam import load_sam
 from model.tiny import build_sam, build_sam2
@@ -136,7 +136,7 @@ def test_an_unsupported_base_names_the_supported_families(tiny_dir, tmp_path):
 @pytest.mark.parametrize("tiny_base", [("qwen2_5_vl", "sam2")], indirect=True)
 def test_weights_of_other_families_are_named(tiny_base, tiny_dir):
     """A LISA checkpoint of one pair loaded into a model built for another says which part differs."""
-    from model.builder import load_lisa
+    from model.loading import load_lisa
 
     qwen_sam2, _ = load_lisa(str(tiny_base.lisa_dir))
     llava_sam, _ = load_lisa(str(tiny_dir / "lisa"))
@@ -152,7 +152,7 @@ def test_weights_of_other_families_are_named(tiny_base, tiny_dir):
 def test_tied_word_embeddings_stay_tied(tiny_base, tmp_path):
     """Qwen2.5-VL-3B ties its output head to its input embeddings (the tiny base does not): `[SEG]`'s new row, saving and
     loading keep them one tensor."""
-    from model.builder import load_lisa, save_lisa
+    from model.loading import load_lisa, save_lisa
 
     base = tmp_path / "tied"
     shutil.copytree(tiny_base.vlm_dir, base)

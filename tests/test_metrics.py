@@ -1,5 +1,5 @@
 """LISA's metrics against an independent numpy rendering of the original's `intersectionAndUnionGPU` +
-`validate` arithmetic (reference/lisa.md §6)."""
+`validate` arithmetic."""
 
 import numpy as np
 import pytest

@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from model.builder import add_seg_token, load_lisa, save_lisa
+from model.loading import add_seg_token, load_lisa, save_lisa
 from model.inference import answer
 from model.losses import dice_per_mask, mean_over_masks, sigmoid_ce_per_mask
 
@@ -414,7 +414,7 @@ def test_training_init_keeps_the_pretrained_weights(tiny_base):
     """The builder must not re-initialise the base and SAM it was given (the original's users got random SAM)."""
     from transformers import AutoModel, AutoModelForImageTextToText
 
-    from model.builder import build_lisa_from_base
+    from model.loading import build_lisa_from_base
 
     model, processor = build_lisa_from_base(str(tiny_base.vlm_dir), str(tiny_base.sam_dir), out_dim=64)
     base = AutoModelForImageTextToText.from_pretrained(str(tiny_base.vlm_dir))
@@ -431,7 +431,7 @@ def test_training_init_keeps_the_pretrained_weights(tiny_base):
 
 def test_training_init_behaves_like_its_saved_folder(tiny_base, tmp_path):
     """Same outputs before and after a save/load: catches e.g. a lost (causal) attention implementation."""
-    from model.builder import build_lisa_from_base
+    from model.loading import build_lisa_from_base
 
     model, processor = build_lisa_from_base(str(tiny_base.vlm_dir), str(tiny_base.sam_dir), out_dim=64)
     save_lisa(model, processor, str(tmp_path / "built"))
@@ -459,10 +459,29 @@ def test_prompts_sharing_an_image_equal_separate_images(lisa):
 
 
 def test_projection_width_comes_from_sam(tiny_base):
-    from model.builder import build_lisa_from_base
+    from model.loading import build_lisa_from_base
 
     model, _ = build_lisa_from_base(str(tiny_base.vlm_dir), str(tiny_base.sam_dir))
     assert model.config.out_dim == model.config.sam_config.prompt_encoder_config.hidden_size == 64
     assert model.text_hidden_fcs[2].out_features == 64
     with pytest.raises(ValueError, match="out_dim 256 must equal the prompt width 64"):
         build_lisa_from_base(str(tiny_base.vlm_dir), str(tiny_base.sam_dir), out_dim=256)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (1, 5), (4, 4)])
+def test_clip_input_of_an_image_a_few_pixels_high(lisa, size):
+    """A one-colour image gives the same vision input at any size: its (H, W, 3) layout is not mistaken for
+    (3, H, W). (Qwen2.5-VL's patches of a one-colour image are all alike, whatever their number.)"""
+    _, processor = lisa
+    colour = np.array([200, 30, 90], np.uint8)
+    tiny = processor.preprocess_image(np.broadcast_to(colour, (*size, 3)).copy()).pixel_values
+    large = processor.preprocess_image(np.broadcast_to(colour, (64, 64, 3)).copy()).pixel_values
+    torch.testing.assert_close(tiny[: len(large)], large[: len(tiny)])
+
+
+def test_decoded_answer_is_the_answer_text(lisa):
+    """With this project's tokenizers ([SEG] keeps the spaces beside it) an answer decodes to its own text."""
+    _, processor = lisa
+    text = "Sure, it is [SEG]. And [SEG] , [SEG][SEG] too."
+    ids = processor.tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert processor.decode_answer(ids + [processor.tokenizer.eos_token_id]) == text

@@ -171,7 +171,7 @@ def meta_state_dict(shapes: dict[str, tuple[int, ...]], prefix: str = "") -> dic
 
 # ----------------------------------------------------------------------------------- config and key map
 def test_config_of_vit_h_matches_reference_numbers():
-    """lisa.md §2.1: embed 1280, depth 32, 16 heads, global [7,15,23,31], window 14, patch 16, 1024 px ->
+    """SAM ViT-H (`sam_vit_h_4b8939.pth`): embed 1280, depth 32, 16 heads, global [7,15,23,31], window 14, patch 16, 1024 px ->
     256x64x64 embedding; prompt dim 256; two-way depth 2, MLP 2048, 8 heads; 4 mask tokens; IoU head 3 x 256."""
     config = sam_config_from_original_state_dict(meta_state_dict(original_sam_shapes(**VIT_H)))
     vision, prompt, decoder = config.vision_config, config.prompt_encoder_config, config.mask_decoder_config
@@ -396,7 +396,7 @@ def test_mask_prompt_matches(original_sam: torch.nn.Module, converted_sam: SamMo
 
 
 def test_lisa_text_embedding_prompts_match(original_sam: torch.nn.Module, converted_sam: SamModel):
-    """LISA's use (lisa.md §2.5): each [SEG] embedding [C] is a one-token sparse prompt, dense = no_mask_embed.
+    """LISA's use (the original's `model/LISA.py`): each [SEG] embedding [C] is a one-token sparse prompt, dense = no_mask_embed.
 
     The original decodes image by image with the n [SEG] of an image as the prompt batch `[n, 1, C]`; with
     `SamModel` they are the point batch `[B, n, 1, C]`, so two images go through in one call. The image-wide

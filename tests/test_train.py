@@ -10,7 +10,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,9 +18,10 @@ import numpy as np
 import pytest
 import torch
 
-from model.builder import load_lisa
-from model.peft_setup import FULLY_TRAINED, load_for_training, lora_target_regex, setup_trainable
+from model.loading import load_for_training, load_lisa
+from model.peft_setup import FULLY_TRAINED, lora_target_regex, setup_trainable
 from model.processing import LisaBatch
+from tests.lisa_fixtures import free_port
 from train_ds import parse_args
 from utils.checkpoint import LATEST, read_pointer, save_checkpoint, step_tag
 from utils.run_folder import lock_run_folder
@@ -36,12 +36,6 @@ def toy_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("toy")
     subprocess.run([sys.executable, "-m", "datasets.toy", "--out", str(out)], cwd=REPO, check=True, capture_output=True)
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def train_command(tiny_dir, toy_dir, run_dir, *extra: str, nproc: int = 1, launcher: str = "deepspeed", vlm: str = "llava",

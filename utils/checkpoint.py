@@ -21,6 +21,7 @@ from utils.distributed import barrier, is_main
 
 LATEST = "latest"
 BEST = "best"
+TRAIN_ARGS_FILE = "train_args.json"  # a run's flags, beside its checkpoints: what merging needs to rebuild the model
 
 
 def step_tag(global_step: int) -> str:

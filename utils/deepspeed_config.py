@@ -1,4 +1,4 @@
-"""The DeepSpeed configuration of LISA's training (reference/lisa.md §4.3), built in code from the flags."""
+"""The DeepSpeed configuration of LISA's training, built in code from the flags as the original's `train_ds.py` does."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ def deepspeed_config(
     precision: str = "bf16",
     total_steps: int = 5000,
     warmup_steps: int = 100,
-    on_cpu: bool = False,
+    torch_adam: bool = True,
 ) -> dict:
     """ZeRO-2, AdamW (no weight decay), linear warmup then linear decay to 0, gradient clipping 1.0.
 
@@ -20,13 +20,15 @@ def deepspeed_config(
         total_steps: optimizer steps of the whole run (epochs x steps_per_epoch): the decay ends there.
         warmup_steps: linear warmup from 0 to `lr` (LISA: 100).
         precision: "bf16", "fp16" or "fp32".
-        on_cpu: use torch's AdamW instead of DeepSpeed's fused CPU Adam, whose C++ build buys nothing here.
+        torch_adam: torch's fused AdamW (no compiler needed) rather than DeepSpeed's own fused Adam, which is
+            JIT-compiled on first use: with nvcc on CUDA (a build that fails wherever the CUDA toolkit is missing)
+            and with a C++ compiler on the CPU.
     """
     if precision not in ("bf16", "fp16", "fp32"):
         raise ValueError(f"precision {precision!r}: choose bf16, fp16 or fp32")
     optimizer_params = {"lr": lr, "weight_decay": 0.0, "betas": list(betas)}
-    if on_cpu:
-        optimizer_params["torch_adam"] = True
+    if torch_adam:
+        optimizer_params.update(torch_adam=True, fused=True)  # passed on to torch.optim.AdamW
     return {
         "train_micro_batch_size_per_gpu": batch_size,
         "gradient_accumulation_steps": grad_accumulation_steps,

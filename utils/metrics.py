@@ -1,4 +1,5 @@
-"""Segmentation metrics of LISA's evaluation, exactly as the original computes them (reference/lisa.md §6).
+"""Segmentation metrics of LISA's evaluation, exactly as the original computes them (`intersectionAndUnionGPU` in
+`utils/utils.py`, `validate` in `train_ds.py`).
 
 For every (image, query) pair, one predicted mask is compared with the ground truth (1 target, 0 background,
 255 ignored):

@@ -29,6 +29,26 @@ def overlay(image: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int], a
     return np.round(blended).astype(np.uint8)
 
 
+class FileStems:
+    """Names for the mask files of the images of one session: an image's own file stem, or `{stem}_2`, `{stem}_3`,
+    ... for another image whose stem is taken (`a/photo.jpg` and `b/photo.png`), so that their masks do not
+    overwrite each other. The same file keeps its name."""
+
+    def __init__(self):
+        self._stems: dict[str, str] = {}
+
+    def __call__(self, path: str) -> str:
+        key = os.path.realpath(path)
+        if key not in self._stems:
+            stem = os.path.splitext(os.path.basename(path))[0]
+            name, n = stem, 1
+            while name in self._stems.values():
+                n += 1
+                name = f"{stem}_{n}"
+            self._stems[key] = name
+        return self._stems[key]
+
+
 def save_masks(image: np.ndarray, masks: list[np.ndarray], out_dir: str, stem: str, start: int = 0) -> list[tuple[str, str]]:
     """Writes `{out_dir}/{stem}_mask_{k}.png` (L, 0/255) and `{stem}_masked_img_{k}.png` (overlay in colour k)
     for k = start, start + 1, ...
