@@ -14,7 +14,8 @@ their proportion), and time and memory are extrapolated to full depth by a strai
 fractions: both grow linearly with the number of layers, and what does not grow with it (embeddings, output head,
 SAM 2's small Hiera encoder, which is never cut, the process itself) stays in the intercept. `--fractions 1` measures
 the full models (a GPU). Each fraction of each pair runs in its own process, so its peak memory is its own: the
-process's peak resident set on the CPU, `torch.cuda.max_memory_allocated` on CUDA.
+process's peak resident set on the CPU (weights, activations and the Python/torch runtime, with malloc returning freed
+blocks at once: `benchmarks.memory.child_env`), `torch.cuda.max_memory_allocated` on CUDA.
 """
 
 from __future__ import annotations
@@ -43,10 +44,11 @@ from transformers import (
 )
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-from model.loading import add_seg_token
+from benchmarks.memory import child_env
 from model.conversation import CHAT_TEMPLATES
 from model.inference import answer
 from model.lisa import LisaConfig, LisaForCausalLM
+from model.loading import add_seg_token
 from model.processing import LisaProcessor
 from model.tiny import build_qwen_tokenizer, build_tokenizer
 from model.vlm_families import Qwen2_5_VLTextImageProcessor
@@ -212,7 +214,7 @@ def main() -> None:
             command = [sys.executable, "-m", "benchmarks.backbones", "--child", f"{pair}|{fraction}",
                        "--image_size", args.image_size, "--new_tokens", str(args.new_tokens),
                        "--repeats", str(args.repeats), "--dtype", args.dtype, "--threads", str(args.threads)]
-            out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+            out = subprocess.run(command, check=True, capture_output=True, text=True, env=child_env()).stdout
             result = json.loads(out.strip().splitlines()[-1])
             results.append(result)
             print(f"{pair:36} {fraction:>6.3g} {result['parameters'] / 1e9:>7.2f}B {result['prompt_tokens']:>7} "
