@@ -59,7 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--adapter_only", action=argparse.BooleanOptionalAction, default=False,
                         help="save only the LoRA adapter and the fully trained modules, not a merged model")
     group = parser.add_argument_group("model (default: the training run's values from train_args.json)")
-    group.add_argument("--version", help="the base (LLaVA-1.5 or Qwen2.5-VL) or LISA folder training started from")
+    group.add_argument("--version", help="the base (LLaVA-1.5, Qwen2.5-VL or Qwen3-VL) or LISA folder training started from")
     group.add_argument("--vision_pretrained", help="SAM or SAM 2 weights training started from (base only)")
     group.add_argument("--conv_type", help="conversation format")
     group.add_argument("--out_dim", type=int, help="width of SAM's prompt embeddings")

@@ -7,7 +7,7 @@
     torchrun --standalone --nproc_per_node 2 train_ds.py ...
     python train_ds.py ...          # one process, no launcher
 
-`--version` is a vision-language base — LLaVA-1.5 (llava-hf layout) or Qwen2.5-VL — or a trained LISA folder
+`--version` is a vision-language base — LLaVA-1.5 (llava-hf layout), Qwen2.5-VL or Qwen3-VL — or a trained LISA folder
 (fine-tuning: nothing is re-initialised, the loss weights come from the flags); `--vision_pretrained` is SAM or SAM 2.
 Each family is read from its folder's (or hub id's) config. Logs, TensorBoard events and checkpoints go to
 `<log_base_dir>/<exp_name>/`; `ckpt_model/` there holds the last checkpoint (`latest`, for `--auto_resume`) and
@@ -69,15 +69,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     model = parser.add_argument_group("model")
     model.add_argument("--version", default="llava-hf/llava-1.5-7b-hf",
-                       help="vision-language base (hub id or folder): LLaVA-1.5 (llava-hf layout) or Qwen2.5-VL; or a "
-                            "trained LISA folder to fine-tune")
+                       help="vision-language base (hub id or folder): LLaVA-1.5 (llava-hf layout), Qwen2.5-VL or "
+                            "Qwen3-VL; or a trained LISA folder to fine-tune")
     model.add_argument("--vision_pretrained", default="facebook/sam-vit-huge",
                        help="SAM weights: sam_vit_h_4b8939.pth (original layout), a SamModel folder or hub id; or SAM 2: "
                             "a Sam2Model folder or hub id such as facebook/sam2.1-hiera-tiny; unused when --version is "
                             "a LISA folder")
     model.add_argument("--conv_type", default=None, choices=sorted(CHAT_TEMPLATES),
                        help="conversation format (default: llava_1_5 for a LLaVA base, qwen2_5_vl for a Qwen2.5-VL base, "
-                            "the folder's own for LISA)")
+                            "qwen3_vl for a Qwen3-VL base, the folder's own for LISA)")
     model.add_argument("--out_dim", type=int, default=None,
                        help="output width of the [SEG] projection; must equal SAM's prompt width (default: read from "
                             "the SAM weights, 256 for the released SAM and SAM 2; base only)")

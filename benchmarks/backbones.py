@@ -57,7 +57,7 @@ from model.lisa import LisaConfig, LisaForCausalLM
 from model.loading import add_seg_token
 from model.processing import LisaProcessor
 from model.tiny import build_qwen_tokenizer, build_tokenizer
-from model.vlm_families import Qwen2_5_VLTextImageProcessor
+from model.vlm_families import QwenVLTextImageProcessor
 
 QUESTION = "<image>\nWhat is the object that keeps the food cold in this kitchen? Please output segmentation mask."
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -129,7 +129,8 @@ def qwen_3b_sam2_tiny(fraction: float) -> tuple[LisaConfig, LisaProcessor]:
     )
     # Qwen's default pixel budget (up to 1280 tokens an image) and SAM 2.1-hiera-tiny's configuration.
     processor = LisaProcessor(
-        Qwen2_5_VLTextImageProcessor(tokenizer, Qwen2VLImageProcessorPil()), sam_image_size=1024, sam_family="sam2"
+        QwenVLTextImageProcessor(tokenizer, Qwen2VLImageProcessorPil()), sam_image_size=1024, vlm_family="qwen2_5_vl",
+        sam_family="sam2",
     )
     return LisaConfig(vlm_config=vlm, sam_config=Sam2Config(), seg_token_id=seg_token_id, out_dim=256), processor
 

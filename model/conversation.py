@@ -12,6 +12,7 @@ to produce. A prompt for generation ends with the assistant prefix (`add_generat
   checkpoints (`model/convert_lisa.py`).
 * `qwen2_5_vl` — Qwen2.5-VL's ChatML format (`<|im_start|>role\n...<|im_end|>`, Qwen's default system prompt),
   with every `<image>` written `<|vision_start|><|image_pad|><|vision_end|>`.
+* `qwen3_vl` — Qwen3-VL-Instruct's: the same, without a system turn unless the conversation has one.
 """
 
 LLAVA_V1_SYSTEM = (
@@ -65,18 +66,29 @@ CHAT_TEMPLATES["llava_v1_im_start_end"] = (
     "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
 )
 
-# Qwen2.5-VL-Instruct's own format for string contents; its template writes an image as the content item
-# {"type": "image"}, which LISA's data writes as `<image>` in the text. The newline after `<|im_end|>` opens the
-# next turn and is not part of the answer.
+# Qwen2.5-VL-Instruct's and Qwen3-VL-Instruct's own formats for string contents; their templates write an image as the
+# content item {"type": "image"}, which LISA's data writes as `<image>` in the text. The newline after `<|im_end|>`
+# opens the next turn and is not part of the answer.
 QWEN_SYSTEM = "You are a helpful assistant."
-CHAT_TEMPLATES["qwen2_5_vl"] = (
-    "{% if messages[0]['role'] != 'system' %}{{ '<|im_start|>system\\n" + QWEN_SYSTEM + "<|im_end|>\\n' }}{% endif %}"
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\\n' }}"
-    "{% if message['role'] == 'assistant' %}"
-    "{% generation %}{{ message['content'] + '<|im_end|>' }}{% endgeneration %}{{ '\\n' }}"
-    "{% else %}"
-    "{{ message['content'] | replace('<image>', '<|vision_start|><|image_pad|><|vision_end|>') + '<|im_end|>\\n' }}"
-    "{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
+
+
+def _chatml(default_system: str | None) -> str:
+    """Qwen's ChatML turns; a conversation without a system message gets `default_system`'s turn, if any."""
+    system = (
+        "{% if messages[0]['role'] != 'system' %}{{ '<|im_start|>system\\n" + default_system + "<|im_end|>\\n' }}{% endif %}"
+        if default_system else ""
+    )
+    return system + (
+        "{% for message in messages %}"
+        "{{ '<|im_start|>' + message['role'] + '\\n' }}"
+        "{% if message['role'] == 'assistant' %}"
+        "{% generation %}{{ message['content'] + '<|im_end|>' }}{% endgeneration %}{{ '\\n' }}"
+        "{% else %}"
+        "{{ message['content'] | replace('<image>', '<|vision_start|><|image_pad|><|vision_end|>') + '<|im_end|>\\n' }}"
+        "{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+    )
+
+
+CHAT_TEMPLATES["qwen2_5_vl"] = _chatml(QWEN_SYSTEM)
+CHAT_TEMPLATES["qwen3_vl"] = _chatml(None)

@@ -4,8 +4,8 @@ The language model answers; for every `[SEG]` in the answer, the last-layer (pos
 position *before* it — the position whose logits predict `[SEG]` — is projected by `text_hidden_fcs` to a
 256-d sparse prompt of SAM's mask decoder, which turns it into one mask (the original's `model/LISA.py`).
 
-The vision-language model is of a family of `model.vlm_families` (LLaVA-1.5, Qwen2.5-VL), the mask head of one of
-`model.mask_heads` (SAM, SAM 2); this module is the same for every pair.
+The vision-language model is of a family of `model.vlm_families` (LLaVA-1.5, Qwen2.5-VL, Qwen3-VL), the mask head
+of one of `model.mask_heads` (SAM, SAM 2); this module is the same for every pair.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from huggingface_hub.dataclasses import strict
 from torch import nn
 from transformers import AutoConfig, PreTrainedModel
 from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
-from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import ModelOutput
 
 from model.losses import causal_lm_loss, dice_per_mask, mean_over_masks, sigmoid_ce_per_mask
@@ -32,8 +31,8 @@ logger = logging.getLogger(__name__)
 @strict
 class LisaConfig(PreTrainedConfig):
     r"""
-    vlm_config: the vision-language model: a `LlavaConfig` (CLIP tower, projector, language model) or a
-        `Qwen2_5_VLConfig` (vision transformer with patch merger, language model).
+    vlm_config: the vision-language model: a `LlavaConfig` (CLIP tower, projector, language model), a
+        `Qwen2_5_VLConfig` or a `Qwen3VLConfig` (vision transformer with patch merger, language model).
     sam_config: the segmentation model: a `SamConfig` or a `Sam2Config`.
     seg_token_id: id of `[SEG]` in the tokenizer saved beside the model.
     out_dim: width of SAM's prompt embeddings, the output of `text_hidden_fcs`.
@@ -209,14 +208,14 @@ class LisaForCausalLM(PreTrainedModel):
         image_index: torch.Tensor,
     ) -> torch.Tensor:
         """Last-layer, post-norm hidden states (R, L, h). The vision tower runs once per image, not once per row."""
-        image_features = self.vlm_family.image_features(self.vlm, pixel_values, image_grid_thw)
-        per_row = [image_features[i] for i in image_index.tolist()]
         row_grid_thw = None if image_grid_thw is None else image_grid_thw[image_index]
         outputs = self.vlm.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=self.vlm_family.position_ids(self.vlm, input_ids, attention_mask, row_grid_thw),
-            mm_encoder_outputs={"image": BaseModelOutputWithPooling(pooler_output=per_row)},
+            mm_encoder_outputs={
+                "image": self.vlm_family.image_encoder_outputs(self.vlm, pixel_values, image_grid_thw, image_index)
+            },
             use_cache=False,
         )
         return outputs.last_hidden_state
@@ -241,14 +240,14 @@ class LisaForCausalLM(PreTrainedModel):
             input_ids: (R, L) token ids of R conversations, image tokens expanded.
             attention_mask: (R, L) 1 on tokens, 0 on padding.
             pixel_values: the vision-language model's pixel values of N images ((N, 3, h, w) for LLaVA, (patches,
-                C·t·p·p) for Qwen2.5-VL).
+                C·t·p·p) for the Qwen families).
             sam_pixel_values: (N, 3, S, S) the mask head's pixel values of the same images.
             image_index: (R,) the image of each conversation.
             resized_sizes, original_sizes: (N, 2) image sizes inside SAM's input and originally.
             labels: (R, L) next-token targets, `IGNORE_LABEL` (-100) where no loss is taken; adds `ce_loss`.
             masks: per image, (n_i, H_i, W_i) ground truth, one per `[SEG]` of its conversations in row
                 order; adds the mask losses.
-            image_grid_thw: (N, 3) Qwen2.5-VL's patch grid of each image; None for LLaVA.
+            image_grid_thw: (N, 3) the Qwen families' patch grid of each image; None for LLaVA.
         """
         if input_ids.shape[1] > self.context_length:
             raise ValueError(
@@ -321,7 +320,7 @@ class LisaForCausalLM(PreTrainedModel):
             input_ids: (B, L) prompts ending with the assistant prefix, left padded.
             pixel_values, sam_pixel_values, resized_sizes, original_sizes: the N images (see `forward`).
             image_index: (B,) the image of each prompt; None means prompt b is about image b.
-            image_grid_thw: (N, 3) Qwen2.5-VL's patch grids (see `forward`).
+            image_grid_thw: (N, 3) the Qwen families' patch grids (see `forward`).
             generate_kwargs: passed to the vision-language model's `generate` (greedy by default).
 
         Returns:

@@ -1,8 +1,8 @@
 """Every way a LISA model comes to be, and how it is saved.
 
-* `build_lisa_from_base`: training init from a vision-language base (LLaVA-1.5 or Qwen2.5-VL) plus SAM or SAM 2
-  weights, each family read from its config — `[SEG]` is added to the tokenizer, the embeddings are resized and the
-  `[SEG]` projection is fresh.
+* `build_lisa_from_base`: training init from a vision-language base (LLaVA-1.5, Qwen2.5-VL or Qwen3-VL) plus SAM or
+  SAM 2 weights, each family read from its config — `[SEG]` is added to the tokenizer, the embeddings are resized and
+  the `[SEG]` projection is fresh.
 * `load_lisa`: a trained LISA folder, restored exactly — nothing is re-initialised, and a folder whose weights
   do not cover the model (or hold weights the model does not have) is an error, not a silent re-randomisation.
 * `save_lisa`: one self-contained folder that `load_lisa` reads.
@@ -32,7 +32,7 @@ from model.vlm_families import vlm_family
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 QUANTIZATIONS = ("8bit", "4bit")
-LANGUAGE_MODEL = "language_model"  # the module name of the LLM inside LLaVA and Qwen2.5-VL (and so inside LISA)
+LANGUAGE_MODEL = "language_model"  # the module name of the LLM inside LLaVA and the Qwen VLMs (and so inside LISA)
 # Everything outside the language model stays unquantised — CLIP and the projector (the original loaded CLIP after
 # quantising, so it stayed unquantised), SAM (the original skipped `visual_model`; its decoder reads weights
 # directly), the [SEG] projection and `lm_head`. transformers matches a skip name from the start of a module's full
@@ -72,7 +72,8 @@ def build_lisa_from_base(
 
     Args:
         base_path: hub id or folder of a `LlavaForConditionalGeneration` (e.g. `llava-hf/llava-1.5-7b-hf`) or a
-            `Qwen2_5_VLForConditionalGeneration` (e.g. `Qwen/Qwen2.5-VL-3B-Instruct`).
+            `Qwen2_5_VLForConditionalGeneration` (e.g. `Qwen/Qwen2.5-VL-3B-Instruct`) or a
+            `Qwen3VLForConditionalGeneration` (e.g. `Qwen/Qwen3-VL-2B-Instruct`).
         sam_path: a `SamModel` or `Sam2Model` folder or hub id (e.g. `facebook/sam2.1-hiera-tiny`), or a
             `sam_vit_h_4b8939.pth`-style file in segment-anything's layout.
         conv_type: conversation format (`model.conversation.CHAT_TEMPLATES`); None: the base family's default.
@@ -107,7 +108,9 @@ def build_lisa_from_base(
         cast_unquantized(model, dtype)
     check_quantized(model, quantization)
     sam_family = mask_head_family(sam.config)
-    processor = LisaProcessor(vlm_processor, sam_image_size=sam_family.image_size(sam.config), sam_family=sam_family.name)
+    processor = LisaProcessor(
+        vlm_processor, sam_image_size=sam_family.image_size(sam.config), vlm_family=family.name, sam_family=sam_family.name
+    )
     processor.set_chat_template(conv_type or family.chat_templates[0])
     return model, processor
 
@@ -177,10 +180,10 @@ def load_for_training(
     """The model a training run starts from, and its processor.
 
     Args:
-        version: a vision-language base (LLaVA-1.5 or Qwen2.5-VL): `[SEG]` is added and the LISA parts are new,
-            SAM or SAM 2 comes from `vision_pretrained`; or a trained LISA folder: restored exactly, nothing
+        version: a vision-language base (LLaVA-1.5, Qwen2.5-VL or Qwen3-VL): `[SEG]` is added and the LISA parts are
+            new, SAM or SAM 2 comes from `vision_pretrained`; or a trained LISA folder: restored exactly, nothing
             re-initialised and `vision_pretrained` unused (its SAM is part of it).
-        conv_type: conversation format; None keeps the base family's default (llava_1_5, qwen2_5_vl) or the
+        conv_type: conversation format; None keeps the base family's default (llava_1_5, qwen2_5_vl, qwen3_vl) or the
             folder's own.
         out_dim: width of SAM's prompt embeddings, the new projection's output (base only; default: read from the
             SAM weights).

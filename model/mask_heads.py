@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from PIL import Image
 from transformers import PretrainedConfig, PreTrainedModel, Sam2Model, SamModel
 
+from model.families import family_of
 from model.sam import load_sam
 
 
@@ -179,24 +180,13 @@ class Sam2Family(MaskHeadFamily):
 MASK_HEAD_FAMILIES: dict[str, MaskHeadFamily] = {family.name: family for family in (SamFamily(), Sam2Family())}
 
 
-def supported_mask_heads() -> str:
-    return ", ".join(f"{name} ({family.title})" for name, family in MASK_HEAD_FAMILIES.items())
-
-
 def mask_head_family(config: PretrainedConfig | dict, source: str = "") -> MaskHeadFamily:
     """The family of a segmentation-model config (or config dict); `source` names where it came from.
 
     Raises:
         ValueError: a model of no supported family, naming the supported ones.
     """
-    model_type = config.get("model_type") if isinstance(config, dict) else config.model_type
-    if model_type not in MASK_HEAD_FAMILIES:
-        where = f"{source} holds" if source else "got"
-        raise ValueError(
-            f"{where} a {model_type or 'model without model_type'!r} model, not a supported mask head; "
-            f"supported families: {supported_mask_heads()}"
-        )
-    return MASK_HEAD_FAMILIES[model_type]
+    return family_of(MASK_HEAD_FAMILIES, config, "mask head", source)
 
 
 def load_mask_head(path_or_id: str, dtype: torch.dtype | None = None) -> PreTrainedModel:

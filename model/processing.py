@@ -2,7 +2,7 @@
 
 Two image paths feed LISA, as in the original's data sets (`utils/*_dataset.py`) and `chat.py`:
   * the vision-language model's, through its own image processor (CLIP's resize + centre crop for LLaVA, dynamic
-    resolution patches for Qwen2.5-VL: `model.vlm_families`);
+    resolution patches for Qwen2.5-VL and Qwen3-VL: `model.vlm_families`);
   * the mask head's (`model.mask_heads`): SAM's longest side + padding, or SAM 2's square resize. The size the image
     fills of the mask head's input is kept so predicted masks can be mapped back.
 
@@ -24,7 +24,7 @@ import torch
 from model.conversation import CHAT_TEMPLATES
 from model.losses import IGNORE_LABEL
 from model.mask_heads import MASK_HEAD_FAMILIES
-from model.vlm_families import VLM_FAMILIES, ImageInput, VlmProcessor, vlm_family_of_processor
+from model.vlm_families import VLM_FAMILIES, ImageInput, VlmProcessor
 
 SEG_TOKEN = "[SEG]"
 # The image's place in a user message, as LISA's data writes it; each family's chat templates turn it into the
@@ -43,7 +43,7 @@ class LisaBatch(Mapping):
 
     input_ids, attention_mask: (R, L); labels: (R, L), `IGNORE_LABEL` where no loss is taken.
     pixel_values: the vision-language model's input of the N images: (N, 3, h, w) for LLaVA, (patches, C·t·p·p)
-        for Qwen2.5-VL; image_grid_thw: (N, 3) Qwen2.5-VL's patch grid of each image, None for LLaVA.
+        for the Qwen families; image_grid_thw: (N, 3) their patch grid of each image, None for LLaVA.
     sam_pixel_values: (N, 3, S, S) the mask head's input.
     image_index: (R,) the image of each row; resized_sizes, original_sizes: (N, 2) sizes inside SAM's input
         and originally.
@@ -91,15 +91,25 @@ class LisaBatch(Mapping):
 class LisaProcessor:
     """Turns images and chat messages into LISA model inputs, and back.
 
-    Wraps the base model's own processor (`LlavaProcessor`, or Qwen2.5-VL's tokenizer and image processor: chat
+    Wraps the base model's own processor (`LlavaProcessor`, or a Qwen tokenizer and image processor: chat
     template included) and adds the mask head's image path. Saved beside the model weights; `from_pretrained` of the same
     folder restores it.
     """
 
-    def __init__(self, vlm_processor: VlmProcessor, sam_image_size: int, seg_token: str = SEG_TOKEN, sam_family: str = "sam"):
-        """`sam_image_size`, `sam_family`: the mask head's input size and family (`model.mask_heads`)."""
+    def __init__(
+        self,
+        vlm_processor: VlmProcessor,
+        sam_image_size: int,
+        seg_token: str = SEG_TOKEN,
+        vlm_family: str = "llava",
+        sam_family: str = "sam",
+    ):
+        """`vlm_family`: the family of `vlm_processor`'s model (`model.vlm_families`); `sam_image_size`, `sam_family`:
+        the mask head's input size and family (`model.mask_heads`)."""
+        self.vlm_family = VLM_FAMILIES[vlm_family]
+        if not isinstance(vlm_processor, self.vlm_family.processor_class):
+            raise TypeError(f"a {type(vlm_processor).__name__} is not the processor of a {self.vlm_family.title} model")
         self.vlm_processor = vlm_processor
-        self.vlm_family = vlm_family_of_processor(vlm_processor)
         self.sam_family = MASK_HEAD_FAMILIES[sam_family]
         self.tokenizer = vlm_processor.tokenizer
         self.image_processor = vlm_processor.image_processor
@@ -125,7 +135,7 @@ class LisaProcessor:
         vlm_processor = VLM_FAMILIES[config.get("vlm_family", "llava")].load_processor(path)
         return cls(
             vlm_processor, sam_image_size=config["sam_image_size"], seg_token=config["seg_token"],
-            sam_family=config.get("sam_family", "sam"),
+            vlm_family=config.get("vlm_family", "llava"), sam_family=config.get("sam_family", "sam"),
         )
 
     def save_pretrained(self, path: str) -> None:
@@ -158,7 +168,7 @@ class LisaProcessor:
         """Number of image tokens every image takes (576 for llava-1.5, 256 for LISA v1).
 
         Raises:
-            ValueError: for Qwen2.5-VL, whose images take a number of tokens that depends on their size.
+            ValueError: for the Qwen families, whose images take a number of tokens that depends on their size.
         """
         return self.vlm_family.image_seq_length(self.vlm_processor)
 

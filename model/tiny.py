@@ -1,6 +1,6 @@
 """A tiny random LISA base in the real layouts, built offline in seconds.
 
-    python -m model.tiny --out DIR [--vlm llava|qwen2_5_vl] [--sam sam|sam2]
+    python -m model.tiny --out DIR [--vlm llava|qwen2_5_vl|qwen3_vl] [--sam sam|sam2]
 
 writes the vision-language base to `DIR/<vlm>`, the mask head to `DIR/<sam>` and an untrained LISA built from
 those two by the training-init builder to `DIR/lisa`:
@@ -8,6 +8,8 @@ those two by the training-init builder to `DIR/lisa`:
   processor, chat template);
 * `qwen2_5_vl`: a Qwen2.5-VL folder (config, weights, Qwen-style byte-level BPE tokenizer with Qwen's special
   tokens, dynamic-resolution image processor, chat template);
+* `qwen3_vl`: a Qwen3-VL folder (the same files; a vision transformer with learnt position embeddings and two
+  DeepStack layers, a language model with query/key norms);
 * `sam`: a `SamModel` folder; `sam2`: a `Sam2Model` folder (Hiera image encoder with its feature pyramid).
 Tests, the toy training run and a first try use them in place of the 7B (or 3B) bases.
 """
@@ -31,6 +33,8 @@ from transformers import (
     Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
     Qwen2Tokenizer,
+    Qwen3VLConfig,
+    Qwen3VLForConditionalGeneration,
     Sam2Config,
     Sam2HieraDetConfig,
     Sam2MaskDecoderConfig,
@@ -48,7 +52,7 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLIm
 
 from model.conversation import CHAT_TEMPLATES, LLAMA_2_SYSTEM, LLAVA_V1_SYSTEM, QWEN_SYSTEM
 from model.loading import build_lisa_from_base, save_lisa
-from model.vlm_families import Qwen2_5_VLTextImageProcessor
+from model.vlm_families import QwenVLTextImageProcessor
 from utils.cli import HelpFormatter
 
 CLIP_IMAGE_SIZE = 32
@@ -57,8 +61,8 @@ SAM_IMAGE_SIZE = 64
 SAM_PATCH_SIZE = 8
 SAM_WIDTH = 64  # also the prompt width, i.e. LISA's out_dim for the tiny model
 LLM_HIDDEN_SIZE = 64
-# Qwen2.5-VL: 8-px patches merged 2 x 2 into one token, at most 64 x 64 pixels per image (16 tokens, as many as the
-# tiny CLIP gives); the toy corpus's 64-96 px images come out at 12-16 tokens, depending on their shape.
+# Qwen2.5-VL and Qwen3-VL: 8-px patches merged 2 x 2 into one token, at most 64 x 64 pixels per image (16 tokens, as
+# many as the tiny CLIP gives); the toy corpus's 64-96 px images come out at 12-16 tokens, depending on their shape.
 QWEN_PATCH_SIZE = 8
 QWEN_MERGE_SIZE = 2
 QWEN_MAX_PIXELS = 64 * 64
@@ -135,46 +139,88 @@ def build_qwen_tokenizer() -> Qwen2Tokenizer:
     return tokenizer
 
 
-def build_qwen2_5_vl(seed: int = 0) -> tuple[Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLTextImageProcessor]:
+def qwen_token_ids(tokenizer: Qwen2Tokenizer) -> dict[str, int]:
+    """The image and video token ids a Qwen VLM config holds."""
+    return {
+        name: tokenizer.convert_tokens_to_ids(token)
+        for name, token in (("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
+                            ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>"))
+    }
+
+
+def build_qwen_processor(tokenizer: Qwen2Tokenizer, chat_template: str, **image_processor_kwargs) -> QwenVLTextImageProcessor:
+    image_processor = Qwen2VLImageProcessorPil(
+        patch_size=QWEN_PATCH_SIZE, merge_size=QWEN_MERGE_SIZE, temporal_patch_size=2,
+        min_pixels=(QWEN_PATCH_SIZE * QWEN_MERGE_SIZE) ** 2, max_pixels=QWEN_MAX_PIXELS, **image_processor_kwargs,
+    )
+    tokenizer.chat_template = CHAT_TEMPLATES[chat_template]
+    return QwenVLTextImageProcessor(tokenizer, image_processor)
+
+
+def _set_generation_tokens(model: torch.nn.Module, tokenizer) -> None:
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+
+
+# The tiny Qwen language models, as the tiny LLaMA: 4 heads of 16 (no grouped keys and values) and RoPE base 10000.
+# With Qwen's base (1e6, for 128-wide heads), 6 of the 8 rotary pairs of a 16-wide head hardly turn, and in the toy run
+# the [SEG] queries did not learn to follow the question (colour queries 0.31 gIoU after 2100 steps, against 0.86 with
+# these settings and 0.68 with 2 key-value heads).
+QWEN_TEXT = dict(
+    hidden_size=LLM_HIDDEN_SIZE, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+    max_position_embeddings=1024, bos_token_id=None,
+)
+
+
+def build_qwen2_5_vl(seed: int = 0) -> tuple[Qwen2_5_VLForConditionalGeneration, QwenVLTextImageProcessor]:
     torch.manual_seed(seed)
     tokenizer = build_qwen_tokenizer()
-    head_dim = LLM_HIDDEN_SIZE // 4
     config = Qwen2_5_VLConfig(
         text_config=dict(
-            # As the tiny LLaMA: 4 heads of 16 (no grouped keys and values) and RoPE base 10000. With Qwen's base
-            # (1e6, for 128-wide heads), 6 of the 8 rotary pairs of a 16-wide head hardly turn, and in the toy run
-            # the [SEG] queries did not learn to follow the question (colour queries 0.31 gIoU after 2100 steps,
-            # against 0.86 with these settings and 0.68 with 2 key-value heads).
-            vocab_size=len(tokenizer), hidden_size=LLM_HIDDEN_SIZE, intermediate_size=128, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=1024,
+            **QWEN_TEXT, vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
             # Multimodal RoPE: the head's rotary frequency pairs split between the t, h and w positions, in Qwen's
             # proportions (16, 24, 24 of 64 pairs).
             rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
-            bos_token_id=None, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
         ),
         vision_config=dict(
             depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=QWEN_PATCH_SIZE,
             spatial_merge_size=QWEN_MERGE_SIZE, temporal_patch_size=2, window_size=2 * QWEN_PATCH_SIZE * QWEN_MERGE_SIZE,
             fullatt_block_indexes=[1], out_hidden_size=LLM_HIDDEN_SIZE,
         ),
-        image_token_id=tokenizer.convert_tokens_to_ids("<|image_pad|>"),
-        video_token_id=tokenizer.convert_tokens_to_ids("<|video_pad|>"),
-        vision_start_token_id=tokenizer.convert_tokens_to_ids("<|vision_start|>"),
-        vision_end_token_id=tokenizer.convert_tokens_to_ids("<|vision_end|>"),
+        **qwen_token_ids(tokenizer),
         # Untied, as Qwen2.5-VL-7B (3B ties them): trained in full from random weights at the toy run's learning rate,
         # tied embeddings grew to 30 times their norm, and the frequent template tokens took over the attention.
         tie_word_embeddings=False,
     )
-    assert sum(config.text_config.rope_parameters["mrope_section"]) == head_dim // 2
     model = Qwen2_5_VLForConditionalGeneration(config)
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    image_processor = Qwen2VLImageProcessorPil(
-        patch_size=QWEN_PATCH_SIZE, merge_size=QWEN_MERGE_SIZE, temporal_patch_size=2,
-        min_pixels=(QWEN_PATCH_SIZE * QWEN_MERGE_SIZE) ** 2, max_pixels=QWEN_MAX_PIXELS,
+    _set_generation_tokens(model, tokenizer)
+    return model, build_qwen_processor(tokenizer, "qwen2_5_vl")
+
+
+def build_qwen3_vl(seed: int = 0) -> tuple[Qwen3VLForConditionalGeneration, QwenVLTextImageProcessor]:
+    torch.manual_seed(seed)
+    tokenizer = build_qwen_tokenizer()
+    config = Qwen3VLConfig(
+        text_config=dict(
+            **QWEN_TEXT, vocab_size=len(tokenizer), head_dim=LLM_HIDDEN_SIZE // 4, eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            # Qwen3-VL interleaves the t, h and w frequencies (t h w t h w ...); its proportions are 24, 20, 20 of 64.
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 2, 2], "mrope_interleaved": True},
+        ),
+        vision_config=dict(
+            depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=QWEN_PATCH_SIZE,
+            spatial_merge_size=QWEN_MERGE_SIZE, temporal_patch_size=2, out_hidden_size=LLM_HIDDEN_SIZE,
+            # Learnt position embeddings on a 4 x 4 grid, interpolated to each image's patch grid (48 x 48 in Qwen3-VL);
+            # both vision layers also feed the language model's first two layers (Qwen3-VL: 3 of 24-27 layers).
+            num_position_embeddings=16, deepstack_visual_indexes=[0, 1],
+        ),
+        **qwen_token_ids(tokenizer),
+        tie_word_embeddings=False,  # see build_qwen2_5_vl
     )
-    tokenizer.chat_template = CHAT_TEMPLATES["qwen2_5_vl"]
-    return model, Qwen2_5_VLTextImageProcessor(tokenizer, image_processor)
+    model = Qwen3VLForConditionalGeneration(config)
+    _set_generation_tokens(model, tokenizer)
+    # Qwen3-VL normalises pixels to [-1, 1] (mean and std 0.5), where Qwen2.5-VL uses CLIP's.
+    return model, build_qwen_processor(tokenizer, "qwen3_vl", image_mean=[0.5] * 3, image_std=[0.5] * 3)
 
 
 def build_llava(seed: int = 0) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
@@ -195,8 +241,7 @@ def build_llava(seed: int = 0) -> tuple[LlavaForConditionalGeneration, LlavaProc
         vision_feature_select_strategy="default",
     )
     model = LlavaForConditionalGeneration(config)
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    _set_generation_tokens(model, tokenizer)
     image_processor = CLIPImageProcessor(
         size={"shortest_edge": CLIP_IMAGE_SIZE}, crop_size={"height": CLIP_IMAGE_SIZE, "width": CLIP_IMAGE_SIZE}
     )
@@ -250,7 +295,7 @@ def build_sam2(seed: int = 0) -> Sam2Model:
     return Sam2Model(config)
 
 
-VLM_BUILDERS = {"llava": build_llava, "qwen2_5_vl": build_qwen2_5_vl}
+VLM_BUILDERS = {"llava": build_llava, "qwen2_5_vl": build_qwen2_5_vl, "qwen3_vl": build_qwen3_vl}
 SAM_BUILDERS = {"sam": build_sam, "sam2": build_sam2}
 
 

@@ -3,17 +3,18 @@
 LISA asks four things of its vision-language model (VLM), and the families answer them differently:
 
 * **Image input.** LLaVA-1.5 resizes and centre-crops every image to CLIP's square, so an image is always the same
-  number of tokens (576 at 336 px). Qwen2.5-VL keeps the image's aspect ratio and (up to a pixel budget) its
-  resolution: an image becomes a sequence of patches and a patch grid `image_grid_thw` (t, h, w), and takes
-  `t·h·w / merge²` tokens — a count that depends on the image ("dynamic resolution").
-* **Position ids.** LLaVA's language model counts tokens (1-D RoPE). Qwen2.5-VL gives image tokens 3-D
-  (t, h, w) positions and lets the text after an image continue from the image's largest position (multimodal
+  number of tokens (576 at 336 px). Qwen2.5-VL and Qwen3-VL keep the image's aspect ratio and (up to a pixel budget)
+  its resolution: an image becomes a sequence of patches and a patch grid `image_grid_thw` (t, h, w), and takes
+  `t·h·w / merge²` tokens — a count that depends on the image ("dynamic resolution"). Qwen3-VL also adds features
+  of three of its vision layers to the image tokens' hidden states in the first language-model layers (DeepStack).
+* **Position ids.** LLaVA's language model counts tokens (1-D RoPE). The Qwen families give image tokens 3-D
+  (t, h, w) positions and let the text after an image continue from the image's largest position (multimodal
   RoPE), so positions are computed from the tokens, the grids and the padding (`position_ids`).
-* **Generation inputs.** Qwen2.5-VL's `generate` needs the grids and which tokens are image tokens
+* **Generation inputs.** The Qwen families' `generate` needs the grids and which tokens are image tokens
   (`mm_token_type_ids`) to compute those positions itself, under left padding and with the KV cache.
 * **Chat templates.** Each family has its own conversation formats (`model.conversation.CHAT_TEMPLATES`).
 
-The rest is alike in both, so the code outside this module does not ask which family it runs: image features are
+The rest is alike in all, so the code outside this module does not ask which family it runs: image features are
 scattered over the image tokens (`mm_encoder_outputs`), the language model is `vlm.model.language_model` (LoRA's
 `q_proj`/`v_proj` and the quantised linears live there), the output head is `vlm.lm_head`, and `[SEG]` is an
 added token of the family's tokenizer.
@@ -35,17 +36,22 @@ from transformers import (
     PretrainedConfig,
     PreTrainedModel,
     Qwen2_5_VLForConditionalGeneration,
+    Qwen3VLForConditionalGeneration,
 )
 from transformers.image_processing_utils import BaseImageProcessor
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.models.qwen3_vl.modeling_qwen3_vl import BaseModelOutputWithDeepstackFeatures
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+from model.families import family_of
 
 
 @dataclass
 class ImageInput:
     """One image as its VLM takes it.
 
-    pixel_values: LLaVA (3, h, w) CLIP pixels; Qwen2.5-VL (patches, C·t·p·p) flattened patches.
-    grid_thw: Qwen2.5-VL's (3,) patch grid (t, h, w); None for LLaVA.
+    pixel_values: LLaVA (3, h, w) CLIP pixels; Qwen (patches, C·t·p·p) flattened patches.
+    grid_thw: Qwen's (3,) patch grid (t, h, w); None for LLaVA.
     token_count: image tokens the image takes in the sequence.
     """
 
@@ -54,12 +60,14 @@ class ImageInput:
     token_count: int
 
 
-class Qwen2_5_VLTextImageProcessor:
-    """Qwen2.5-VL's tokenizer and image processor, the part of `Qwen2_5_VLProcessor` LISA uses.
+class QwenVLTextImageProcessor:
+    """A Qwen2.5-VL or Qwen3-VL tokenizer and image processor, the part of `Qwen2_5_VLProcessor` / `Qwen3VLProcessor`
+    LISA uses.
 
-    transformers' `Qwen2_5_VLProcessor` cannot be built, nor loaded, without its video processor, which needs
+    transformers' Qwen processors cannot be built, nor loaded, without their video processor, which needs
     torchvision — which this project does not install (it breaks CPU-only installs). This holds the same files
-    (tokenizer with its chat template, `preprocessor_config.json`), so a `Qwen/Qwen2.5-VL-*` folder loads as it is.
+    (tokenizer with its chat template, `preprocessor_config.json`), so a `Qwen/Qwen2.5-VL-*` or `Qwen/Qwen3-VL-*`
+    folder loads as it is.
     """
 
     image_token = "<|image_pad|>"
@@ -77,7 +85,7 @@ class Qwen2_5_VLTextImageProcessor:
         self.tokenizer.chat_template = template
 
     @classmethod
-    def from_pretrained(cls, path: str) -> "Qwen2_5_VLTextImageProcessor":
+    def from_pretrained(cls, path: str) -> "QwenVLTextImageProcessor":
         # Without torchvision, AutoImageProcessor gives the PIL version of Qwen's image processor.
         return cls(AutoTokenizer.from_pretrained(path), AutoImageProcessor.from_pretrained(path))
 
@@ -86,7 +94,7 @@ class Qwen2_5_VLTextImageProcessor:
         self.image_processor.save_pretrained(path)
 
 
-VlmProcessor = LlavaProcessor | Qwen2_5_VLTextImageProcessor
+VlmProcessor = LlavaProcessor | QwenVLTextImageProcessor
 
 
 class VlmFamily:
@@ -120,11 +128,20 @@ class VlmFamily:
         raise NotImplementedError
 
     # ---------------------------------------------------------------------------------------------- model side
-    def image_features(
+    def encode_images(
         self, vlm: PreTrainedModel, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor | None
-    ) -> Sequence[torch.Tensor]:
-        """Per image, its (n_i, h) features for the language model's image tokens."""
+    ) -> BaseModelOutputWithPooling:
+        """The VLM's image features of N images: per image, its (n_i, h) features in `pooler_output`."""
         raise NotImplementedError
+
+    def image_encoder_outputs(
+        self, vlm: PreTrainedModel, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor | None, image_index: torch.Tensor
+    ) -> BaseModelOutputWithPooling:
+        """What the image encoder gives the language model for R rows about images `image_index` (R,): per row, its
+        image's (n_i, h) features in `pooler_output` (the VLM's `mm_encoder_outputs["image"]`). The encoder runs once
+        per image, however many rows are about it."""
+        features = self.encode_images(vlm, pixel_values, image_grid_thw).pooler_output
+        return BaseModelOutputWithPooling(pooler_output=[features[i] for i in image_index.tolist()])
 
     def position_ids(
         self,
@@ -175,8 +192,10 @@ class LlavaFamily(VlmFamily):
     def batch_images(self, images: Sequence[ImageInput]) -> tuple[torch.Tensor, None]:
         return torch.stack([image.pixel_values for image in images]), None
 
-    def image_features(self, vlm: LlavaForConditionalGeneration, pixel_values: torch.Tensor, image_grid_thw: None) -> torch.Tensor:
-        return vlm.model.get_image_features(pixel_values=pixel_values.to(vlm.dtype)).pooler_output
+    def encode_images(
+        self, vlm: LlavaForConditionalGeneration, pixel_values: torch.Tensor, image_grid_thw: None
+    ) -> BaseModelOutputWithPooling:
+        return vlm.model.get_image_features(pixel_values=pixel_values.to(vlm.dtype))
 
     def generation_inputs(
         self, vlm: LlavaForConditionalGeneration, input_ids: torch.Tensor, pixel_values: torch.Tensor,
@@ -189,14 +208,14 @@ class Qwen2_5_VLFamily(VlmFamily):
     name = "qwen2_5_vl"
     title = "Qwen2.5-VL"
     model_class = Qwen2_5_VLForConditionalGeneration
-    weights_marker = "model.visual."
-    processor_class = Qwen2_5_VLTextImageProcessor
+    weights_marker = "model.visual.merger.ln_q."  # Qwen3-VL's merger has a `norm` instead
+    processor_class = QwenVLTextImageProcessor
     chat_templates = ("qwen2_5_vl",)
 
-    def load_processor(self, path: str) -> Qwen2_5_VLTextImageProcessor:
-        return Qwen2_5_VLTextImageProcessor.from_pretrained(path)
+    def load_processor(self, path: str) -> QwenVLTextImageProcessor:
+        return QwenVLTextImageProcessor.from_pretrained(path)
 
-    def preprocess_image(self, processor: Qwen2_5_VLTextImageProcessor, image: np.ndarray) -> ImageInput:
+    def preprocess_image(self, processor: QwenVLTextImageProcessor, image: np.ndarray) -> ImageInput:
         out = processor.image_processor(images=image, return_tensors="pt", input_data_format="channels_last")
         grid_thw = out["image_grid_thw"][0]
         return ImageInput(out["pixel_values"], grid_thw, int(grid_thw.prod()) // processor.image_processor.merge_size**2)
@@ -204,10 +223,10 @@ class Qwen2_5_VLFamily(VlmFamily):
     def batch_images(self, images: Sequence[ImageInput]) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.cat([image.pixel_values for image in images]), torch.stack([image.grid_thw for image in images])
 
-    def image_features(
+    def encode_images(
         self, vlm: Qwen2_5_VLForConditionalGeneration, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor
-    ) -> tuple[torch.Tensor, ...]:
-        return vlm.model.get_image_features(pixel_values.to(vlm.dtype), image_grid_thw).pooler_output
+    ) -> BaseModelOutputWithPooling:
+        return vlm.model.get_image_features(pixel_values.to(vlm.dtype), image_grid_thw)
 
     def position_ids(
         self,
@@ -244,11 +263,30 @@ class Qwen2_5_VLFamily(VlmFamily):
         return (input_ids == vlm.config.image_token_id).int()
 
 
-VLM_FAMILIES: dict[str, VlmFamily] = {family.name: family for family in (LlavaFamily(), Qwen2_5_VLFamily())}
+class Qwen3VLFamily(Qwen2_5_VLFamily):
+    """Qwen3-VL: Qwen2.5-VL's image input, positions and generation inputs, plus DeepStack features."""
+
+    name = "qwen3_vl"
+    title = "Qwen3-VL"
+    model_class = Qwen3VLForConditionalGeneration
+    weights_marker = "model.visual.deepstack_merger_list."
+    chat_templates = ("qwen3_vl",)
+
+    def image_encoder_outputs(
+        self, vlm: Qwen3VLForConditionalGeneration, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor,
+        image_index: torch.Tensor,
+    ) -> BaseModelOutputWithDeepstackFeatures:
+        """Also per row, in `deepstack_features[k]`, its image's (n_i, h) features of the k-th DeepStack vision layer,
+        which the language model adds to the image tokens' hidden states after its layer k."""
+        output = self.encode_images(vlm, pixel_values, image_grid_thw)
+        rows = image_index.tolist()
+        return BaseModelOutputWithDeepstackFeatures(
+            pooler_output=[output.pooler_output[i] for i in rows],
+            deepstack_features=[[layer[i] for i in rows] for layer in output.deepstack_features],
+        )
 
 
-def supported_vlm_families() -> str:
-    return ", ".join(f"{name} ({family.title})" for name, family in VLM_FAMILIES.items())
+VLM_FAMILIES: dict[str, VlmFamily] = {family.name: family for family in (LlavaFamily(), Qwen2_5_VLFamily(), Qwen3VLFamily())}
 
 
 def vlm_family(config: PretrainedConfig | dict, source: str = "") -> VlmFamily:
@@ -257,19 +295,4 @@ def vlm_family(config: PretrainedConfig | dict, source: str = "") -> VlmFamily:
     Raises:
         ValueError: a model of no supported family, naming the supported ones.
     """
-    model_type = config.get("model_type") if isinstance(config, dict) else config.model_type
-    if model_type not in VLM_FAMILIES:
-        where = f"{source} holds" if source else "got"
-        raise ValueError(
-            f"{where} a {model_type or 'model without model_type'!r} model, not a supported vision-language model; "
-            f"supported families: {supported_vlm_families()}"
-        )
-    return VLM_FAMILIES[model_type]
-
-
-def vlm_family_of_processor(processor: VlmProcessor) -> VlmFamily:
-    """The family whose processor class `processor` is."""
-    for family in VLM_FAMILIES.values():
-        if isinstance(processor, family.processor_class):
-            return family
-    raise ValueError(f"a {type(processor).__name__} is no processor of a supported family ({supported_vlm_families()})")
+    return family_of(VLM_FAMILIES, config, "vision-language model", source)

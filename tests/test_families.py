@@ -15,7 +15,7 @@ from transformers import Sam2Model, SamModel
 from model.loading import build_lisa_from_base
 from model.mask_heads import MASK_HEAD_FAMILIES, load_mask_head
 from model.sam import load_sam
-from model.tiny import build_sam, build_sam2
+from model.tiny import build_qwen3_vl, build_sam, build_sam2
 from model.vlm_families import vlm_family
 
 
@@ -126,7 +126,7 @@ def test_an_unsupported_base_names_the_supported_families(tiny_dir, tmp_path):
     config = json.loads((tiny_dir / "llava" / "config.json").read_text())
     (tmp_path / "base").mkdir()
     (tmp_path / "base" / "config.json").write_text(json.dumps({**config, "model_type": "qwen2_vl"}))
-    message = r"holds a 'qwen2_vl' model, not a supported vision-language model; supported families: llava \(LLaVA-1.5\), qwen2_5_vl \(Qwen2.5-VL\)"
+    message = r"holds a 'qwen2_vl' model, not a supported vision-language model; supported families: llava \(LLaVA-1.5\), qwen2_5_vl \(Qwen2.5-VL\), qwen3_vl \(Qwen3-VL\)"
     with pytest.raises(ValueError, match=message):
         build_lisa_from_base(str(tmp_path / "base"), str(tiny_dir / "sam"))
     with pytest.raises(ValueError, match="got a 'llama' model, not a supported vision-language model"):
@@ -146,6 +146,24 @@ def test_weights_of_other_families_are_named(tiny_base, tiny_dir):
     with pytest.raises(ValueError, match="holds the weights of a SAM 2 mask head, not of a SAM one"):
         llava_sam.check_weights_fit(mixed, "run/ckpt")
     llava_sam.check_weights_fit(llava_sam.state_dict(), "run/ckpt")  # its own weights fit
+
+
+@pytest.mark.parametrize("tiny_base", [("qwen2_5_vl", "sam2")], indirect=True)
+def test_qwen3_and_qwen2_5_weights_are_told_apart(tiny_base):
+    """Both Qwen families name their vision tower `model.visual`; Qwen3-VL's has DeepStack mergers, Qwen2.5-VL's merger
+    an `ln_q`."""
+    from model.lisa import LisaConfig, LisaForCausalLM
+    from model.loading import load_lisa
+
+    qwen2_5, _ = load_lisa(str(tiny_base.lisa_dir))
+    vlm, processor = build_qwen3_vl()
+    sam = build_sam2()
+    qwen3 = LisaForCausalLM(LisaConfig(vlm_config=vlm.config, sam_config=sam.config, seg_token_id=0), vlm=vlm, sam=sam)
+    with pytest.raises(ValueError, match="ckpt holds the weights of a Qwen3-VL vision-language model, not of a Qwen2.5-VL one"):
+        qwen2_5.check_weights_fit(qwen3.state_dict(), "ckpt")
+    with pytest.raises(ValueError, match="ckpt holds the weights of a Qwen2.5-VL vision-language model, not of a Qwen3-VL one"):
+        qwen3.check_weights_fit(qwen2_5.state_dict(), "ckpt")
+    qwen3.check_weights_fit(qwen3.state_dict(), "ckpt")
 
 
 @pytest.mark.parametrize("tiny_base", [("qwen2_5_vl", "sam2")], indirect=True)

@@ -362,7 +362,7 @@ def test_bf16_forward_and_generate(tiny_base):
 @pytest.mark.parametrize(
     "tiny_base, conv_type",
     [(("llava", "sam"), "llava_1_5"), (("llava", "sam"), "llava_v1"), (("llava", "sam"), "llava_llama_2"),
-     (("qwen2_5_vl", "sam2"), "qwen2_5_vl")],
+     (("qwen2_5_vl", "sam2"), "qwen2_5_vl"), (("qwen3_vl", "sam2"), "qwen3_vl")],
     indirect=["tiny_base"],
 )
 def test_labels_cover_exactly_the_answers(lisa, conv_type):

@@ -338,14 +338,14 @@ def test_merged_model_matches_unmerged(reference_run, merged_dir, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("tiny_base", [("qwen2_5_vl", "sam2")], indirect=True)
+@pytest.mark.parametrize("tiny_base", [("qwen2_5_vl", "sam2"), ("qwen3_vl", "sam2")], indirect=True, ids="+".join)
 def test_qwen_sam2_through_the_scripts(tiny_base, tiny_dir, toy_dir, tmp_path):
-    """Qwen2.5-VL + SAM 2 through the same scripts as LLaVA + SAM: DeepSpeed training with LoRA, resume, merge (the
-    merged model answers as the unmerged one), evaluation and chat."""
+    """Qwen2.5-VL or Qwen3-VL + SAM 2 through the same scripts as LLaVA + SAM: DeepSpeed training with LoRA, resume,
+    merge (the merged model answers as the unmerged one), evaluation and chat."""
     run_dir = tmp_path / "qwen_sam2"
     ckpt_dir = run_dir / "ckpt_model"
     command = train_command(tiny_base.root, toy_dir, run_dir, "--steps_per_epoch", "2", "--val_mode", "generate",
-                            vlm="qwen2_5_vl", sam="sam2")
+                            vlm=tiny_base.vlm, sam="sam2")
     run(command + ["--epochs", "1"])
     assert f"resumed from {ckpt_dir}/{step_tag(2)}" in run(command + ["--epochs", "2"])
     assert read_pointer(str(ckpt_dir)) == step_tag(4)
@@ -355,7 +355,7 @@ def test_qwen_sam2_through_the_scripts(tiny_base, tiny_dir, toy_dir, tmp_path):
     run(merge + ["--save_path", str(merged_dir)])
     peft_model, _ = unmerged_model(run_dir)
     merged, processor = load_lisa(str(merged_dir))
-    assert (merged.vlm_family.name, merged.sam_family.name) == ("qwen2_5_vl", "sam2")
+    assert (merged.vlm_family.name, merged.sam_family.name) == (tiny_base.vlm, "sam2")
     batch = toy_batch(processor)
     with torch.no_grad():
         expected, actual = peft_model(**batch), merged.eval()(**batch)
