@@ -54,6 +54,19 @@ class LisaConfig(PreTrainedConfig):
     bce_loss_weight: float = 2.0
     dice_loss_weight: float = 0.5
 
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs) -> "LisaConfig":
+        """Raises when a saved config names no vision-language model or mask head: building one from the defaults
+        would make a 7B model of random weights (and exhaust a small machine's memory) before the weights are found
+        not to fit."""
+        if "llava_config" in config_dict and "vlm_config" not in config_dict:
+            # Folders written before other families than LLaVA-1.5 were supported name the part `llava_config`.
+            config_dict = {("vlm_config" if k == "llava_config" else k): v for k, v in config_dict.items()}
+        missing = [key for key in ("vlm_config", "sam_config") if not config_dict.get(key)]
+        if missing:
+            raise ValueError(f"a LISA config without {' and '.join(missing)}: not a LISA folder's config.json")
+        return super().from_dict(config_dict, **kwargs)
+
 
 # transformers' tokenizer and processor loaders read a folder's config.json through AutoConfig; without this, a LISA
 # folder's model type "lisa" is unknown there and every load warns that it instantiates "a model of type ``".

@@ -130,12 +130,16 @@ def load_lisa(
         dtype: weights' dtype (default: as saved); with quantisation, the unquantised parts' and the compute dtype.
         quantization: None, "8bit" or "4bit" (`quantization_config`); the model is then loaded onto `device`
             (default: the CPU), where bitsandbytes quantises it.
-        kwargs: passed to `from_pretrained`, e.g. `LisaConfig` overrides such as loss weights.
+        kwargs: `LisaConfig` overrides, such as loss weights.
     """
     if not os.path.isfile(os.path.join(path, "config.json")):
         raise FileNotFoundError(f"{path}: no config.json, not a LISA folder")
+    try:
+        config = LisaConfig.from_pretrained(path, **kwargs)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
     model, info = LisaForCausalLM.from_pretrained(
-        path, dtype=dtype, output_loading_info=True, **_quantization_kwargs(quantization, dtype, device), **kwargs
+        path, config=config, dtype=dtype, output_loading_info=True, **_quantization_kwargs(quantization, dtype, device)
     )
     problems = {k: info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys") if info.get(k)}
     if problems:

@@ -184,3 +184,30 @@ def test_tied_word_embeddings_stay_tied(tiny_base, tmp_path):
     loaded, _ = load_lisa(str(tmp_path / "lisa"))
     assert loaded.get_output_embeddings().weight is loaded.get_input_embeddings().weight
     torch.testing.assert_close(loaded.get_input_embeddings().weight, embeddings, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("tiny_base", [("qwen2_5_vl", "sam2")], indirect=True)
+def test_a_qwen2_5_vl_base_in_the_released_layout_builds_the_same_model(tiny_base, tmp_path):
+    """`Qwen/Qwen2.5-VL-*-Instruct` name their weights as before transformers' VLM refactor (`visual.*`, `model.layers.*`,
+    `model.embed_tokens.*`): a base saved that way gives the same model as one saved by today's transformers."""
+    from safetensors.torch import load_file, save_file
+
+    def released(name: str) -> str:
+        if name.startswith("model.visual."):
+            return name.removeprefix("model.")
+        return name.replace("model.language_model.", "model.", 1)
+
+    base = tmp_path / "released"
+    shutil.copytree(tiny_base.vlm_dir, base)
+    weights = load_file(base / "model.safetensors")
+    save_file({released(name): tensor for name, tensor in weights.items()}, base / "model.safetensors", metadata={"format": "pt"})
+    assert any(name.startswith("visual.blocks.") for name in load_file(base / "model.safetensors"))
+
+    torch.manual_seed(0)
+    model, _ = build_lisa_from_base(str(base), str(tiny_base.sam_dir))
+    torch.manual_seed(0)
+    reference, _ = build_lisa_from_base(str(tiny_base.vlm_dir), str(tiny_base.sam_dir))
+    expected = reference.state_dict()
+    assert expected.keys() == model.state_dict().keys()
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, expected[name]), name

@@ -1,6 +1,8 @@
-"""The LISA model on the tiny bases of every pair of families (LLaVA-1.5 or Qwen2.5-VL, with SAM or SAM 2): shapes,
+"""The LISA model on the tiny bases of every pair of families (`tests/conftest.py: PAIRS`): shapes,
 [SEG] handling, generation (batched, left-padded, KV-cached), persistence, precision."""
 
+import json
+import shutil
 from contextlib import contextmanager
 from dataclasses import replace
 
@@ -338,6 +340,27 @@ def test_loading_a_folder_with_missing_weights_fails(lisa, tmp_path):
     removed = [k for k in weights if "text_hidden_fcs" in k]
     save_file({k: v for k, v in weights.items() if k not in removed}, str(folder / "model.safetensors"), metadata={"format": "pt"})
     with pytest.raises(ValueError, match="missing_keys.*text_hidden_fcs"):
+        load_lisa(str(folder))
+
+
+@pytest.mark.parametrize("tiny_base", [("llava", "sam")], indirect=True)
+def test_a_folder_of_the_first_format_loads_and_one_without_parts_is_refused(tiny_base, tmp_path):
+    """Folders written before other backbone families existed name the LLaVA part `llava_config`; a config naming no
+    vision-language model is refused by name — built from defaults it would be a random 7B model."""
+    folder = tmp_path / "first_format"
+    shutil.copytree(tiny_base.lisa_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["llava_config"] = config.pop("vlm_config")
+    (folder / "config.json").write_text(json.dumps(config))
+    loaded, _ = load_lisa(str(folder))
+    reference, _ = load_lisa(str(tiny_base.lisa_dir))
+    assert loaded.config.vlm_config.to_dict() == reference.config.vlm_config.to_dict()
+    for name, tensor in reference.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor), name
+
+    del config["llava_config"]
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=f"{folder}: a LISA config without vlm_config"):
         load_lisa(str(folder))
 
 
