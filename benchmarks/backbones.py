@@ -37,7 +37,7 @@ import time
 import numpy as np
 import torch
 from transformers import (
-    CLIPImageProcessor,
+    CLIPImageProcessorPil,
     CLIPVisionConfig,
     LlamaConfig,
     LlavaConfig,
@@ -92,7 +92,7 @@ def llava_7b_sam_vit_h(fraction: float) -> tuple[LisaConfig, LisaProcessor]:
     ))
     processor = LisaProcessor(
         LlavaProcessor(
-            image_processor=CLIPImageProcessor(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336}),
+            image_processor=CLIPImageProcessorPil(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336}),
             tokenizer=tokenizer, patch_size=14, vision_feature_select_strategy="default", num_additional_image_tokens=1,
             chat_template=CHAT_TEMPLATES["llava_1_5"],
         ),

@@ -39,7 +39,7 @@ from collections.abc import Mapping
 import torch
 from tokenizers import Tokenizer
 from torch import Tensor
-from transformers import CLIPImageProcessor, CLIPVisionModel, LlamaConfig, LlamaTokenizer, LlavaConfig, LlavaProcessor
+from transformers import CLIPImageProcessorPil, CLIPVisionModel, LlamaConfig, LlamaTokenizer, LlavaConfig, LlavaProcessor
 
 from model.loading import save_lisa
 from model.conversation import CHAT_TEMPLATES
@@ -230,7 +230,7 @@ def convert_lisa(src: str, clip: str, out: str) -> None:
     llm, projector, fcs = _split(state_dict, src)
 
     clip_model = CLIPVisionModel.from_pretrained(clip)
-    image_processor = CLIPImageProcessor.from_pretrained(clip)
+    image_processor = CLIPImageProcessorPil.from_pretrained(clip)
     vision_config = clip_model.config
     if original.get("mm_hidden_size", vision_config.hidden_size) != vision_config.hidden_size:
         raise ValueError(f"{src}: mm_hidden_size {original['mm_hidden_size']} but {clip} has width {vision_config.hidden_size}")

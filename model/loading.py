@@ -29,6 +29,7 @@ from model.lisa import LisaConfig, LisaForCausalLM
 from model.mask_heads import load_mask_head, mask_head_family
 from model.processing import SEG_TOKEN, LisaProcessor
 from model.vlm_families import vlm_family
+from utils.log_filters import dropping_log_message
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 QUANTIZATIONS = ("8bit", "4bit")
@@ -100,18 +101,24 @@ def build_lisa_from_base(
     )
     model = LisaForCausalLM(config, vlm=vlm, sam=sam)
     # Wrapping the loaded parts' configs in LisaConfig clears their resolved attention implementation, and a
-    # language model without one attends bidirectionally; set it once for the whole model, as loading does.
-    model.set_attn_implementation(config._attn_implementation)
+    # language model without one attends bidirectionally; set it once for the whole model, as loading does. SAM 2's
+    # prompt encoder and mask decoder have sub-configs but are no `PreTrainedModel`s, so transformers sets theirs
+    # "without finding the associated sub-model" and warns of "undefined behavior": harmless, the decoder's attention
+    # reads its implementation from that config, as it does after loading (which sets it without a word).
+    with dropping_log_message("transformers.modeling_utils", "We set the attention implementation for the sub-config"):
+        model.set_attn_implementation(config._attn_implementation)
     if quantization is not None:
         model.to(device)  # SAM and the new projection join the quantised base on its device
     if dtype is not None:
         cast_unquantized(model, dtype)
     check_quantized(model, quantization)
     sam_family = mask_head_family(sam.config)
+    # The base's own chat template, if its tokenizer has one (Qwen's may keep it in the processor's
+    # `chat_template.json` only), is replaced by LISA's format of the family.
     processor = LisaProcessor(
-        vlm_processor, sam_image_size=sam_family.image_size(sam.config), vlm_family=family.name, sam_family=sam_family.name
+        vlm_processor, sam_image_size=sam_family.image_size(sam.config), vlm_family=family.name,
+        sam_family=sam_family.name, conv_type=conv_type or family.chat_templates[0],
     )
-    processor.set_chat_template(conv_type or family.chat_templates[0])
     return model, processor
 
 

@@ -103,9 +103,11 @@ class LisaProcessor:
         seg_token: str = SEG_TOKEN,
         vlm_family: str = "llava",
         sam_family: str = "sam",
+        conv_type: str | None = None,
     ):
         """`vlm_family`: the family of `vlm_processor`'s model (`model.vlm_families`); `sam_image_size`, `sam_family`:
-        the mask head's input size and family (`model.mask_heads`)."""
+        the mask head's input size and family (`model.mask_heads`); `conv_type`: the conversation format to use
+        (`set_chat_template`), None: `vlm_processor`'s own chat template."""
         self.vlm_family = VLM_FAMILIES[vlm_family]
         if not isinstance(vlm_processor, self.vlm_family.processor_class):
             raise TypeError(f"a {type(vlm_processor).__name__} is not the processor of a {self.vlm_family.title} model")
@@ -120,6 +122,8 @@ class LisaProcessor:
         if self.tokenizer.pad_token_id is None:
             # LLaMA tokenizers ship without a pad token; LISA pads with <unk>.
             self.tokenizer.pad_token = self.tokenizer.unk_token
+        if conv_type is not None:
+            self.set_chat_template(conv_type)
         if self.chat_template is None:
             raise ValueError("The processor has no chat template; pass one of " + ", ".join(CHAT_TEMPLATES))
 

@@ -23,7 +23,7 @@ import os
 import torch
 from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
 from transformers import (
-    CLIPImageProcessor,
+    CLIPImageProcessorPil,
     CLIPVisionConfig,
     LlamaConfig,
     LlamaTokenizer,
@@ -242,7 +242,7 @@ def build_llava(seed: int = 0) -> tuple[LlavaForConditionalGeneration, LlavaProc
     )
     model = LlavaForConditionalGeneration(config)
     _set_generation_tokens(model, tokenizer)
-    image_processor = CLIPImageProcessor(
+    image_processor = CLIPImageProcessorPil(
         size={"shortest_edge": CLIP_IMAGE_SIZE}, crop_size={"height": CLIP_IMAGE_SIZE, "width": CLIP_IMAGE_SIZE}
     )
     processor = LlavaProcessor(

@@ -12,6 +12,7 @@ import pytest
 import torch
 from transformers import Sam2Model, SamModel
 
+from model.conversation import CHAT_TEMPLATES
 from model.loading import build_lisa_from_base
 from model.mask_heads import MASK_HEAD_FAMILIES, load_mask_head
 from model.sam import load_sam
@@ -211,3 +212,16 @@ def test_a_qwen2_5_vl_base_in_the_released_layout_builds_the_same_model(tiny_bas
     assert expected.keys() == model.state_dict().keys()
     for name, tensor in model.state_dict().items():
         assert torch.equal(tensor, expected[name]), name
+
+
+@pytest.mark.parametrize("tiny_base", [("qwen3_vl", "sam2")], indirect=True)
+def test_a_base_whose_tokenizer_has_no_chat_template_gets_the_familys(tiny_base, tmp_path):
+    """Hub folders may keep the chat template in the processor's `chat_template.json` only, where a bare tokenizer
+    does not read it: LISA's format of the family replaces it anyway."""
+    base = tmp_path / "no_template"
+    shutil.copytree(tiny_base.vlm_dir, base)
+    (base / "chat_template.jinja").unlink()
+    _, processor = build_lisa_from_base(str(base), str(tiny_base.sam_dir))
+    assert processor.chat_template == CHAT_TEMPLATES["qwen3_vl"]
+    ids, _ = processor.encode_conversation([{"role": "user", "content": "<image>\nWhere?"}], add_generation_prompt=True, image_tokens=4)
+    assert processor.tokenizer.decode(ids).startswith("<|im_start|>user\n<|vision_start|>")  # no default system turn
