@@ -69,6 +69,20 @@ class MaskHeadFamily:
         """(n, h, w) decoder logits -> (n, H, W) float32 logits on the original image; > 0 is inside the mask."""
         raise NotImplementedError
 
+    @staticmethod
+    def _decoder_prompts(sam: PreTrainedModel, embedding: torch.Tensor, queries: torch.Tensor) -> dict[str, object]:
+        """The mask decoder's inputs for one (C, s, s) image embedding and its (n, C) `[SEG]` queries, alike in both
+        families: every query is one entry of the decoder's point batch ([1, n, 1, C]), with "no mask" as the dense
+        prompt and a single mask out."""
+        dense = sam.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
+        return dict(
+            image_embeddings=embedding[None],
+            image_positional_embeddings=sam.get_image_wide_positional_embeddings(),
+            sparse_prompt_embeddings=queries[None, :, None, :].to(embedding.dtype),
+            dense_prompt_embeddings=dense.expand(1, -1, *embedding.shape[-2:]),
+            multimask_output=False,
+        )
+
     def _normalise(self, pixels: np.ndarray, scale: float) -> torch.Tensor:
         """(h, w, 3) uint8 -> (3, h, w) float32, `(pixels / scale - mean) / std`."""
         values = torch.from_numpy(pixels).permute(2, 0, 1).float() / scale
@@ -109,15 +123,7 @@ class SamFamily(MaskHeadFamily):
 
     def decode(self, sam: SamModel, features: tuple[torch.Tensor], queries: torch.Tensor) -> torch.Tensor:
         (embedding,) = features
-        dense = sam.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
-        low_res, _ = sam.mask_decoder(
-            image_embeddings=embedding[None],
-            image_positional_embeddings=sam.get_image_wide_positional_embeddings(),
-            # Every [SEG] of the image is one entry of SAM's point batch: [1, n, 1, C].
-            sparse_prompt_embeddings=queries[None, :, None, :].to(embedding.dtype),
-            dense_prompt_embeddings=dense.expand(1, -1, *embedding.shape[-2:]),
-            multimask_output=False,
-        )
+        low_res, _ = sam.mask_decoder(**self._decoder_prompts(sam, embedding, queries))
         return low_res[0, :, 0]
 
     def postprocess(
@@ -159,15 +165,7 @@ class Sam2Family(MaskHeadFamily):
         # The decoder's own projections of the high-resolution maps run here, not in `embed`: they are part of the
         # trained mask decoder, while `embed` runs without gradient when the image encoder is frozen.
         high_resolution = [decoder.conv_s0(s0[None]), decoder.conv_s1(s1[None])]
-        dense = sam.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
-        low_res, *_ = decoder(
-            image_embeddings=embedding[None],
-            image_positional_embeddings=sam.get_image_wide_positional_embeddings(),
-            sparse_prompt_embeddings=queries[None, :, None, :].to(embedding.dtype),
-            dense_prompt_embeddings=dense.expand(1, -1, *embedding.shape[-2:]),
-            multimask_output=False,
-            high_resolution_features=high_resolution,
-        )
+        low_res, *_ = decoder(**self._decoder_prompts(sam, embedding, queries), high_resolution_features=high_resolution)
         return low_res[0, :, 0]
 
     def postprocess(
