@@ -21,7 +21,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
 
-from chat import add_model_arguments, load_model  # noqa: E402
+from model.cli import add_model_arguments, load_model  # noqa: E402
 from model.lisa import LisaForCausalLM  # noqa: E402
 from model.processing import LisaProcessor  # noqa: E402
 from model.session import ChatSession  # noqa: E402

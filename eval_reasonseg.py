@@ -16,7 +16,7 @@ import argparse
 import json
 import logging
 
-from chat import add_model_arguments, load_model
+from model.cli import add_model_arguments, load_model
 from datasets.hybrid import build_val_dataset
 from model.evaluation import MODES, evaluate
 from utils.cli import HelpFormatter, non_negative_int, positive_int
