@@ -44,7 +44,10 @@ from model.processing import LisaBatch, LisaProcessor
 from utils.checkpoint import TRAIN_ARGS_FILE, read_best, read_pointer, save_checkpoint, tag_step
 from utils.cli import HelpFormatter, non_negative_int, positive_int
 from utils.deepspeed_config import deepspeed_config, delayed_start_scale
-from utils.distributed import broadcast_from_main, finish_distributed, is_main, mean_over_ranks, rank_and_world, single_process_environment
+from utils.distributed import (
+    broadcast_from_main, finish_distributed, is_main, mean_over_ranks, rank_and_world, single_process_environment,
+    use_local_device,
+)
 from utils.locations import location_problem
 from utils.log_filters import dropping_log_message
 from utils.metrics import format_table
@@ -270,12 +273,13 @@ def validate(model, processor, val_dataset, args: argparse.Namespace) -> dict:
 
 
 def start_distributed() -> tuple[int, int, torch.device]:
-    """Joins the launcher's process group (a one-process group of our own under plain `python`): gloo on CPU,
-    nccl on CUDA. Returns (rank, world size, this rank's device)."""
+    """Sets this rank's device and joins the launcher's process group (a one-process group of our own under plain
+    `python`): gloo on CPU, nccl on CUDA. Returns (rank, world size, this rank's device)."""
     single_process_environment()
+    device = use_local_device()  # before the first collective (claim_run_folder's broadcast)
     deepspeed.init_distributed()
     rank, world = rank_and_world()
-    return rank, world, torch.device(deepspeed.get_accelerator().device_name(int(os.environ.get("LOCAL_RANK", 0))))
+    return rank, world, device
 
 
 def make_trainable(model: LisaForCausalLM, args: argparse.Namespace) -> PeftModel:

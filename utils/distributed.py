@@ -22,17 +22,41 @@ def single_process_environment() -> None:
     os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
 
 
+def use_local_device() -> torch.device:
+    """This process's device, made the current one: CUDA device `LOCAL_RANK` (a launcher gives each process of a
+    node its own number) when CUDA is available, else the CPU.
+
+    Call it before the first collective. NCCL's object collectives (`broadcast_object_list`, `all_gather_object`)
+    stage the pickled object on the *current* CUDA device, device 0 on every rank until set, while each rank's
+    communicator is bound to device `LOCAL_RANK` (DeepSpeed binds it so): unset, the ranks other than 0 hang or
+    fail in their first collective.
+
+    Raises:
+        RuntimeError: `LOCAL_RANK` names no visible CUDA device (more processes on the node than GPUs).
+    """
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    count = torch.cuda.device_count()
+    if local_rank >= count:
+        raise RuntimeError(
+            f"LOCAL_RANK {local_rank}, but only {count} CUDA device(s) are visible (CUDA_VISIBLE_DEVICES="
+            f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}): start at most {count} process(es) on this node"
+        )
+    torch.cuda.set_device(local_rank)
+    return torch.device("cuda", local_rank)
+
+
 def init_distributed() -> tuple[int, int]:
-    """Joins the process group a launcher (`torchrun`, `deepspeed`) describes in the environment, if any.
+    """Sets this process's device (`use_local_device`) and joins the process group a launcher (`torchrun`,
+    `deepspeed`) describes in the environment, if any.
 
     Returns:
         (rank, world size); (0, 1) for a plain single-process run.
     """
+    use_local_device()
     if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if backend == "nccl":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-        dist.init_process_group(backend=backend)
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
     return rank_and_world()
 
 
