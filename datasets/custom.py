@@ -35,6 +35,7 @@ from datasets.common import SampleError, Sample, ValSample, choose_up_to, decode
 from datasets.reason_seg import TARGET
 from datasets.templates import IMAGE_PLACEHOLDER, VAL_ANSWER, turn
 from model.processing import SEG_TOKEN
+from utils.images import displayed_size
 
 logger = logging.getLogger(__name__)
 
@@ -97,12 +98,13 @@ def _parse_conversation(source: str, k: int, item: object) -> Conversation:
 
 
 def image_size(path: str, source: str) -> tuple[int, int]:
-    """(H, W) from the image's header (the pixels are decoded only when the record is used)."""
+    """(H, W) of the image as displayed (turned by its EXIF orientation), from its header (the pixels are decoded
+    only when the record is used)."""
     if not os.path.isfile(path):
         raise SampleError(source, f"image {path} not found")
     try:
         with Image.open(path) as image:
-            return image.height, image.width
+            return displayed_size(image)
     except (OSError, SyntaxError) as error:
         raise SampleError(source, f"image {path} unreadable ({error})") from None
 

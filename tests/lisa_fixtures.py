@@ -1,5 +1,5 @@
-"""Builders shared by the inference and evaluation tests: a tiny model that emits `[SEG]` on cue, and
-ReasonSeg folders in the real on-disk format."""
+"""Builders shared by the inference and evaluation tests: a tiny model that emits `[SEG]` on cue, ReasonSeg folders
+in the real on-disk format, and photos stored turned, as phones store them."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import socket
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import ExifTags, Image
 
 from model.loading import load_lisa, save_lisa
 
@@ -19,6 +19,14 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def write_turned_photo(path: str, stored: np.ndarray) -> None:
+    """A JPEG whose pixels are `stored` (h, w, 3) and whose EXIF says to turn them 90 degrees clockwise for display
+    (Orientation 6, what a phone held upright writes): it is displayed (w, h)."""
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = 6
+    Image.fromarray(stored).save(path, exif=exif)
 
 
 def write_seg_emitter(lisa_dir: str, out_dir: str, after_seg: str | None = ".") -> str:

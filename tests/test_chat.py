@@ -12,7 +12,7 @@ from PIL import Image
 import chat
 from model.loading import load_for_inference
 from model.session import ChatSession
-from tests.lisa_fixtures import write_seg_emitter
+from tests.lisa_fixtures import write_seg_emitter, write_turned_photo
 from utils.vis import mask_colour, overlay, save_masks
 
 IMAGE_SIZE = (37, 51)  # (H, W): odd, not square, unlike SAM's input
@@ -117,6 +117,14 @@ def test_images_of_one_name_keep_their_own_masks(seg_model_dir, files, tmp_path,
     check_pngs(files["out"], "photo", [0, 1], IMAGE_SIZE)
     check_pngs(files["out"], "photo_2", [0, 1], (20, 24))
     assert not (files["out"] / "photo_3_mask_0.png").exists()
+
+
+def test_a_phone_photo_s_masks_have_its_displayed_size(seg_model_dir, files):
+    """A photo stored sideways with an EXIF orientation (as phones write them) gets masks the size it is displayed."""
+    phone = os.path.join(os.path.dirname(files["image"]), "phone.jpg")
+    write_turned_photo(phone, np.zeros((IMAGE_SIZE[1], IMAGE_SIZE[0], 3), np.uint8))
+    chat.main(args(seg_model_dir, files, "--image", phone, "--prompt", "What is the red thing?"))
+    check_pngs(files["out"], "phone", [0, 1], IMAGE_SIZE)
 
 
 def test_exit_quits(seg_model_dir, files, monkeypatch, capsys):

@@ -29,7 +29,7 @@ from datasets.toy import generate, uncompressed_rle
 from model.loading import load_lisa
 from model.evaluation import evaluate
 from model.loading import load_for_inference
-from tests.lisa_fixtures import free_port, write_reason_seg, write_seg_emitter
+from tests.lisa_fixtures import free_port, write_reason_seg, write_seg_emitter, write_turned_photo
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 H, W = 24, 32
@@ -399,6 +399,24 @@ def test_from_labelme_reason_seg_and_plain(tmp_path):
     np.testing.assert_array_equal(plain.gt, (box(1, 5, 1, 7) | box(15, 21, 20, 26))[None].astype(np.uint8))
     assert template_of(plain.queries[0]) == "cup" and [template_of(q) for q in r1.queries] == ["the box", "the other wording"]
     assert os.path.isfile(os.path.join(out, "images", "r1.jpg"))
+
+
+def test_from_labelme_on_a_turned_photo(tmp_path):
+    """LabelMe draws on the photo as displayed (EXIF orientation applied): the converted mask lies there, with the
+    displayed size, and the folder's reader gives the image the same way up."""
+    src = tmp_path / "src"
+    src.mkdir()
+    write_turned_photo(str(src / "phone.jpg"), np.random.default_rng(0).integers(0, 256, (H, W, 3), dtype=np.uint8))
+    # Displayed W wide and H high; the cup's rows lie below the stored image's H rows.
+    with open(src / "phone.json", "w") as f:
+        json.dump({"imagePath": "phone.jpg", "imageHeight": W, "imageWidth": H, "shapes": [
+            {"label": "cup", "points": [[3, 25], [15, 25], [15, 29], [3, 29]], "shape_type": "polygon"},
+        ]}, f)
+    out = str(tmp_path / "out")
+    assert custom_main(["from_labelme", "--src", str(src), "--out", out]) == 0
+    sample = CustomValDataset(out, "train")[0]
+    np.testing.assert_array_equal(sample.gt, box(25, 30, 3, 16, h=W, w=H)[None].astype(np.uint8))
+    assert sample.image.shape == (W, H, 3)
 
 
 def test_check_command(folder, capsys):

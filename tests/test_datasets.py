@@ -32,6 +32,8 @@ from datasets import (
 from datasets.common import sample_rng
 from datasets.templates import ANSWER_LIST, EXPLANATORY_QUESTION_LIST, LONG_QUESTION_LIST, SHORT_QUESTION_LIST
 from datasets.toy import generate
+from tests.lisa_fixtures import write_turned_photo
+from utils.images import load_image
 
 REFER_SETS = ("refclef", "refcoco", "refcoco+", "refcocog", "grefcoco")
 SEM_SEG_SETS = ("ade20k", "cocostuff", "mapillary", "paco_lvis", "pascal_part")
@@ -483,6 +485,27 @@ def test_grayscale_and_rgba_images_are_read_as_rgb(corpus_copy, toy):
         sample = data[index]
         assert sample.image.shape[2] == 3
         np.testing.assert_array_equal(sample.gt[0], toy[1].masks[sample.sample_id][sample.queries[0]])
+
+
+def test_a_turned_photo_is_read_as_displayed(tmp_path):
+    """A phone photo (pixels stored sideways, EXIF Orientation 6) is read the way it is displayed, as OpenCV's imread
+    (the original's reader) and LabelMe read it; ReasonSeg polygons, drawn on the displayed image, land there."""
+    folder = tmp_path / "reason_seg" / "ReasonSeg" / "val"
+    folder.mkdir(parents=True)
+    path = str(folder / "phone.jpg")
+    write_turned_photo(path, np.random.default_rng(0).integers(0, 256, (24, 40, 3), dtype=np.uint8))
+    image = load_image(path)
+    assert image.shape == (40, 24, 3)
+    np.testing.assert_array_equal(image, cv2.imread(path)[..., ::-1])
+    with Image.open(path) as stored:
+        np.testing.assert_array_equal(image, np.rot90(np.asarray(stored.convert("RGB")), k=-1))  # 90 degrees clockwise
+    # Rows 28..36 of the displayed image: the stored pixels have only 24 rows.
+    write_json(folder / "phone.json", anno([("target", [[2, 28], [12, 28], [12, 36], [2, 36]])]))
+    sample = build_val_dataset(str(tmp_path), "ReasonSeg|val")[0]
+    expected = np.zeros((40, 24), np.uint8)
+    expected[28:37, 2:13] = 1
+    np.testing.assert_array_equal(sample.gt[0], expected)
+    assert sample.image.shape == (40, 24, 3)
 
 
 def test_label_map_without_usable_class(corpus_copy):
