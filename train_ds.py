@@ -40,7 +40,7 @@ from model.loading import PRECISIONS, load_for_training
 from model.peft_setup import (
     LORA_ALPHA, LORA_DROPOUT, LORA_R, LORA_TARGET_MODULES, count_parameters, parameter_groups, setup_trainable,
 )
-from model.processing import LisaBatch, LisaProcessor
+from model.processing import LisaBatch
 from utils.checkpoint import TRAIN_ARGS_FILE, read_best, read_pointer, save_checkpoint, tag_step
 from utils.cli import HelpFormatter, non_negative_int, positive_int
 from utils.deepspeed_config import deepspeed_config, delayed_start_scale
@@ -54,6 +54,9 @@ from utils.metrics import format_table
 from utils.run_folder import RunFolderBusy, argument_changes, lock_run_folder
 
 LOSS_TERMS = ("loss", "ce_loss", "mask_bce_loss", "mask_dice_loss", "mask_loss")
+# What training did to its data, counted over an epoch and all ranks: bad samples skipped (drawn again), conversations
+# cut to --model_max_length, conversations left out because the cut would have taken what they train.
+DATA_COUNTS = ("skipped samples", "truncated conversations", "dropped conversations")
 # What a resumed run may change: none of them alters the model, the data order or the optimisation of the steps
 # already taken (--epochs extends or shortens the run; the learning-rate schedule follows the new length).
 RESUMABLE_ARGS = ("epochs", "workers", "auto_resume", "resume_anyway", "eval", "val_mode", "val_batch_size",
@@ -128,6 +131,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       help="probability that a ReasonSeg sample with an explanation asks for it")
     data.add_argument("--num_classes_per_sample", type=positive_int, default=3,
                       help="conversations (classes/expressions) per sem-seg or referring image")
+    data.add_argument("--model_max_length", type=positive_int, default=512,
+                      help="cut each training conversation after this many text tokens: chat markup and answer count, "
+                           "the image's own tokens do not (576 for LLaVA-1.5, size-dependent for Qwen). Memory and time "
+                           "grow with the longest row of a batch, and multi-turn LLaVA-Instruct conversations run to "
+                           "thousands of tokens. A "
+                           "conversation the cut would part from its image, a [SEG] or its whole answer is left out "
+                           "(with its masks, named in a warning) and a sample left without any is drawn again; the epoch "
+                           "line counts both. The original LISA cut at 512 tokens with its 256 image tokens counted, "
+                           "i.e. at 256 text tokens (default: %(default)s)")
     data.add_argument("--workers", type=non_negative_int, default=4, help="data loader worker processes per rank")
 
     optim = parser.add_argument_group("optimisation")
@@ -296,14 +308,16 @@ def make_trainable(model: LisaForCausalLM, args: argparse.Namespace) -> PeftMode
     return model
 
 
-def build_train_dataset(args: argparse.Namespace, world: int) -> HybridDataset:
-    """One epoch's items: item i goes to rank i % world; micro-batch k of a rank holds its items k·B .. k·B+B-1."""
+def build_train_dataset(args: argparse.Namespace, world: int, collator: LisaCollator) -> HybridDataset:
+    """One epoch's items: item i goes to rank i % world; micro-batch k of a rank holds its items k·B .. k·B+B-1.
+    A sample `collator` could not use is drawn again."""
     micro_batches_per_epoch = args.steps_per_epoch * args.grad_accumulation_steps
     return HybridDataset(
         args.dataset_dir, samples_per_epoch=micro_batches_per_epoch * args.batch_size * world,
         num_classes_per_sample=args.num_classes_per_sample, dataset=args.dataset, sample_rates=args.sample_rates,
         sem_seg_data=args.sem_seg_data, refer_seg_data=args.refer_seg_data, vqa_data=args.vqa_data,
         reason_seg_data=args.reason_seg_data, explanatory=args.explanatory, custom_data=args.custom_data, seed=args.seed,
+        check=collator.check,
     )
 
 
@@ -351,29 +365,30 @@ def train_step(
     device: torch.device,
     dtype: torch.dtype,
     trainable_params: list[torch.Tensor],
-) -> tuple[dict[str, float], int]:
+) -> tuple[dict[str, float], dict[str, int]]:
     """One optimizer step over --grad_accumulation_steps micro-batches.
 
     Returns:
-        the loss terms averaged over the micro-batches and ranks, and the bad samples skipped on this rank.
+        the loss terms averaged over the micro-batches and ranks, and this rank's `DATA_COUNTS`.
     """
     terms = dict.fromkeys(LOSS_TERMS, 0.0)
-    skipped = 0
+    counts = dict.fromkeys(DATA_COUNTS, 0)
     for _ in range(args.grad_accumulation_steps):
         batch, skipped_files = next(batches)
-        skipped += len(skipped_files)
+        for name, count in zip(DATA_COUNTS, (len(skipped_files), batch.truncated_rows, len(batch.dropped_rows))):
+            counts[name] += count
         output = engine(**batch.to(device, dtype))
         engine.backward(output.loss + touch_all(trainable_params))
         engine.step()  # applies the optimizer at the accumulation boundary only
         for name in LOSS_TERMS:
             value = getattr(output, name)
             terms[name] += 0.0 if value is None else value.item() / args.grad_accumulation_steps
-    return mean_over_ranks(terms, device), skipped
+    return mean_over_ranks(terms, device), counts
 
 
 def train_epoch(
     engine: deepspeed.DeepSpeedEngine,
-    processor: LisaProcessor,
+    collator: LisaCollator,
     train_dataset: HybridDataset,
     epoch: int,
     first_step: int,
@@ -382,24 +397,24 @@ def train_epoch(
     dtype: torch.dtype,
     writer: SummaryWriter | None,
     ckpt_dir: str,
-) -> tuple[dict[str, float], int]:
+) -> tuple[dict[str, float], dict[str, int]]:
     """Steps `first_step` .. --steps_per_epoch of one epoch (a resumed run starts mid-epoch).
 
     Returns:
-        each loss term averaged over the steps run, and the bad samples skipped (all ranks).
+        each loss term averaged over the steps run, and the `DATA_COUNTS` of all ranks.
     """
     rank, world = rank_and_world()
     train_dataset.set_epoch(epoch)
     loader = DataLoader(
         train_dataset, batch_size=args.batch_size, num_workers=args.workers,
         sampler=RangeSampler(len(train_dataset), rank, world, start=first_step * args.grad_accumulation_steps * args.batch_size),
-        collate_fn=LisaCollator(processor), drop_last=True,
+        collate_fn=collator, drop_last=True,
     )
     batches = iter(loader)
     trainable_params = [p for p in engine.module.parameters() if p.requires_grad]
     engine.train()
     sums = dict.fromkeys(LOSS_TERMS, 0.0)
-    skipped = 0
+    counts = dict.fromkeys(DATA_COUNTS, 0)
     bar = tqdm(range(first_step, args.steps_per_epoch), desc=f"epoch {epoch}", disable=rank != 0, dynamic_ncols=True)
     for step in bar:
         global_step = epoch * args.steps_per_epoch + step
@@ -407,8 +422,9 @@ def train_epoch(
         torch.manual_seed((args.seed * 1_000_003 + global_step) * world + rank)
         lrs = set_learning_rates(engine, global_step, args)
         started = time.perf_counter()
-        terms, step_skipped = train_step(engine, batches, args, device, dtype, trainable_params)
-        skipped += step_skipped
+        terms, step_counts = train_step(engine, batches, args, device, dtype, trainable_params)
+        for name in DATA_COUNTS:
+            counts[name] += step_counts[name]
         for name in LOSS_TERMS:
             sums[name] += terms[name]
         if writer is not None:
@@ -423,8 +439,8 @@ def train_epoch(
         if args.save_steps and done % args.save_steps == 0 and done % args.steps_per_epoch != 0:
             save_checkpoint(engine, ckpt_dir, done, {"epoch": epoch}, best=None)
     steps = max(args.steps_per_epoch - first_step, 1)
-    skipped = int(mean_over_ranks({"skipped": skipped}, device)["skipped"] * world)
-    return {name: total / steps for name, total in sums.items()}, skipped
+    counts = {name: round(mean * world) for name, mean in mean_over_ranks(counts, device).items()}
+    return {name: total / steps for name, total in sums.items()}, counts
 
 
 def checkpoint_epoch(
@@ -440,19 +456,22 @@ def checkpoint_epoch(
 
 
 def log_epoch(
-    epoch: int, losses: dict[str, float], metrics: dict | None, skipped: int, best: dict, writer: SummaryWriter | None,
-    args: argparse.Namespace,
+    epoch: int, losses: dict[str, float], metrics: dict | None, counts: dict[str, int], best: dict,
+    writer: SummaryWriter | None, args: argparse.Namespace,
 ) -> None:
-    """The epoch's line on the console and its validation figures in TensorBoard (rank 0 only)."""
+    """The epoch's line on the console, its validation figures and `DATA_COUNTS` in TensorBoard (rank 0 only)."""
     if writer is None:
         return
+    for name, count in counts.items():
+        writer.add_scalar(f"data/{name.replace(' ', '_')}", count, (epoch + 1) * args.steps_per_epoch)
     line = " ".join(f"{name} {value:.4f}" for name, value in losses.items())
     if metrics is not None:
         writer.add_scalar("val/giou", metrics["giou"], (epoch + 1) * args.steps_per_epoch)
         writer.add_scalar("val/ciou", metrics["ciou"], (epoch + 1) * args.steps_per_epoch)
         line += f" | val giou {metrics['giou']:.4f} ciou {metrics['ciou']:.4f}"
     best_text = f"epoch {best['epoch']}" + (f" (giou {best['giou']:.4f})" if "giou" in best else "")
-    print(f"epoch {epoch}: {line} | skipped samples {skipped} | best {best_text}", flush=True)
+    data = ", ".join(f"{name} {count}" for name, count in counts.items())
+    print(f"epoch {epoch}: {line} | {data} | best {best_text}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -490,7 +509,8 @@ def main(argv: list[str] | None = None) -> None:
     if rank == 0:
         with open(os.path.join(ckpt_dir, TRAIN_ARGS_FILE), "w") as f:
             json.dump(vars(args), f, indent=2)
-    train_dataset = build_train_dataset(args, world)
+    collator = LisaCollator(processor, args.model_max_length)
+    train_dataset = build_train_dataset(args, world, collator)
     engine = build_engine(model, args, device)
     best = resume(engine, ckpt_dir, args)
 
@@ -498,10 +518,10 @@ def main(argv: list[str] | None = None) -> None:
     start_step = engine.global_steps
     for epoch in range(start_step // args.steps_per_epoch, args.epochs):
         first_step = max(start_step - epoch * args.steps_per_epoch, 0)
-        losses, skipped = train_epoch(engine, processor, train_dataset, epoch, first_step, args, device, dtype, writer, ckpt_dir)
+        losses, counts = train_epoch(engine, collator, train_dataset, epoch, first_step, args, device, dtype, writer, ckpt_dir)
         metrics = validate(engine.module.get_base_model(), processor, val_dataset, args) if args.eval else None
         best = checkpoint_epoch(engine, ckpt_dir, epoch, metrics, best, args)
-        log_epoch(epoch, losses, metrics, skipped, best, writer, args)
+        log_epoch(epoch, losses, metrics, counts, best, writer, args)
     if writer is not None:
         writer.close()
         print(f"checkpoints in {ckpt_dir} ({describe_checkpoints(ckpt_dir)}); export one with "

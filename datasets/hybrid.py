@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -43,7 +43,9 @@ class HybridDataset(torch.utils.data.Dataset):
 
     A sample whose files are bad is skipped with a warning naming the file and replaced by a fresh draw
     (the next attempt's generator); `num_skipped` counts skips in this process and each returned `Sample`
-    lists the files skipped before it, so a training loop can total them across workers.
+    lists the files skipped before it, so a training loop can total them across workers. `check`, if given, sees
+    every drawn sample and skips it the same way by raising `SampleError` (e.g. `LisaCollator.check`: a sample
+    with no conversation that fits the length limit).
     """
 
     max_attempts = 100
@@ -62,6 +64,7 @@ class HybridDataset(torch.utils.data.Dataset):
         explanatory: float = 0.1,
         custom_data: str = "",
         seed: int = 0,
+        check: Callable[[Sample], None] | None = None,
     ):
         builders = {
             "sem_seg": lambda: SemSegDataset(dataset_dir, sem_seg_data, num_classes_per_sample),
@@ -80,6 +83,7 @@ class HybridDataset(torch.utils.data.Dataset):
         self.rates = parse_rates(sample_rates, len(self.families))
         self.samples_per_epoch = samples_per_epoch
         self.seed = seed
+        self.check = check
         self.epoch = 0
         self.num_skipped = 0
 
@@ -100,6 +104,8 @@ class HybridDataset(torch.utils.data.Dataset):
             family, rng = self.draw_family(index, attempt)
             try:
                 sample = self.families[family].sample(rng)
+                if self.check is not None:
+                    self.check(sample)
             except SampleError as error:
                 self.num_skipped += 1
                 skipped.append(error.path)

@@ -13,6 +13,7 @@ tokenizer itself reports which tokens are answer tokens (the only ones that carr
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -32,14 +33,36 @@ SEG_TOKEN = "[SEG]"
 IMAGE_PLACEHOLDER = "<image>"
 PROCESSOR_CONFIG_NAME = "lisa_processor.json"
 
+logger = logging.getLogger(__name__)
+
+
+class NothingFits(ValueError):
+    """No conversation of a training sample fits the length limit whole enough to train on (`fit_to_length`)."""
+
+
+@dataclass
+class Fitted:
+    """What `LisaProcessor.fit_to_length` did to one sample's conversations.
+
+    kept: the conversations kept, in order; truncated: how many of them were cut; dropped: "conversation k: why" of
+    each conversation left out.
+    """
+
+    kept: list[int]
+    truncated: int
+    dropped: list[str]
+
+
+NOT_MODEL_INPUTS = ("sample_ids", "truncated_rows", "dropped_rows")  # LisaBatch attributes that are not mapped
+
 
 @dataclass
 class LisaBatch(Mapping):
     """R conversations about N images, as `LisaForCausalLM` takes them: `model(**batch)` for the training /
     teacher-forced forward, `model.generate(**batch)` for prompts made with `add_generation_prompt`.
 
-    As a mapping it holds the model inputs that are set (labels and masks only when present); `sample_ids`
-    is an attribute only, for messages.
+    As a mapping it holds the model inputs that are set (labels and masks only when present); `sample_ids`,
+    `truncated_rows` and `dropped_rows` are attributes only, for messages and the training log.
 
     input_ids, attention_mask: (R, L); labels: (R, L), `IGNORE_LABEL` where no loss is taken.
     pixel_values: the vision-language model's input of the N images: (N, 3, h, w) for LLaVA, (patches, C·t·p·p)
@@ -48,6 +71,8 @@ class LisaBatch(Mapping):
     image_index: (R,) the image of each row; resized_sizes, original_sizes: (N, 2) sizes inside SAM's input
         and originally.
     masks: per image, (n_i, H_i, W_i) bool ground truth, one per `[SEG]` of its rows in order.
+    truncated_rows: rows cut to the length limit; dropped_rows: "sample_id conversation k: why" of the conversations
+        left out (`LisaProcessor.fit_to_length`).
     """
 
     input_ids: torch.Tensor
@@ -61,6 +86,8 @@ class LisaBatch(Mapping):
     masks: list[torch.Tensor] | None = None
     image_grid_thw: torch.Tensor | None = None
     sample_ids: list[str] = field(default_factory=list)
+    truncated_rows: int = 0
+    dropped_rows: list[str] = field(default_factory=list)
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "LisaBatch":
         """The batch on `device`; floating-point tensors (the images) also in `dtype`."""
@@ -85,7 +112,7 @@ class LisaBatch(Mapping):
         return len(self._model_inputs())
 
     def _model_inputs(self) -> list[str]:
-        return [f.name for f in fields(self) if f.name != "sample_ids" and getattr(self, f.name) is not None]
+        return [f.name for f in fields(self) if f.name not in NOT_MODEL_INPUTS and getattr(self, f.name) is not None]
 
 
 class LisaProcessor:
@@ -212,6 +239,54 @@ class LisaProcessor:
                 labels.append(token if is_answer else IGNORE_LABEL)
         return input_ids, labels
 
+    def fit_to_length(self, encoded: list[tuple[list[int], list[int]]], max_text_tokens: int) -> tuple[
+        list[tuple[list[int], list[int]]], Fitted
+    ]:
+        """Training conversations cut after their first `max_text_tokens` text tokens (chat markup included, the
+        image's own tokens not counted), ids and labels alike.
+
+        A conversation the cut would part from its image, from one of its `[SEG]` (whose mask would have no query)
+        or from its whole answer (nothing left to train) is dropped instead.
+
+        Args:
+            encoded: per conversation, `encode_conversation`'s (input_ids, labels).
+
+        Returns:
+            the (input_ids, labels) kept, and what was done.
+        """
+        rows, fitted = [], Fitted(kept=[], truncated=0, dropped=[])
+        for k, (ids, labels) in enumerate(encoded):
+            end = self._text_prefix_end(ids, max_text_tokens)
+            cut = ids[end:]
+            if (problem := self._cut_problem(cut, labels[:end])) is not None:
+                fitted.dropped.append(f"conversation {k}: {problem} lies beyond its first {max_text_tokens} text tokens")
+                continue
+            rows.append((ids[:end], labels[:end]))
+            fitted.kept.append(k)
+            fitted.truncated += bool(cut)
+        return rows, fitted
+
+    def _cut_problem(self, cut: list[int], kept_labels: list[int]) -> str | None:
+        """What cutting off the ids `cut` would take from a conversation that training needs; None: nothing."""
+        if self.image_token_id in cut:
+            return "its image"
+        if self.seg_token_id in cut:
+            return f"a {self.seg_token}"
+        if cut and all(label == IGNORE_LABEL for label in kept_labels):
+            return "its whole answer"
+        return None
+
+    def _text_prefix_end(self, input_ids: list[int], max_text_tokens: int) -> int:
+        """The end of the shortest prefix of `input_ids` holding `max_text_tokens` text (non-image) tokens, with
+        the image tokens right after it; `len(input_ids)` when it has no more text tokens."""
+        text = 0
+        for position, token in enumerate(input_ids):
+            if token != self.image_token_id:
+                if text == max_text_tokens:
+                    return position
+                text += 1
+        return len(input_ids)
+
     def decode_answer(self, token_ids: list[int] | torch.Tensor) -> str:
         """Text of generated ids, cut at the end-of-turn token, keeping `[SEG]`.
 
@@ -254,6 +329,7 @@ class LisaProcessor:
         masks: list[np.ndarray] | None = None,
         sample_ids: list[str] | None = None,
         add_generation_prompt: bool = False,
+        max_text_tokens: int | None = None,
     ) -> LisaBatch:
         """Model inputs for N images and the conversations about each.
 
@@ -264,11 +340,12 @@ class LisaProcessor:
             sample_ids: per image, a name for error messages.
             add_generation_prompt: prompts for generation: each conversation ends with the assistant prefix, rows
                 are left-padded and carry no labels. Otherwise whole conversations, right-padded, with labels.
+            max_text_tokens: training: cut the conversations to this many text tokens (`process_sample`).
         """
         sample_ids = sample_ids if sample_ids is not None else [""] * len(images)
         masks = masks if masks is not None else [None] * len(images)
         items = [
-            self.process_sample(image, convs, image_masks, sample_id, add_generation_prompt)
+            self.process_sample(image, convs, image_masks, sample_id, add_generation_prompt, max_text_tokens)
             for image, convs, image_masks, sample_id in zip(images, conversations, masks, sample_ids, strict=True)
         ]
         return self.collate(items, padding_side="left" if add_generation_prompt else "right")
@@ -280,6 +357,7 @@ class LisaProcessor:
         masks: np.ndarray | None = None,
         sample_id: str = "",
         add_generation_prompt: bool = False,
+        max_text_tokens: int | None = None,
     ) -> dict[str, Any]:
         """One image with the conversations about it.
 
@@ -290,9 +368,14 @@ class LisaProcessor:
                 truth (inference). A training sample without targets (VQA) passes an empty (0, H, W) array.
             sample_id: a name for error messages (usually the image path).
             add_generation_prompt: end each conversation with the assistant prefix; the item then has no labels.
+            max_text_tokens: training only: each conversation cut to this many text tokens (`fit_to_length`); one
+                that cannot be is dropped with its masks, named in a warning. None: whole conversations.
 
         Returns:
             an item for `collate`.
+
+        Raises:
+            NothingFits: `max_text_tokens` leaves no conversation.
         """
         height, width = image.shape[:2]
         image_input = self.preprocess_image(image)
@@ -305,6 +388,20 @@ class LisaProcessor:
                 raise ValueError(
                     f"{sample_id}: {seg_count} {self.seg_token} tokens in its conversations but {len(masks)} ground-truth masks"
                 )
+        fitted = Fitted(kept=list(range(len(encoded))), truncated=0, dropped=[])
+        if max_text_tokens is not None:
+            if add_generation_prompt:
+                raise ValueError("max_text_tokens cuts training conversations, not generation prompts")
+            seg_counts = [ids.count(self.seg_token_id) for ids, _ in encoded]
+            encoded, fitted = self.fit_to_length(encoded, max_text_tokens)
+            for reason in fitted.dropped:
+                logger.warning("%s: %s; the conversation is left out", sample_id, reason)
+            if not encoded:
+                raise NothingFits(f"{sample_id}: no conversation fits in {max_text_tokens} text tokens")
+            if masks is not None:
+                # Conversation k owns the masks of its [SEG] tokens, which follow those of conversations 0 .. k-1.
+                starts = np.cumsum([0, *seg_counts])
+                masks = masks[np.concatenate([np.arange(starts[k], starts[k + 1]) for k in fitted.kept])]
         sam_pixel_values, resized_size = self.preprocess_sam(image)
         return {
             "sample_id": sample_id,
@@ -315,6 +412,7 @@ class LisaProcessor:
             "input_ids": [ids for ids, _ in encoded],
             "labels": None if add_generation_prompt else [labels for _, labels in encoded],
             "masks": None if masks is None else torch.from_numpy(np.ascontiguousarray(masks, dtype=bool)),
+            "fitted": fitted,
         }
 
     def collate(self, items: list[dict[str, Any]], padding_side: str = "right") -> LisaBatch:
@@ -353,4 +451,6 @@ class LisaProcessor:
             labels=None if row_labels is None else labels,
             masks=None if items[0]["masks"] is None else [item["masks"] for item in items],
             sample_ids=[item["sample_id"] for item in items],
+            truncated_rows=sum(item["fitted"].truncated for item in items),
+            dropped_rows=[f"{item['sample_id']} {reason}" for item in items for reason in item["fitted"].dropped],
         )

@@ -28,6 +28,7 @@ from datasets.templates import ANSWER_LIST, SHORT_QUESTION_LIST, turn
 from datasets.toy import generate, uncompressed_rle
 from model.loading import load_lisa
 from model.evaluation import evaluate
+from model.processing import NothingFits
 from model.loading import load_for_inference
 from tests.lisa_fixtures import free_port, write_reason_seg, write_seg_emitter, write_turned_photo
 
@@ -253,6 +254,32 @@ def test_a_training_step_on_no_target_answers(tiny_dir, folder):
         output = model(**batch)
         assert torch.isfinite(output.loss)
         output.loss.backward()
+
+
+def test_a_sample_with_no_conversation_within_the_length_limit_is_drawn_again(tiny_dir, tmp_path, caplog):
+    """Its masks could not be trained (every [SEG] lies beyond the cut): training skips it and counts it, as a bad file."""
+    root = str(tmp_path / "long")
+    words = " ".join(f"word{i}" for i in range(100))
+    write_split(root, "train", [
+        {"image": write_image(root, "long.jpg"), "conversations": [conv(f"{words} Where is it?", "It is [SEG].", [compressed_rle(box(2, 9, 3, 9))])]},
+        {"image": write_image(root, "short.jpg"), "conversations": [conv("Where is it?", "It is [SEG].", [compressed_rle(box(4, 9, 3, 9))])]},
+    ])
+    collator = LisaCollator(load_lisa(str(tiny_dir / "lisa"))[1], max_text_tokens=64)
+    unchecked = HybridDataset(root, samples_per_epoch=20, dataset="custom", custom_data=root)
+    long_draws = [i for i in range(20) if unchecked[i].sample_id == "custom/long"]
+    assert long_draws  # the data set draws it
+    with pytest.raises(NothingFits, match="custom/long: no conversation fits in 64 text tokens"):
+        collator([unchecked[long_draws[0]]])
+
+    checked = HybridDataset(root, samples_per_epoch=20, dataset="custom", custom_data=root, check=collator.check)
+    with caplog.at_level(logging.WARNING):
+        samples = [checked[i] for i in range(20)]
+    assert {s.sample_id for s in samples} == {"custom/short"}
+    skipped = [path for s in samples for path in s.skipped]
+    assert len(skipped) >= len(long_draws) and set(skipped) == {"custom/long"} and checked.num_skipped == len(skipped)
+    assert "custom/long: no conversation fits: conversation 0: a [SEG] lies beyond its first 64 text tokens" in caplog.text
+    batch, _ = collator(samples[:2])
+    assert batch.truncated_rows == 0 and batch.dropped_rows == []
 
 
 # ------------------------------------------------------------------------------------------------ evaluation

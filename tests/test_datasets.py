@@ -3,6 +3,7 @@ hand-written files, bad input, the mixture's statistics and the collated batches
 
 from __future__ import annotations
 
+import copy
 import filecmp
 import json
 import logging
@@ -29,8 +30,8 @@ from datasets import (
     decode_segmentation,
     get_mask_from_json,
 )
-from datasets.common import sample_rng
-from datasets.templates import ANSWER_LIST, EXPLANATORY_QUESTION_LIST, LONG_QUESTION_LIST, SHORT_QUESTION_LIST
+from datasets.common import Sample, sample_rng
+from datasets.templates import ANSWER_LIST, EXPLANATORY_QUESTION_LIST, LONG_QUESTION_LIST, SHORT_QUESTION_LIST, turn
 from datasets.toy import generate
 from tests.lisa_fixtures import write_turned_photo
 from utils.images import load_image
@@ -615,3 +616,47 @@ def test_collator_with_workers_and_distributed_sampler(toy, processor):
         assert len(batches) == 4 and all(skipped == [] for _, skipped in batches)
         ids.append([i for batch, _ in batches for i in batch.sample_ids])
     assert ids[0] == ids[1] == [data[i].sample_id for i in sampler]
+
+
+# ------------------------------------------------------------------------------------------------ length limit
+@pytest.fixture(scope="module")
+def llava_1_5_processor(processor):
+    """The tiny processor with LLaVA-1.5's image: 336 px in patches of 14, 576 image tokens (the tiny base has 16)."""
+    real = copy.deepcopy(processor)
+    real.image_processor.size = {"shortest_edge": 336}
+    real.image_processor.crop_size = {"height": 336, "width": 336}
+    real.vlm_processor.patch_size = 14
+    assert real.image_seq_length == 576
+    return real
+
+
+def test_long_conversations_are_cut_to_the_text_limit_with_their_labels(llava_1_5_processor):
+    processor, limit = llava_1_5_processor, 512
+    image_id = processor.image_token_id
+    rng = np.random.default_rng(0)
+    words = " ".join(f"word{i}" for i in range(400))  # far beyond 512 text tokens
+    conversations = [
+        turn("<image>\nWhat is the cup in this image?", "It is [SEG]."),  # 576 image + ~30 text tokens: fits
+        turn("<image>\nDescribe the image.", words),  # a long VQA answer: cut
+        turn(f"<image>\n{words} Where is it?", "It is [SEG]."),  # its [SEG] lies beyond the cut: dropped
+        turn("<image>\nWhere is the cup? Explain why.", f"It is [SEG]. {words}"),  # cut after its [SEG]
+    ]
+    masks = rng.random((3, 40, 50)) > 0.5  # of conversations 0, 2 and 3
+    sample = Sample("phone", rng.integers(0, 256, (40, 50, 3), dtype=np.uint8), conversations, masks)
+    batch, _ = LisaCollator(processor, limit)([sample])
+
+    kept = [0, 1, 3]
+    assert batch.truncated_rows == 2
+    assert batch.dropped_rows == [f"phone conversation 2: a [SEG] lies beyond its first {limit} text tokens"]
+    np.testing.assert_array_equal(batch["masks"][0].numpy(), masks[[0, 2]])
+    assert batch["input_ids"].shape[0] == len(kept)
+    for row, k in enumerate(kept):
+        full_ids, full_labels = processor.encode_conversation(conversations[k])
+        length = int(batch["attention_mask"][row].sum())
+        ids, labels = batch["input_ids"][row, :length].tolist(), batch["labels"][row, :length].tolist()
+        # A prefix of the whole conversation, labels alike, with every image token and at most `limit` others.
+        assert ids == full_ids[:length] and labels == full_labels[:length]
+        assert ids.count(image_id) == 576
+        assert sum(t != image_id for t in ids) == min(sum(t != image_id for t in full_ids), limit)
+        assert ids.count(processor.seg_token_id) == full_ids.count(processor.seg_token_id)
+    assert batch["attention_mask"][0].sum() > limit  # the short one whole: the image's tokens are not counted

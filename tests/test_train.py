@@ -20,7 +20,9 @@ import torch
 
 from model.loading import load_for_training, load_lisa
 from model.peft_setup import FULLY_TRAINED, lora_target_regex, setup_trainable
-from model.processing import LisaBatch
+from datasets.collate import LisaCollator
+from datasets.hybrid import HybridDataset
+from model.processing import LisaBatch, LisaProcessor
 from tests.lisa_fixtures import free_port
 from train_ds import parse_args
 from utils.checkpoint import LATEST, read_pointer, save_checkpoint, step_tag
@@ -256,15 +258,31 @@ def test_a_run_folder_is_one_runs_and_a_resume_must_continue_it(tiny_dir, toy_di
     assert os.listdir(held) == [".lock"]
 
 
+def data_counts(tiny_dir, toy_dir, samples: int, max_text_tokens: int, **data) -> str:
+    """The epoch line's counts of a run's first `samples` training samples, as the library's collator gives them."""
+    collator = LisaCollator(LisaProcessor.from_pretrained(str(tiny_dir / "lisa")), max_text_tokens)
+    dataset = HybridDataset(str(toy_dir), samples_per_epoch=samples, check=collator.check, **data)
+    counts = {"skipped samples": 0, "truncated conversations": 0, "dropped conversations": 0}
+    for index in range(samples):
+        batch, skipped_files = collator([dataset[index]])
+        for name, count in zip(counts, (len(skipped_files), batch.truncated_rows, len(batch.dropped_rows))):
+            counts[name] += count
+    assert all(counts.values()), counts  # every count is tried
+    return ", ".join(f"{name} {count}" for name, count in counts.items())
+
+
 @pytest.mark.slow
 def test_two_process_deepspeed_run(tiny_dir, toy_dir, tmp_path):
     run_dir = tmp_path / "two"
     # Batch 1 of VQA and ReasonSeg: some micro-batches have a [SEG] on one rank and none on the other, so the
     # ranks' backward passes touch different modules unless training evens that out (ZeRO-2 would hang or abort).
+    # 24 text tokens cut conversations, leave some out and a sample without any: the epoch line sums both ranks'.
     output = run(train_command(tiny_dir, toy_dir, run_dir, "--epochs", "1", "--steps_per_epoch", "3", "--batch_size", "1",
-                               "--dataset", "vqa||reason_seg", "--sample_rates", "1,1", nproc=2))
+                               "--dataset", "vqa||reason_seg", "--sample_rates", "1,1", "--model_max_length", "24", nproc=2))
     assert read_pointer(str(run_dir / "ckpt_model")) == step_tag(3)
     assert "val giou" in output
+    # 3 steps x 2 micro-batches x 1 sample x 2 ranks
+    assert data_counts(tiny_dir, toy_dir, 12, 24, dataset="vqa||reason_seg", sample_rates="1,1") in output
     # Both ranks' ZeRO-2 optimizer shards were written.
     assert len([n for n in os.listdir(run_dir / "ckpt_model" / step_tag(3)) if "optim_states" in n]) == 2
     assert any(n.startswith("events.out.tfevents") for n in os.listdir(run_dir))
