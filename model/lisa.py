@@ -11,7 +11,8 @@ of one of `model.mask_heads` (SAM, SAM 2); this module is the same for every pai
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -21,11 +22,15 @@ from transformers import AutoConfig, PreTrainedModel
 from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
 from transformers.utils import ModelOutput
 
-from model.losses import causal_lm_loss, dice_per_mask, mean_over_masks, sigmoid_ce_per_mask
+from model.losses import causal_lm_loss, dice_per_mask, mean_over_masks, next_token_targets, sigmoid_ce_per_mask
 from model.mask_heads import MASK_HEAD_FAMILIES, mask_head_family
 from model.vlm_families import VLM_FAMILIES, vlm_family
 
 logger = logging.getLogger(__name__)
+
+# LISA answers greedily, one answer per prompt, without a repetition penalty (an answer may hold several [SEG]). Pinned
+# here, as bases ship generation configs that decode otherwise (Qwen2.5-VL-Instruct: repetition_penalty 1.05).
+DECODING = {"do_sample": False, "num_beams": 1, "repetition_penalty": 1.0}
 
 
 @strict
@@ -78,7 +83,7 @@ class LisaOutput(ModelOutput):
     """
     loss: `ce_loss_weight * ce_loss + mask_loss`, present when labels or masks are given.
     mask_loss: `bce_loss_weight * mask_bce_loss + dice_loss_weight * mask_dice_loss`.
-    logits: (R, L, vocab) language-model logits.
+    logits: (R, L, vocab) language-model logits, only when asked for (`return_logits`).
     pred_masks: per image, (n_i, H_i, W_i) float32 mask logits at the original resolution, one per `[SEG]`.
     """
 
@@ -212,6 +217,17 @@ class LisaForCausalLM(PreTrainedModel):
         positions[:, :-1] = is_seg[:, 1:]
         return positions
 
+    def _image_features(
+        self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor | None, image_index: torch.Tensor
+    ) -> dict[str, ModelOutput]:
+        """The VLM's `mm_encoder_outputs` for rows about images `image_index` (R,). The vision tower runs once per
+        image, not once per row, and without gradient unless it has been made trainable (frozen in LISA's recipe):
+        transformers' `enable_input_require_grads`, which gradient checkpointing needs, makes the tower's patch
+        embeddings require grad too, and the frozen tower would be recomputed and back-propagated every step."""
+        trainable = torch.is_grad_enabled() and any(p.requires_grad for p in self.vlm_family.image_encoder_parameters(self.vlm))
+        with torch.set_grad_enabled(trainable):
+            return {"image": self.vlm_family.image_encoder_outputs(self.vlm, pixel_values, image_grid_thw, image_index)}
+
     def _language_forward(
         self,
         input_ids: torch.Tensor,
@@ -220,15 +236,13 @@ class LisaForCausalLM(PreTrainedModel):
         image_grid_thw: torch.Tensor | None,
         image_index: torch.Tensor,
     ) -> torch.Tensor:
-        """Last-layer, post-norm hidden states (R, L, h). The vision tower runs once per image, not once per row."""
+        """Last-layer, post-norm hidden states (R, L, h)."""
         row_grid_thw = None if image_grid_thw is None else image_grid_thw[image_index]
         outputs = self.vlm.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=self.vlm_family.position_ids(self.vlm, input_ids, attention_mask, row_grid_thw),
-            mm_encoder_outputs={
-                "image": self.vlm_family.image_encoder_outputs(self.vlm, pixel_values, image_grid_thw, image_index)
-            },
+            mm_encoder_outputs=self._image_features(pixel_values, image_grid_thw, image_index),
             use_cache=False,
         )
         return outputs.last_hidden_state
@@ -246,6 +260,7 @@ class LisaForCausalLM(PreTrainedModel):
         labels: torch.LongTensor | None = None,
         masks: list[torch.Tensor] | None = None,
         image_grid_thw: torch.LongTensor | None = None,
+        return_logits: bool = False,
     ) -> LisaOutput:
         r"""Training and teacher-forced forward: all conversations are given in full.
 
@@ -261,6 +276,9 @@ class LisaForCausalLM(PreTrainedModel):
             masks: per image, (n_i, H_i, W_i) ground truth, one per `[SEG]` of its conversations in row
                 order; adds the mask losses.
             image_grid_thw: (N, 3) the Qwen families' patch grid of each image; None for LLaVA.
+            return_logits: also return the logits at every position. The text loss reads them at the labelled
+                positions only; at every position they are R·L·vocab values (Qwen's 151,936-row head: 0.9 GB in
+                bf16 for 6 rows of 500 tokens).
         """
         if input_ids.shape[1] > self.context_length:
             raise ValueError(
@@ -268,7 +286,6 @@ class LisaForCausalLM(PreTrainedModel):
                 f"context of {self.context_length} positions: shorten them"
             )
         hidden_states = self._language_forward(input_ids, attention_mask, pixel_values, image_grid_thw, image_index)
-        logits = self.vlm.lm_head(hidden_states)
 
         query_mask = self.query_positions(input_ids, attention_mask)
         queries = self.text_hidden_fcs(hidden_states[query_mask])  # (total [SEG], out_dim), row-major order
@@ -280,10 +297,11 @@ class LisaForCausalLM(PreTrainedModel):
             for i in range(sam_pixel_values.shape[0])
         ]
 
-        output = LisaOutput(logits=logits, pred_masks=pred_masks)
+        output = LisaOutput(logits=self.vlm.lm_head(hidden_states) if return_logits else None, pred_masks=pred_masks)
         losses = []
         if labels is not None:
-            output.ce_loss = causal_lm_loss(logits, labels)
+            rows, columns, targets = next_token_targets(labels.to(hidden_states.device))
+            output.ce_loss = causal_lm_loss(self.vlm.lm_head(hidden_states[rows, columns]), targets)
             losses.append(self.config.ce_loss_weight * output.ce_loss)
         if masks is not None:
             self._check_mask_counts(pred_masks, masks)
@@ -309,6 +327,19 @@ class LisaForCausalLM(PreTrainedModel):
             )
 
     # --------------------------------------------------------------------------------------- generation
+    @contextmanager
+    def _next_token_states(self) -> Iterator[list[torch.Tensor]]:
+        """Yields a list that fills, at every call of the language model, with its last-layer (post-norm) hidden state
+        at the last position, (B, h): while generating, the state that predicts the next token. Only these are kept;
+        the VLM's `output_hidden_states` would keep all its layers at every prompt position."""
+        states = []
+        hook = lambda module, args, output: states.append(output.last_hidden_state[:, -1].clone())
+        handle = self.vlm.model.language_model.register_forward_hook(hook)
+        try:
+            yield states
+        finally:
+            handle.remove()
+
     @torch.no_grad()
     def generate(
         self,
@@ -325,20 +356,31 @@ class LisaForCausalLM(PreTrainedModel):
     ) -> list[LisaPrediction]:
         """Answers B prompts (left-padded) about N images, with the KV cache on.
 
-        The hidden states `[SEG]` needs are collected while generating: the first step yields the prompt's,
-        each later step the one of the token it consumed, so no second pass over the sequence is run. SAM
-        encodes each image once, however many prompts are about it.
+        The hidden states `[SEG]` needs are collected while generating: each step keeps the state that predicted its
+        token, so no second pass over the sequence is run. The vision tower and SAM encode each image once, however
+        many prompts are about it.
 
         Args:
             input_ids: (B, L) prompts ending with the assistant prefix, left padded.
             pixel_values, sam_pixel_values, resized_sizes, original_sizes: the N images (see `forward`).
             image_index: (B,) the image of each prompt; None means prompt b is about image b.
             image_grid_thw: (N, 3) the Qwen families' patch grids (see `forward`).
-            generate_kwargs: passed to the vision-language model's `generate` (greedy by default).
+            generate_kwargs: passed to the vision-language model's `generate`, over LISA's decoding (`DECODING`:
+                greedy, no repetition penalty, whatever the base's generation config says). The end-of-answer ids
+                are the VLM's generation config's.
 
         Returns:
             per prompt: the generated ids (cut after the end-of-turn token) and one (H, W) bool mask per `[SEG]`.
+
+        Raises:
+            ValueError: beam search or several answers per prompt were asked for, or the prompt fills the context.
         """
+        decoding = {**DECODING, **generate_kwargs}
+        if (decoding["num_beams"] or 1) > 1 or (decoding.get("num_return_sequences") or 1) > 1:
+            raise ValueError(
+                "LISA answers each prompt once, greedily or sampled (its [SEG] states are read along one answer): "
+                "num_beams and num_return_sequences must be 1"
+            )
         if image_index is None:
             image_index = torch.arange(input_ids.shape[0], device=input_ids.device)
         prompt_length = input_ids.shape[1]
@@ -354,20 +396,19 @@ class LisaForCausalLM(PreTrainedModel):
                 room, prompt_length, self.context_length,
             )
             max_new_tokens = room
-        generate_kwargs.setdefault("do_sample", False)
-        out = self.vlm.generate(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            **self.vlm_family.generation_inputs(self.vlm, input_ids, pixel_values, image_grid_thw, image_index),
-            max_new_tokens=max_new_tokens,
-            use_cache=True,
-            output_hidden_states=True,
-            return_dict_in_generate=True,
-            **generate_kwargs,
-        )
-        # hidden_states[step][-1] is the post-norm last layer: (B, L_prompt, h) at step 0, (B, 1, h) later.
-        hidden_states = torch.cat([step[-1] for step in out.hidden_states], dim=1)
-        new_tokens = out.sequences[:, prompt_length:]
+        with self._next_token_states() as states:
+            sequences = self.vlm.generate(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                mm_encoder_outputs=self._image_features(pixel_values, image_grid_thw, image_index),
+                **self.vlm_family.generation_inputs(self.vlm, input_ids, image_grid_thw, image_index),
+                max_new_tokens=max_new_tokens,
+                use_cache=True,
+                **decoding,
+            )
+        new_tokens = sequences[:, prompt_length:]
+        # states[j] (B, h) predicted new token j: the query of a [SEG] generated at j.
+        next_token_states = torch.stack(states, dim=1)
         image_embeddings = self.embed_images(sam_pixel_values)
         eos_ids = self.vlm.generation_config.eos_token_id
         eos_ids = set(eos_ids if isinstance(eos_ids, list) else [eos_ids])
@@ -376,9 +417,7 @@ class LisaForCausalLM(PreTrainedModel):
         for b, (tokens, i) in enumerate(zip(new_tokens.tolist(), image_index.tolist())):
             end = next((j + 1 for j, t in enumerate(tokens) if t in eos_ids), len(tokens))
             tokens = tokens[:end]
-            # [SEG] generated at new position j sits at prompt_length + j; its query is the position before.
-            positions = [prompt_length + j - 1 for j, t in enumerate(tokens) if t == self.config.seg_token_id]
-            queries = self.text_hidden_fcs(hidden_states[b, positions])
+            queries = self.text_hidden_fcs(next_token_states[b, [j for j, t in enumerate(tokens) if t == self.config.seg_token_id]])
             logits = self.decode_masks(image_embeddings[i], queries, resized_sizes[i].tolist(), original_sizes[i].tolist())
             results.append(LisaPrediction(token_ids=tokens, masks=list(logits > 0)))
         return results

@@ -23,7 +23,8 @@ from collections import Counter
 import torch
 from tokenizers import AddedToken
 from torch import nn
-from transformers import PretrainedConfig
+from transformers import GenerationConfig, PretrainedConfig
+from transformers.utils import GENERATION_CONFIG_NAME
 
 from model.lisa import LisaConfig, LisaForCausalLM
 from model.mask_heads import load_mask_head, mask_head_family
@@ -157,12 +158,17 @@ def load_lisa(
         # keep the saved dtype; one cast makes the whole model (but the quantised weights) uniform.
         cast_unquantized(model, dtype)
     check_quantized(model, quantization)
+    if os.path.isfile(os.path.join(path, GENERATION_CONFIG_NAME)):
+        # Without it (folders written before it was saved) the VLM's generation config is derived from its config.
+        model.vlm.generation_config = GenerationConfig.from_pretrained(path)
     return model, LisaProcessor.from_pretrained(path)
 
 
 def save_lisa(model: LisaForCausalLM, processor: LisaProcessor, path: str) -> None:
-    """Writes one self-contained folder: weights, config, tokenizer, image processor, chat template."""
+    """Writes one self-contained folder: weights, config, the VLM's generation config (its end-of-answer ids: two for
+    Qwen2.5-VL-Instruct, one in its config), tokenizer, image processor, chat template."""
     model.save_pretrained(path)
+    model.vlm.generation_config.save_pretrained(path)
     processor.save_pretrained(path)
 
 

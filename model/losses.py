@@ -47,14 +47,27 @@ def mean_over_masks(per_mask: torch.Tensor) -> torch.Tensor:
     return per_mask.sum() / (per_mask.shape[0] + COUNT_EPS)
 
 
-def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Next-token cross-entropy, mean over labelled tokens of the batch.
+def next_token_targets(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Where the text loss is read: the token `labels[r, t + 1]` is predicted at position (r, t).
 
     Args:
-        logits: (R, L, V); labels: (R, L) with `IGNORE_LABEL` where no loss is taken.
+        labels: (R, L) with `IGNORE_LABEL` where no loss is taken.
+
+    Returns:
+        (rows, columns) (n,) each, the positions predicting a labelled token (row-major), and (n,) those tokens.
     """
-    shifted_logits = logits[:, :-1].flatten(0, 1).float()
-    shifted_labels = labels[:, 1:].flatten().to(logits.device)
-    if (shifted_labels == IGNORE_LABEL).all():
-        return shifted_logits.sum() * 0.0  # keeps the graph connected for DeepSpeed
-    return F.cross_entropy(shifted_logits, shifted_labels, ignore_index=IGNORE_LABEL)
+    rows, columns = (labels[:, 1:] != IGNORE_LABEL).nonzero(as_tuple=True)
+    return rows, columns, labels[rows, columns + 1]
+
+
+def causal_lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy, mean over the labelled tokens of the batch.
+
+    Args:
+        logits: (n, V) the logits at the positions of `next_token_targets`; targets: (n,) its tokens.
+
+    Returns:
+        the mean; 0 when n is 0, still in the graph (DeepSpeed expects every trained weight to get a gradient). The
+        count is read from the shape, so no value is copied back from the device.
+    """
+    return F.cross_entropy(logits.float(), targets, reduction="sum") / max(targets.shape[0], 1)

@@ -1,6 +1,6 @@
 """The vision-language models LISA can stand on, and what differs between them.
 
-LISA asks four things of its vision-language model (VLM), and the families answer them differently:
+LISA asks five things of its vision-language model (VLM), and the families answer them differently:
 
 * **Image input.** LLaVA-1.5 resizes and centre-crops every image to CLIP's square, so an image is always the same
   number of tokens (576 at 336 px). Qwen2.5-VL and Qwen3-VL keep the image's aspect ratio and (up to a pixel budget)
@@ -12,6 +12,8 @@ LISA asks four things of its vision-language model (VLM), and the families answe
   RoPE), so positions are computed from the tokens, the grids and the padding (`position_ids`).
 * **Generation inputs.** The Qwen families' `generate` needs the grids and which tokens are image tokens
   (`mm_token_type_ids`) to compute those positions itself, under left padding and with the KV cache.
+* **Image encoder.** The modules that turn pixels into image features: LLaVA's CLIP tower and projector, Qwen's
+  vision transformer with its patch merger (`image_encoder_modules`).
 * **Chat templates.** Each family has its own conversation formats (`model.conversation.CHAT_TEMPLATES`).
 
 The rest is alike in all, so the code outside this module does not ask which family it runs: image features are
@@ -22,11 +24,12 @@ added token of the family's tokenizer.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
 from transformers import (
     AutoImageProcessor,
     AutoProcessor,
@@ -104,6 +107,7 @@ class VlmFamily:
     title: str
     model_class: type[PreTrainedModel]
     weights_marker: str  # the start of weight names only this family's models have
+    image_encoder_modules: tuple[str, ...]  # the modules of `vlm.model` that turn pixels into image features
     processor_class: type[VlmProcessor]
     chat_templates: tuple[str, ...]  # names in `CHAT_TEMPLATES` the family's tokens fit; the first is the default
 
@@ -128,6 +132,11 @@ class VlmFamily:
         raise NotImplementedError
 
     # ---------------------------------------------------------------------------------------------- model side
+    def image_encoder_parameters(self, vlm: PreTrainedModel) -> Iterator[nn.Parameter]:
+        """The weights of the image encoder (vision tower and projector), frozen in LISA's recipe."""
+        for name in self.image_encoder_modules:
+            yield from getattr(vlm.model, name).parameters()
+
     def encode_images(
         self, vlm: PreTrainedModel, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor | None
     ) -> BaseModelOutputWithPooling:
@@ -154,15 +163,11 @@ class VlmFamily:
         return None
 
     def generation_inputs(
-        self,
-        vlm: PreTrainedModel,
-        input_ids: torch.Tensor,
-        pixel_values: torch.Tensor,
-        image_grid_thw: torch.Tensor | None,
-        image_index: torch.Tensor,
+        self, vlm: PreTrainedModel, input_ids: torch.Tensor, image_grid_thw: torch.Tensor | None, image_index: torch.Tensor
     ) -> dict[str, torch.Tensor]:
-        """The image inputs of the VLM's own `generate` for (B, L) prompts about images `image_index` (B,)."""
-        raise NotImplementedError
+        """What the VLM's own `generate` needs besides the image features (given it as `mm_encoder_outputs`) for
+        (B, L) prompts about images `image_index` (B,)."""
+        return {}
 
 
 class LlavaFamily(VlmFamily):
@@ -170,6 +175,7 @@ class LlavaFamily(VlmFamily):
     title = "LLaVA-1.5"
     model_class = LlavaForConditionalGeneration
     weights_marker = "model.vision_tower."
+    image_encoder_modules = ("vision_tower", "multi_modal_projector")
     processor_class = LlavaProcessor
     chat_templates = ("llava_1_5", "llava_v1", "llava_llama_2", "llava_v1_im_start_end")
 
@@ -197,18 +203,13 @@ class LlavaFamily(VlmFamily):
     ) -> BaseModelOutputWithPooling:
         return vlm.model.get_image_features(pixel_values=pixel_values.to(vlm.dtype))
 
-    def generation_inputs(
-        self, vlm: LlavaForConditionalGeneration, input_ids: torch.Tensor, pixel_values: torch.Tensor,
-        image_grid_thw: None, image_index: torch.Tensor,
-    ) -> dict[str, torch.Tensor]:
-        return {"pixel_values": pixel_values[image_index].to(vlm.dtype)}
-
 
 class Qwen2_5_VLFamily(VlmFamily):
     name = "qwen2_5_vl"
     title = "Qwen2.5-VL"
     model_class = Qwen2_5_VLForConditionalGeneration
     weights_marker = "model.visual.merger.ln_q."  # Qwen3-VL's merger has a `norm` instead
+    image_encoder_modules = ("visual",)
     processor_class = QwenVLTextImageProcessor
     chat_templates = ("qwen2_5_vl",)
 
@@ -245,12 +246,10 @@ class Qwen2_5_VLFamily(VlmFamily):
         return positions
 
     def generation_inputs(
-        self, vlm: Qwen2_5_VLForConditionalGeneration, input_ids: torch.Tensor, pixel_values: torch.Tensor,
-        image_grid_thw: torch.Tensor, image_index: torch.Tensor,
+        self, vlm: Qwen2_5_VLForConditionalGeneration, input_ids: torch.Tensor, image_grid_thw: torch.Tensor,
+        image_index: torch.Tensor,
     ) -> dict[str, torch.Tensor]:
-        patches = pixel_values.split(image_grid_thw.prod(-1).tolist())
         return {
-            "pixel_values": torch.cat([patches[i] for i in image_index.tolist()]).to(vlm.dtype),
             "image_grid_thw": image_grid_thw[image_index],
             # With these, Qwen's generate computes the 3-D positions of the left-padded prompts and continues them
             # step by step from the KV cache.

@@ -331,7 +331,7 @@ def test_logits_and_masks_match_the_original(released):
     masks = np.zeros((2, 40, 52), dtype=bool)
     batch = processor.collate([processor.process_sample(image(), [conversation()], masks)])
     with torch.no_grad():
-        output = model(**{k: v for k, v in batch.items() if k not in ("labels", "masks")})
+        output = model(**{k: v for k, v in batch.items() if k not in ("labels", "masks")}, return_logits=True)
     ids = collapse_image(batch["input_ids"][0].tolist(), processor.image_token_id)
     expected_logits, hidden = reference.forward(ids, batch["pixel_values"][0])
     vocab = expected_logits.shape[-1]
@@ -465,7 +465,7 @@ def test_quantised_language_model_answers_as_the_original(released):
 
     def run(m):
         with torch.no_grad():
-            output = m(**inputs)
+            output = m(**inputs, return_logits=True)
         return output.logits[0, answer_positions], output.pred_masks[0]
 
     expected_logits, expected_masks = run(model)

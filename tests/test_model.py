@@ -9,11 +9,12 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from transformers import LogitsProcessor, LogitsProcessorList
+from transformers import LogitsProcessor, LogitsProcessorList, PreTrainedModel
 
 from model.loading import add_seg_token, load_lisa, save_lisa
 from model.inference import answer
 from model.losses import dice_per_mask, mean_over_masks, sigmoid_ce_per_mask
+from model.peft_setup import setup_trainable
 
 QUESTION = "<image>\nWhat is the red circle in this image? Please output segmentation mask."
 
@@ -69,6 +70,35 @@ def recorded_queries(model):
         handle.remove()
 
 
+@contextmanager
+def image_encoder_calls(model):
+    """Yields a list that fills with the output of each call of the VLM's image encoder (per image, its features in
+    `pooler_output`)."""
+    outputs = []
+    encode = model.vlm.model.get_image_features
+
+    def recording(*args, **kwargs):
+        outputs.append(encode(*args, **kwargs))
+        return outputs[-1]
+
+    model.vlm.model.get_image_features = recording
+    try:
+        yield outputs
+    finally:
+        del model.vlm.model.get_image_features
+
+
+@contextmanager
+def language_model_outputs(model):
+    """Yields a list that fills with the output of every call of the language model."""
+    outputs = []
+    handle = model.vlm.model.language_model.register_forward_hook(lambda module, args, output: outputs.append(output))
+    try:
+        yield outputs
+    finally:
+        handle.remove()
+
+
 class ForceTokens(LogitsProcessor):
     """Forces given tokens at given generation steps, so a random model emits [SEG] where a test needs it.
 
@@ -100,15 +130,51 @@ def test_forward_shapes_and_losses(lisa):
         processor.process_sample(random_image(2), [[user("<image>\nDescribe it."), assistant("A picture.")]], np.zeros((0, 48, 60), bool), "vqa"),
     ]
     batch = processor.collate(items)
-    out = model(**batch)
+    out = model(**batch, return_logits=True)
     rows, length = batch["input_ids"].shape
     assert rows == 4
     assert out.logits.shape == (rows, length, model.config.vlm_config.text_config.vocab_size)
+    assert model(**batch).logits is None  # not asked for: the loss reads the labelled positions only
     assert [tuple(p.shape) for p in out.pred_masks] == [(2, 48, 60), (1, 30, 20), (0, 48, 60)]
     for name in ("loss", "ce_loss", "mask_bce_loss", "mask_dice_loss", "mask_loss"):
         assert torch.isfinite(getattr(out, name)), name
     expected = model.config.ce_loss_weight * out.ce_loss + 2.0 * out.mask_bce_loss + 0.5 * out.mask_dice_loss
     torch.testing.assert_close(out.loss, expected)
+
+
+def test_text_loss_reads_only_the_labelled_positions(lisa):
+    """The text loss equals next-token cross-entropy over the full-vocabulary logits of the VLM's own forward (label
+    t + 1 predicted at position t), while the output head runs on the labelled positions only. Rows of different
+    lengths, right-padded, one without any label; a batch without labels has loss 0, still in the graph."""
+    model, processor = lisa
+    items = [
+        processor.process_sample(random_image(0), [[user(), assistant("Sure, it is [SEG] and [SEG].")], [user(), assistant("No.")]], random_masks(0, 2), "a"),
+        processor.process_sample(random_image(1, 30, 20), [[user("<image>\nDescribe it."), assistant("A picture of noise.")]], np.zeros((0, 30, 20), bool), "b"),
+    ]
+    batch = processor.collate(items)
+    batch["labels"][1] = -100
+    head_rows = []
+    hook = model.get_output_embeddings().register_forward_hook(lambda module, args, output: head_rows.append(args[0].shape[0]))
+    try:
+        with torch.no_grad():
+            loss = model(**batch).ce_loss
+    finally:
+        hook.remove()
+    labelled = int((batch["labels"][:, 1:] != -100).sum())
+    assert head_rows == [labelled]
+
+    rows = batch["image_index"]
+    with torch.no_grad():
+        logits = model.vlm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **vlm_image_inputs(model, batch, rows)).logits
+    expected = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), batch["labels"][:, 1:].flatten(), ignore_index=-100)
+    torch.testing.assert_close(loss, expected)
+
+    unlabelled = replace(batch, labels=torch.full_like(batch["labels"], -100), masks=None)
+    out = model(**unlabelled)
+    assert out.ce_loss.item() == 0.0
+    out.loss.backward()
+    assert model.get_output_embeddings().weight.grad is not None
+    model.zero_grad(set_to_none=True)
 
 
 def test_mask_count_mismatch_names_the_sample(lisa):
@@ -200,8 +266,10 @@ def test_cached_generation_equals_uncached_recomputation(lisa):
     prompt_length = inputs["input_ids"].shape[1]
     seg, eos = processor.seg_token_id, processor.tokenizer.eos_token_id
     force = LogitsProcessorList([ForceTokens(prompt_length, {2: seg, 5: seg, 9: eos})])
-    with recorded_queries(model) as cached_queries:
+    with recorded_queries(model) as cached_queries, language_model_outputs(model) as steps:
         cached = model.generate(**inputs, max_new_tokens=12, logits_processor=force)[0]
+    # The language model's other layers are not kept (LLaVA-7B: 33 layers of the whole prompt, ~166 MB a prompt).
+    assert len(steps) == len(cached.token_ids) and all(step.hidden_states is None for step in steps)
     uncached_ids = model.vlm.generate(
         input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], **vlm_image_inputs(model, inputs),
         max_new_tokens=12, use_cache=False, do_sample=False, logits_processor=force,
@@ -323,7 +391,7 @@ def test_save_load_round_trip(lisa, tmp_path):
     for key in ("input_ids", "labels", "pixel_values", "sam_pixel_values"):
         torch.testing.assert_close(batch[key], again[key])
     with torch.no_grad():
-        a, b = model(**batch), loaded.eval()(**again)
+        a, b = model(**batch, return_logits=True), loaded.eval()(**again, return_logits=True)
     torch.testing.assert_close(a.logits, b.logits)
     torch.testing.assert_close(a.pred_masks[0], b.pred_masks[0])
     torch.testing.assert_close(a.loss, b.loss)
@@ -462,7 +530,7 @@ def test_training_init_behaves_like_its_saved_folder(tiny_base, tmp_path):
     item = processor.process_sample(random_image(11), [[user(), assistant("It is [SEG].")]], random_masks(11, 1), "b")
     batch = processor.collate([item])
     with torch.no_grad():
-        a, b = model.eval()(**batch), loaded.eval()(**batch)
+        a, b = model.eval()(**batch, return_logits=True), loaded.eval()(**batch, return_logits=True)
     torch.testing.assert_close(a.logits, b.logits)
     torch.testing.assert_close(a.pred_masks[0], b.pred_masks[0])
 
@@ -479,6 +547,99 @@ def test_prompts_sharing_an_image_equal_separate_images(lisa):
     for a, b in zip(shared, separate):
         assert a.token_ids == b.token_ids and len(a.masks) == 1
         assert torch.equal(a.masks[0], b.masks[0])
+
+
+def test_generation_encodes_each_image_once_and_refuses_several_answers_per_prompt(lisa):
+    """Three prompts about two images: the vision tower encodes two images, once. Beam search or several answers per
+    prompt are refused: the [SEG] states are read along one answer per row."""
+    model, processor = lisa
+    images = [random_image(13), random_image(14, 40, 30)]
+    questions = [[user()], [user("<image>\nWhere is the blue square?")], [user("<image>\nAnd the circle?")]]
+    with image_encoder_calls(model) as calls:
+        replies = answer(model, processor, images, questions, image_index=[0, 1, 0], max_new_tokens=3)
+    assert [len(call.pooler_output) for call in calls] == [2] and len(replies) == 3
+    inputs = generate_inputs(processor, images[:1], [QUESTION])
+    for kwargs in ({"num_beams": 2}, {"num_return_sequences": 2, "do_sample": True}):
+        with pytest.raises(ValueError, match="num_beams and num_return_sequences must be 1"):
+            model.generate(**inputs, max_new_tokens=3, **kwargs)
+
+
+def vision_patch_embeddings(model):
+    """The input embeddings of the VLM's vision tower that `enable_input_require_grads` hooks (CLIP's, Qwen2.5-VL's;
+    Qwen3-VL's tower names none)."""
+    text, found = model.get_input_embeddings(), []
+    for module in model.vlm.modules():
+        try:
+            embedding = module.get_input_embeddings() if isinstance(module, PreTrainedModel) else None
+        except NotImplementedError:
+            continue
+        if embedding is not None and embedding is not text:
+            found.append(embedding)
+    return found
+
+
+@pytest.mark.parametrize("train_tower", [False, True], ids=["frozen", "trained"])
+def test_the_frozen_vision_tower_runs_without_gradient_in_training(tiny_base, train_tower):
+    """Set up as `train_ds.make_trainable` does (gradient checkpointing, `enable_input_require_grads`, LoRA): the frozen
+    vision tower gives features that require no grad, and no gradient flows back into it; made trainable, it trains."""
+    model, processor = load_lisa(str(tiny_base.lisa_dir))
+    model.gradient_checkpointing_enable()
+    model.enable_input_require_grads()
+    peft_model = setup_trainable(model).train()
+    vision = [p for name, p in model.vlm.model.named_parameters() if not name.startswith("language_model.")]
+    for param in vision:
+        param.requires_grad_(train_tower)
+    patch_outputs = []
+    for embedding in vision_patch_embeddings(model):
+        embedding.register_forward_hook(lambda module, args, output: patch_outputs.append(output))
+    item = processor.process_sample(random_image(15), [[user(), assistant("It is [SEG].")]], random_masks(15, 1), "t")
+    with image_encoder_calls(model) as calls:
+        peft_model(**processor.collate([item])).loss.backward()
+    assert len(calls) == 1
+    assert all(features.requires_grad == train_tower for features in calls[0].pooler_output)
+    if train_tower:
+        patch_weights = [p for name, p in model.vlm.model.named_parameters() if "patch_embed" in name]
+        assert patch_weights and all(p.grad is not None for p in patch_weights)
+    else:
+        assert all(output.grad is None for output in patch_outputs)
+        assert all(p.grad is None for p in vision)
+
+
+def test_decoding_is_the_same_in_validation_and_after_export(tiny_base, tmp_path):
+    """A base whose generation config decodes otherwise (Qwen2.5-VL-Instruct's: sampling settings, two end-of-answer
+    ids; here with repetition penalty 1.3) answers greedily without penalty — as the VLM's plain greedy `generate` —,
+    stops at either end id, and answers alike when built for training (validation) and after save/load."""
+    from model.loading import build_lisa_from_base
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_base.vlm_dir, base)
+    generation = json.loads((base / "generation_config.json").read_text())
+    eos = generation["eos_token_id"]
+    second_eos = eos - 1
+    generation.update(eos_token_id=[eos, second_eos], repetition_penalty=1.3, do_sample=True, temperature=0.1, top_p=0.001, top_k=1)
+    del generation["_from_model_config"]
+    (base / "generation_config.json").write_text(json.dumps(generation))
+    built, processor = build_lisa_from_base(str(base), str(tiny_base.sam_dir))
+    save_lisa(built, processor, str(tmp_path / "lisa"))
+    loaded, _ = load_lisa(str(tmp_path / "lisa"))
+
+    inputs = generate_inputs(processor, [random_image(16)], [QUESTION])
+    prompt_length = inputs["input_ids"].shape[1]
+
+    def vlm_greedy(repetition_penalty):
+        with torch.no_grad():
+            return built.vlm.generate(
+                input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], **vlm_image_inputs(built, inputs),
+                max_new_tokens=16, do_sample=False, repetition_penalty=repetition_penalty, eos_token_id=[eos, second_eos],
+            )[0, prompt_length:].tolist()
+
+    greedy = vlm_greedy(1.0)
+    assert vlm_greedy(1.3) != greedy  # the base's penalty would change the answer
+    for model in (built.eval(), loaded.eval()):
+        assert model.generate(**inputs, max_new_tokens=16)[0].token_ids == greedy
+        # The second end id ends the answer, as in the base.
+        stop = LogitsProcessorList([ForceTokens(prompt_length, {5: second_eos})])
+        assert model.generate(**inputs, max_new_tokens=16, logits_processor=stop)[0].token_ids[5:] == [second_eos]
 
 
 def test_projection_width_comes_from_sam(tiny_base):

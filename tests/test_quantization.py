@@ -131,7 +131,7 @@ def test_qlora_training_resumes_and_merges_to_full_precision(tiny_dir, toy_dir, 
     assert any(name.endswith("lora_B.default.weight") and state[name].abs().sum() > 0 for name in state)  # LoRA moved
     batch = toy_batch(processor)
     with torch.no_grad():
-        want, got = trained.eval()(**batch), full.eval()(**batch)
+        want, got = trained.eval()(**batch, return_logits=True), full.eval()(**batch, return_logits=True)
     torch.testing.assert_close(got.logits, want.logits, atol=1e-3, rtol=1e-3)
     for w, g in zip(want.pred_masks, got.pred_masks):
         torch.testing.assert_close(g, w, atol=1e-3, rtol=1e-3)

@@ -337,7 +337,7 @@ def test_merged_model_matches_unmerged(reference_run, merged_dir, tmp_path):
     merged.eval()
     batch = toy_batch(merged_processor)
     with torch.no_grad():
-        expected, actual = peft_model(**batch), merged(**batch)
+        expected, actual = peft_model(**batch, return_logits=True), merged(**batch, return_logits=True)
     # LoRA changed something, and merging kept it.
     assert torch.allclose(expected.logits, actual.logits, atol=1e-4)
     for e, a in zip(expected.pred_masks, actual.pred_masks):
@@ -376,7 +376,7 @@ def test_qwen_sam2_through_the_scripts(tiny_base, tiny_dir, toy_dir, tmp_path):
     assert (merged.vlm_family.name, merged.sam_family.name) == (tiny_base.vlm, "sam2")
     batch = toy_batch(processor)
     with torch.no_grad():
-        expected, actual = peft_model(**batch), merged.eval()(**batch)
+        expected, actual = peft_model(**batch, return_logits=True), merged.eval()(**batch, return_logits=True)
     assert torch.allclose(expected.logits, actual.logits, atol=1e-4)
     for e, a in zip(expected.pred_masks, actual.pred_masks):
         assert torch.allclose(e, a, atol=1e-3)
