@@ -32,13 +32,13 @@ from model.lisa import LisaConfig
 from model.loading import PRECISIONS, dequantize, is_quantized_folder, load_for_training, save_lisa
 from model.peft_setup import LORA_ALPHA, LORA_DROPOUT, LORA_R, LORA_TARGET_MODULES, setup_trainable
 from utils.checkpoint import BEST, LATEST, TRAIN_ARGS_FILE, read_pointer
-from utils.cli import HelpFormatter
+from utils.cli import HelpFormatter, positive_int
 from utils.locations import location_problem
 
 TRAINED_MODULES_FILE = "trained_modules.safetensors"
 # The run's settings that rebuild its model, and their values where a run did not record them (train_ds.py's defaults).
 MODEL_DEFAULTS = {
-    "version": None, "vision_pretrained": None, "conv_type": None, "out_dim": None, "load_in_4bit": False,
+    "version": None, "vision_pretrained": None, "conv_type": None, "out_dim": None, "max_pixels": None, "load_in_4bit": False,
     "lora_r": LORA_R, "lora_alpha": LORA_ALPHA, "lora_dropout": LORA_DROPOUT, "lora_target_modules": LORA_TARGET_MODULES,
     "train_sam_encoder": False, "ce_loss_weight": LisaConfig.ce_loss_weight,
     "bce_loss_weight": LisaConfig.bce_loss_weight, "dice_loss_weight": LisaConfig.dice_loss_weight,
@@ -63,6 +63,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     group.add_argument("--vision_pretrained", help="SAM or SAM 2 weights training started from (base only)")
     group.add_argument("--conv_type", help="conversation format")
     group.add_argument("--out_dim", type=int, help="width of SAM's prompt embeddings")
+    group.add_argument("--max_pixels", type=positive_int, help="pixels of one image at most (Qwen families), saved with the model")
     group.add_argument("--lora_r", type=int, help="LoRA rank")
     group.add_argument("--lora_alpha", type=int, help="LoRA alpha")
     group.add_argument("--lora_dropout", type=float, help="LoRA dropout")
@@ -190,7 +191,7 @@ def main(argv: list[str] | None = None) -> None:
     check_not_quantized(args.weight, settings["version"])
     model, processor = load_for_training(
         settings["version"], settings["vision_pretrained"], settings["conv_type"], dtype=torch.float32,
-        out_dim=settings["out_dim"], quantization="4bit" if settings["load_in_4bit"] else None,
+        out_dim=settings["out_dim"], max_pixels=settings["max_pixels"], quantization="4bit" if settings["load_in_4bit"] else None,
         ce_loss_weight=settings["ce_loss_weight"], bce_loss_weight=settings["bce_loss_weight"],
         dice_loss_weight=settings["dice_loss_weight"],
     )

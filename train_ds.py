@@ -36,7 +36,8 @@ from datasets.hybrid import HybridDataset, build_val_dataset
 from model.conversation import CHAT_TEMPLATES
 from model.evaluation import evaluate
 from model.lisa import LisaConfig, LisaForCausalLM
-from model.loading import PRECISIONS, load_for_training
+from model.cli import add_image_and_attention_arguments
+from model.loading import PRECISIONS, check_attn_package, load_for_training
 from model.peft_setup import (
     LORA_ALPHA, LORA_DROPOUT, LORA_R, LORA_TARGET_MODULES, count_parameters, parameter_groups, setup_trainable,
 )
@@ -58,9 +59,10 @@ LOSS_TERMS = ("loss", "ce_loss", "mask_bce_loss", "mask_dice_loss", "mask_loss")
 # cut to --model_max_length, conversations left out because the cut would have taken what they train.
 DATA_COUNTS = ("skipped samples", "truncated conversations", "dropped conversations")
 # What a resumed run may change: none of them alters the model, the data order or the optimisation of the steps
-# already taken (--epochs extends or shortens the run; the learning-rate schedule follows the new length).
+# already taken (--epochs extends or shortens the run; the learning-rate schedule follows the new length; the attention
+# implementation computes the same attention, with other kernels).
 RESUMABLE_ARGS = ("epochs", "workers", "auto_resume", "resume_anyway", "eval", "val_mode", "val_batch_size",
-                  "save_steps", "log_base_dir", "local_rank")
+                  "save_steps", "log_base_dir", "local_rank", "attn_implementation")
 
 
 def add_switch(parser: argparse.ArgumentParser, name: str, default: bool, help: str) -> None:
@@ -92,6 +94,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                        help="QLoRA: the frozen language model in 4-bit NF4 (bitsandbytes, CUDA or CPU); LoRA on it and the "
                             "fully trained modules in --precision")
     add_switch(model, "gradient_checkpointing", True, "recompute activations in the backward pass to save memory")
+    add_image_and_attention_arguments(
+        model, max_pixels_default="for a base 1280 tokens' worth, 1,003,520 px for Qwen2.5-VL and 1,310,720 for Qwen3-VL, "
+                                  "or the base's own cap where lower; for a LISA folder its own")
 
     lora = parser.add_argument_group("trainable parameters (LoRA on the language model; lm_head, embed_tokens, "
                                       "SAM mask decoder and [SEG] projection in full)")
@@ -182,6 +187,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for flag in ("version", "vision_pretrained"):
         if (problem := location_problem(getattr(args, flag))) is not None:
             parser.error(f"--{flag} {problem}")
+    try:
+        check_attn_package(args.attn_implementation)
+    except RuntimeError as error:
+        parser.error(f"--attn_implementation: {error}")
     if args.precision == "fp16" and not deepspeed.get_accelerator().is_fp16_supported():
         # Checked here, before minutes of loading: DeepSpeed refuses only when the engine starts.
         parser.error(f"--precision fp16: DeepSpeed cannot train in fp16 on {deepspeed.get_accelerator().device_name()} "
@@ -493,7 +502,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(args.seed)  # the new [SEG] row and projection of a base
     model, processor = load_for_training(
         args.version, args.vision_pretrained, args.conv_type, dtype=dtype, out_dim=args.out_dim,
-        quantization="4bit" if args.load_in_4bit else None, device=device,
+        quantization="4bit" if args.load_in_4bit else None, device=device, max_pixels=args.max_pixels,
+        attn_implementation=args.attn_implementation,
         ce_loss_weight=args.ce_loss_weight, bce_loss_weight=args.bce_loss_weight, dice_loss_weight=args.dice_loss_weight,
     )
     val_dataset = build_val_dataset(args.dataset_dir, args.val_dataset) if args.eval or args.eval_only else None

@@ -1,5 +1,5 @@
 """The model flags of every script that answers with a trained LISA model (`chat.py`, `app.py`, `eval_reasonseg.py`)
-and loading the model they name."""
+and loading the model they name; the image and attention flags also serve training (`train_ds.py`)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from model.conversation import CHAT_TEMPLATES
 from model.lisa import LisaForCausalLM
 from model.loading import PRECISIONS, load_for_inference
 from model.processing import LisaProcessor
+from model.vlm_families import ATTN_IMPLEMENTATIONS
 from utils.cli import positive_int
 from utils.locations import location_problem
 
@@ -27,6 +28,26 @@ def add_model_arguments(parser: argparse.ArgumentParser, max_new_tokens: int = 5
                               help="quantise the language model's linear layers to 4-bit NF4 (bitsandbytes)")
     parser.add_argument("--max_new_tokens", type=positive_int, default=max_new_tokens, help="longest answer, in tokens (default: %(default)s)")
     parser.add_argument("--conv_type", choices=list(CHAT_TEMPLATES), help="conversation format (default: the model folder's)")
+    add_image_and_attention_arguments(parser, max_pixels_default="the model folder's, saved at training")
+
+
+def add_image_and_attention_arguments(parser: argparse._ActionsContainer, max_pixels_default: str) -> None:
+    """`--max_pixels` and `--attn_implementation`; `max_pixels_default` says what no `--max_pixels` means."""
+    parser.add_argument(
+        "--max_pixels", type=positive_int, default=None,
+        help="Qwen2.5-VL / Qwen3-VL: pixels of one image at most. An image is resized (aspect kept) to multiples of "
+             "patch·merge px (28 for Qwen2.5-VL, 32 for Qwen3-VL) within it and takes about pixels / (patch·merge)² "
+             "tokens (784 px a token for Qwen2.5-VL, 1024 for Qwen3-VL) in every conversation row about it: memory and "
+             "time grow with it (Qwen2.5-VL's hub config allows 12,845,056 px: 15,552 tokens for a 4032×3024 photo). Saved "
+             "in the model folder's preprocessor_config.json; given here, it replaces the folder's. Less than one token "
+             "is an error, and so is any value for LLaVA-1.5, whose images all take one size (336 px square, 576 tokens) "
+             f"(default: {max_pixels_default})")
+    parser.add_argument(
+        "--attn_implementation", default="sdpa", choices=list(ATTN_IMPLEMENTATIONS),
+        help="attention of the vision-language model, vision tower and language model (SAM keeps sdpa): sdpa (torch's "
+             "fused kernels), flash_attention_2 (needs the flash_attn package, a CUDA GPU and bf16/fp16; attends all of "
+             "Qwen2.5-VL's vision windows in one call, where sdpa and eager loop over them), eager (plain matmuls: the "
+             "slowest and most memory, for checking). A runtime choice, not saved with the model (default: %(default)s)")
 
 
 def load_model(args: argparse.Namespace) -> tuple[LisaForCausalLM, LisaProcessor]:
@@ -35,6 +56,9 @@ def load_model(args: argparse.Namespace) -> tuple[LisaForCausalLM, LisaProcessor
         sys.exit(f"cannot load --version {problem}")  # at once: transformers would first try the hub with it
     quantization = "8bit" if args.load_in_8bit else "4bit" if args.load_in_4bit else None
     try:
-        return load_for_inference(args.version, args.precision, quantization, conv_type=args.conv_type)
+        return load_for_inference(
+            args.version, args.precision, quantization, conv_type=args.conv_type, max_pixels=args.max_pixels,
+            attn_implementation=args.attn_implementation,
+        )
     except (OSError, RuntimeError, ValueError) as error:
         sys.exit(f"cannot load {args.version}: {error}")

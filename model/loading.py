@@ -9,6 +9,10 @@
 * `load_for_training` (a base or a LISA folder, what `train_ds.py --version` takes) and
   `load_for_inference` (a LISA folder on a device in a precision, what chat, evaluation and the demo take).
 
+All of them take the pixel budget of one image (`max_pixels`, for the dynamic-resolution families; saved with the
+image processor) and the attention implementation of the vision-language model (`attn_implementation`; a runtime
+choice, saved nowhere).
+
 Both of the last two can quantise the language model with bitsandbytes (8-bit LLM.int8 or 4-bit NF4, on CUDA or
 on the CPU): exactly the language model's linear layers are quantised, every other weight stays in the chosen
 precision (`quantization_census` tells which is which).
@@ -29,7 +33,7 @@ from transformers.utils import GENERATION_CONFIG_NAME
 from model.lisa import LisaConfig, LisaForCausalLM
 from model.mask_heads import load_mask_head, mask_head_family
 from model.processing import SEG_TOKEN, LisaProcessor
-from model.vlm_families import vlm_family
+from model.vlm_families import VlmFamily, vlm_family
 from utils.log_filters import dropping_log_message
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -42,6 +46,33 @@ LANGUAGE_MODEL = "language_model"  # the module name of the LLM inside LLaVA and
 # matches every name not inside the language model holds for a LISA model and a base of either family alike (Qwen's
 # vision transformer and patch merger, `model.visual`, stay unquantised as CLIP does).
 NOT_QUANTIZED = [rf"(?!.*\b{LANGUAGE_MODEL}\.).*"]
+# The mask head attends with SDPA whatever the vision-language model uses: `SamModel` has no FlashAttention, and eager
+# attention over SAM's 64×64 image-embedding tokens only costs memory.
+MASK_HEAD_ATTENTION = "sdpa"
+
+
+# ----------------------------------------------------------------------------------------- attention
+def check_attn_package(attn_implementation: str) -> None:
+    """Raises RuntimeError for flash_attention_2 without the flash_attn package: transformers would look for a substitute
+    kernel on the hub instead (or fail at the first forward)."""
+    if attn_implementation == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+        raise RuntimeError("attn_implementation flash_attention_2 needs the flash_attn package (CUDA): pip install flash-attn")
+
+
+def attention_implementations(family: VlmFamily, attn_implementation: str) -> dict[str, str]:
+    """The attention implementation of each part of a LISA model, as `from_pretrained` and `set_attn_implementation`
+    take it: `attn_implementation` for the vision-language model (vision tower and language model alike),
+    `MASK_HEAD_ATTENTION` for the mask head.
+
+    Raises:
+        ValueError: an implementation the family's models do not support.
+        RuntimeError: see `check_attn_package`.
+    """
+    if attn_implementation not in family.attn_implementations:
+        raise ValueError(f"attn_implementation {attn_implementation!r} is not supported by {family.title} models; "
+                         f"choose from {', '.join(family.attn_implementations)}")
+    check_attn_package(attn_implementation)
+    return {"vlm_config": attn_implementation, "sam_config": MASK_HEAD_ATTENTION}
 
 
 # ------------------------------------------------------------------------------------------ building
@@ -67,6 +98,8 @@ def build_lisa_from_base(
     out_dim: int | None = None,
     quantization: str | None = None,
     device: torch.device | None = None,
+    max_pixels: int | None = None,
+    attn_implementation: str = "sdpa",
     **config_kwargs,
 ) -> tuple[LisaForCausalLM, LisaProcessor]:
     """A LISA model to train, from a vision-language base and SAM or SAM 2 weights; each family is read from its
@@ -81,16 +114,23 @@ def build_lisa_from_base(
         conv_type: conversation format (`model.conversation.CHAT_TEMPLATES`); None: the base family's default.
         out_dim: output width of the new `[SEG]` projection; it must be the mask head's prompt width (the default;
             256 for the released SAM and SAM 2).
-        quantization, device: see `load_lisa`.
+        quantization, device, attn_implementation: see `load_lisa`.
+        max_pixels: pixels of one image at most (Qwen families; an error for LLaVA); None: the default budget
+            (`model.vlm_families.IMAGE_TOKEN_BUDGET` tokens), or the base's own cap where lower.
         config_kwargs: other `LisaConfig` fields (loss weights).
 
     Raises:
-        ValueError: a base or mask head of no supported family (naming the supported ones).
+        ValueError: a base or mask head of no supported family (naming the supported ones), a bad `max_pixels` or
+            `attn_implementation`.
     """
     family = vlm_family(PretrainedConfig.get_config_dict(base_path)[0], source=base_path)
+    attention = attention_implementations(family, attn_implementation)
     vlm_processor = family.load_processor(base_path)
+    family.set_max_pixels(vlm_processor, max_pixels)
     seg_token_id = add_seg_token(vlm_processor.tokenizer)
-    vlm = family.model_class.from_pretrained(base_path, dtype=dtype, **_quantization_kwargs(quantization, dtype, device))
+    vlm = family.model_class.from_pretrained(
+        base_path, dtype=dtype, attn_implementation=attn_implementation, **_quantization_kwargs(quantization, dtype, device)
+    )
     vlm.resize_token_embeddings(len(vlm_processor.tokenizer))
     sam = load_mask_head(sam_path, dtype=dtype)
     prompt_width = sam.config.prompt_encoder_config.hidden_size
@@ -107,7 +147,7 @@ def build_lisa_from_base(
     # "without finding the associated sub-model" and warns of "undefined behavior": harmless, the decoder's attention
     # reads its implementation from that config, as it does after loading (which sets it without a word).
     with dropping_log_message("transformers.modeling_utils", "We set the attention implementation for the sub-config"):
-        model.set_attn_implementation(config._attn_implementation)
+        model.set_attn_implementation(attention)
     if quantization is not None:
         model.to(device)  # SAM and the new projection join the quantised base on its device
     if dtype is not None:
@@ -129,6 +169,8 @@ def load_lisa(
     dtype: torch.dtype | None = None,
     quantization: str | None = None,
     device: torch.device | None = None,
+    max_pixels: int | None = None,
+    attn_implementation: str = "sdpa",
     **kwargs,
 ) -> tuple[LisaForCausalLM, LisaProcessor]:
     """A trained LISA folder (ours, as written by `save_pretrained`): model and processor.
@@ -138,6 +180,9 @@ def load_lisa(
         dtype: weights' dtype (default: as saved); with quantisation, the unquantised parts' and the compute dtype.
         quantization: None, "8bit" or "4bit" (`quantization_config`); the model is then loaded onto `device`
             (default: the CPU), where bitsandbytes quantises it.
+        max_pixels: replaces the folder's pixel budget of one image (see `build_lisa_from_base`); None: the folder's.
+        attn_implementation: "sdpa", "flash_attention_2" (needs the flash_attn package) or "eager", for the
+            vision-language model; the mask head keeps SDPA. Not saved: transformers leaves it out of config.json.
         kwargs: `LisaConfig` overrides, such as loss weights.
     """
     if not os.path.isfile(os.path.join(path, "config.json")):
@@ -146,8 +191,14 @@ def load_lisa(
         config = LisaConfig.from_pretrained(path, **kwargs)
     except ValueError as error:
         raise ValueError(f"{path}: {error}") from None
+    attention = attention_implementations(vlm_family(config.vlm_config), attn_implementation)
+    # The processor first: a bad max_pixels is told before the weights load.
+    processor = LisaProcessor.from_pretrained(path)
+    if max_pixels is not None:
+        processor.set_max_pixels(max_pixels)
     model, info = LisaForCausalLM.from_pretrained(
-        path, config=config, dtype=dtype, output_loading_info=True, **_quantization_kwargs(quantization, dtype, device)
+        path, config=config, dtype=dtype, output_loading_info=True, attn_implementation=attention,
+        **_quantization_kwargs(quantization, dtype, device),
     )
     problems = {k: info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys") if info.get(k)}
     if problems:
@@ -161,7 +212,7 @@ def load_lisa(
     if os.path.isfile(os.path.join(path, GENERATION_CONFIG_NAME)):
         # Without it (folders written before it was saved) the VLM's generation config is derived from its config.
         model.vlm.generation_config = GenerationConfig.from_pretrained(path)
-    return model, LisaProcessor.from_pretrained(path)
+    return model, processor
 
 
 def save_lisa(model: LisaForCausalLM, processor: LisaProcessor, path: str) -> None:
@@ -192,6 +243,8 @@ def load_for_training(
     out_dim: int | None = None,
     quantization: str | None = None,
     device: torch.device | None = None,
+    max_pixels: int | None = None,
+    attn_implementation: str = "sdpa",
     **loss_weights: float,
 ) -> tuple[LisaForCausalLM, LisaProcessor]:
     """The model a training run starts from, and its processor.
@@ -205,17 +258,23 @@ def load_for_training(
         out_dim: width of SAM's prompt embeddings, the new projection's output (base only; default: read from the
             SAM weights).
         quantization, device: "4bit" for QLoRA (a frozen NF4 language model under LoRA), loaded onto `device`.
+        max_pixels: pixels of one image at most (Qwen families); None: the base's default budget (see
+            `build_lisa_from_base`) or the folder's own.
+        attn_implementation: see `load_lisa`.
         loss_weights: `ce_loss_weight`, `bce_loss_weight`, `dice_loss_weight` — they replace a LISA folder's
             saved weights, so fine-tuning uses the flags.
     """
     if is_lisa(version):
-        model, processor = load_lisa(version, dtype=dtype, quantization=quantization, device=device, **loss_weights)
+        model, processor = load_lisa(
+            version, dtype=dtype, quantization=quantization, device=device, max_pixels=max_pixels,
+            attn_implementation=attn_implementation, **loss_weights,
+        )
         if conv_type is not None:
             processor.set_chat_template(conv_type)
     else:
         model, processor = build_lisa_from_base(
             version, vision_pretrained, conv_type=conv_type, dtype=dtype, out_dim=out_dim, quantization=quantization,
-            device=device, **loss_weights,
+            device=device, max_pixels=max_pixels, attn_implementation=attn_implementation, **loss_weights,
         )
     for module in model.modules():
         if type(module).__name__ == "Linear4bit":
@@ -238,6 +297,8 @@ def load_for_inference(
     quantization: str | None = None,
     conv_type: str | None = None,
     device: torch.device | None = None,
+    max_pixels: int | None = None,
+    attn_implementation: str = "sdpa",
 ) -> tuple[LisaForCausalLM, LisaProcessor]:
     """A LISA folder ready to answer: weights in `precision` on `device` (default `pick_device()`), eval mode.
 
@@ -246,11 +307,15 @@ def load_for_inference(
             the computation.
         quantization: None, "8bit" or "4bit": the language model's linear layers quantised by bitsandbytes.
         conv_type: a `model.conversation.CHAT_TEMPLATES` name overriding the folder's chat template.
+        max_pixels, attn_implementation: see `load_lisa`.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
     device = device or pick_device()
-    model, processor = load_lisa(version, dtype=PRECISIONS[precision], quantization=quantization, device=device)
+    model, processor = load_lisa(
+        version, dtype=PRECISIONS[precision], quantization=quantization, device=device, max_pixels=max_pixels,
+        attn_implementation=attn_implementation,
+    )
     if quantization is None:
         model.to(device)
     if conv_type is not None:

@@ -313,6 +313,16 @@ class LisaProcessor:
         return " ".join(pieces).strip()
 
     # ---------------------------------------------------------------------------------------------- images
+    def set_max_pixels(self, max_pixels: int | None) -> None:
+        """Caps the pixels (so the tokens) of one image for the dynamic-resolution families; saved with the image
+        processor. None: the default budget (`model.vlm_families.IMAGE_TOKEN_BUDGET` tokens, or the base's own cap
+        where lower).
+
+        Raises:
+            ValueError: a cap below one image token, or a cap for a family whose images all take one size (LLaVA).
+        """
+        self.vlm_family.set_max_pixels(self.vlm_processor, max_pixels)
+
     def preprocess_image(self, image: np.ndarray) -> ImageInput:
         """(H, W, 3) uint8 -> the image as the vision-language model takes it, and its image-token count."""
         return self.vlm_family.preprocess_image(self.vlm_processor, image)

@@ -42,11 +42,28 @@ from transformers import (
     Qwen3VLForConditionalGeneration,
 )
 from transformers.image_processing_utils import BaseImageProcessor
+from transformers.image_utils import SizeDict
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.qwen3_vl.modeling_qwen3_vl import BaseModelOutputWithDeepstackFeatures
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from model.families import family_of
+
+# The attention implementations `--attn_implementation` offers; each family lists those its sub-models support.
+ATTN_IMPLEMENTATIONS = ("sdpa", "flash_attention_2", "eager")
+# Image tokens an image takes at most by default in the dynamic-resolution families: the budget Qwen's README suggests
+# for Qwen2.5-VL (max_pixels = 1280·28·28). The hub configs allow 12,845,056 px (Qwen2.5-VL) and 16,777,216 px
+# (Qwen3-VL): a 4032×3024 photo would take 15,552 tokens in every conversation row about it.
+IMAGE_TOKEN_BUDGET = 1280
+
+
+def load_image_processor(path: str) -> BaseImageProcessor:
+    """The image processor of a folder or hub id, always in its PIL version.
+
+    transformers picks the torchvision version whenever torchvision is installed (common on CUDA hosts) and the PIL one
+    otherwise; their resize kernels differ, so a model trained on one host would see other pixels on another. The PIL
+    one is the one this project tests (and the one a host without torchvision runs)."""
+    return AutoImageProcessor.from_pretrained(path, backend="pil")
 
 
 @dataclass
@@ -89,8 +106,7 @@ class QwenVLTextImageProcessor:
 
     @classmethod
     def from_pretrained(cls, path: str) -> "QwenVLTextImageProcessor":
-        # Without torchvision, AutoImageProcessor gives the PIL version of Qwen's image processor.
-        return cls(AutoTokenizer.from_pretrained(path), AutoImageProcessor.from_pretrained(path))
+        return cls(AutoTokenizer.from_pretrained(path), load_image_processor(path))
 
     def save_pretrained(self, path: str) -> None:
         self.tokenizer.save_pretrained(path)
@@ -110,10 +126,20 @@ class VlmFamily:
     image_encoder_modules: tuple[str, ...]  # the modules of `vlm.model` that turn pixels into image features
     processor_class: type[VlmProcessor]
     chat_templates: tuple[str, ...]  # names in `CHAT_TEMPLATES` the family's tokens fit; the first is the default
+    attn_implementations: tuple[str, ...]  # those of `ATTN_IMPLEMENTATIONS` its vision tower and language model support
 
     # ------------------------------------------------------------------------------------------ processor side
     def load_processor(self, path: str) -> VlmProcessor:
-        """The tokenizer, image processor and chat template of a base or LISA folder (or hub id) of the family."""
+        """The tokenizer, image processor (PIL) and chat template of a base or LISA folder (or hub id) of the family."""
+        raise NotImplementedError
+
+    def set_max_pixels(self, processor: VlmProcessor, max_pixels: int | None) -> None:
+        """Caps the pixels an image is resized to, in place; None: `IMAGE_TOKEN_BUDGET` tokens' worth, or the
+        processor's own cap where lower. Saved with the image processor's config.
+
+        Raises:
+            ValueError: a cap below one image token, or a family whose images all take one size.
+        """
         raise NotImplementedError
 
     def preprocess_image(self, processor: VlmProcessor, image: np.ndarray) -> ImageInput:
@@ -178,9 +204,22 @@ class LlavaFamily(VlmFamily):
     image_encoder_modules = ("vision_tower", "multi_modal_projector")
     processor_class = LlavaProcessor
     chat_templates = ("llava_1_5", "llava_v1", "llava_llama_2", "llava_v1_im_start_end")
+    attn_implementations = ATTN_IMPLEMENTATIONS  # CLIPVisionModel and LlamaModel support all three
 
     def load_processor(self, path: str) -> LlavaProcessor:
-        return AutoProcessor.from_pretrained(path)
+        processor = AutoProcessor.from_pretrained(path)
+        # Not `AutoProcessor.from_pretrained(path, backend="pil")`: it hands its keywords to the tokenizer too, which
+        # then takes "pil" for its own `backend`.
+        processor.image_processor = load_image_processor(path)
+        return processor
+
+    def set_max_pixels(self, processor: LlavaProcessor, max_pixels: int | None) -> None:
+        if max_pixels is not None:
+            crop = processor.image_processor.crop_size
+            raise ValueError(
+                f"max_pixels does not apply to {self.title} models: every image is resized and cropped to "
+                f"{crop['height']}×{crop['width']} px ({self.image_seq_length(processor)} tokens)"
+            )
 
     def preprocess_image(self, processor: LlavaProcessor, image: np.ndarray) -> ImageInput:
         pixel_values = processor.image_processor(images=image, return_tensors="pt", input_data_format="channels_last")["pixel_values"][0]
@@ -212,9 +251,27 @@ class Qwen2_5_VLFamily(VlmFamily):
     image_encoder_modules = ("visual",)
     processor_class = QwenVLTextImageProcessor
     chat_templates = ("qwen2_5_vl",)
+    attn_implementations = ATTN_IMPLEMENTATIONS  # the vision transformer and the text model support all three
 
     def load_processor(self, path: str) -> QwenVLTextImageProcessor:
         return QwenVLTextImageProcessor.from_pretrained(path)
+
+    def set_max_pixels(self, processor: QwenVLTextImageProcessor, max_pixels: int | None) -> None:
+        """The image processor resizes each image to multiples of patch·merge px (one token each) whose product stays
+        within `size["longest_edge"]` px (Qwen's `max_pixels`); `size["shortest_edge"]` (`min_pixels`) is the floor."""
+        image_processor = processor.image_processor
+        side = image_processor.patch_size * image_processor.merge_size  # px of one token's side
+        size = dict(image_processor.size)
+        if max_pixels is None:
+            max_pixels = min(size["longest_edge"], IMAGE_TOKEN_BUDGET * side**2)
+        if max_pixels < side**2:
+            raise ValueError(
+                f"max_pixels {max_pixels} is below one image token of {self.title} ({side}×{side} = {side**2} px: "
+                f"patch {image_processor.patch_size} · merge {image_processor.merge_size})"
+            )
+        # A floor above the cap would enlarge small images past it.
+        floor = min(size["shortest_edge"], max_pixels)
+        image_processor.size = SizeDict(**{**size, "longest_edge": max_pixels, "shortest_edge": floor})
 
     def preprocess_image(self, processor: QwenVLTextImageProcessor, image: np.ndarray) -> ImageInput:
         out = processor.image_processor(images=image, return_tensors="pt", input_data_format="channels_last")

@@ -195,3 +195,26 @@ def test_interactive_piped_subprocess(seg_model_dir, files):
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("Answer: ") == 2
     check_pngs(files["out"], "photo", [0, 1, 2, 3], IMAGE_SIZE)
+
+
+@pytest.mark.parametrize("tiny_base", [("qwen2_5_vl", "sam2")], indirect=True)
+def test_pixel_budget_and_attention_flags_reach_the_model(tiny_base, files, monkeypatch, capsys):
+    """`--max_pixels` and `--attn_implementation` (shared by chat.py, eval_reasonseg.py and app.py)."""
+    import model.cli
+
+    loaded = []
+    monkeypatch.setattr(model.cli, "load_for_inference", lambda *a, **k: loaded.append(load_for_inference(*a, **k)) or loaded[-1])
+    chat.main(args(str(tiny_base.lisa_dir), files, "--image", files["image"], "--prompt", "Where?", "--max_pixels", "512",
+                   "--attn_implementation", "eager"))
+    ((lisa, processor),) = loaded
+    assert processor.image_processor.size["longest_edge"] == 512 and processor.preprocess_image(np.zeros((32, 64, 3), np.uint8)).token_count == 2
+    assert lisa.vlm.model.language_model.config._attn_implementation == lisa.vlm.model.visual.config._attn_implementation == "eager"
+    with pytest.raises(SystemExit) as exit_info:
+        chat.main(args(str(tiny_base.lisa_dir), files, "--image", files["image"], "--prompt", "Where?", "--max_pixels", "200"))
+    assert "max_pixels 200 is below one image token of Qwen2.5-VL" in str(exit_info.value.code)
+
+
+def test_a_pixel_budget_for_a_llava_model_is_refused(seg_model_dir, files):
+    with pytest.raises(SystemExit) as exit_info:
+        chat.main(args(seg_model_dir, files, "--image", files["image"], "--prompt", "hi", "--max_pixels", "100000"))
+    assert f"cannot load {seg_model_dir}: max_pixels does not apply to LLaVA-1.5 models" in str(exit_info.value.code)

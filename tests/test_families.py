@@ -4,8 +4,11 @@ is refused."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import math
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -225,3 +228,160 @@ def test_a_base_whose_tokenizer_has_no_chat_template_gets_the_familys(tiny_base,
     assert processor.chat_template == CHAT_TEMPLATES["qwen3_vl"]
     ids, _ = processor.encode_conversation([{"role": "user", "content": "<image>\nWhere?"}], add_generation_prompt=True, image_tokens=4)
     assert processor.tokenizer.decode(ids).startswith("<|im_start|>user\n<|vision_start|>")  # no default system turn
+
+
+# ------------------------------------------------------------------------------------------- pixel budget
+# The image processor configs of the released Qwen bases, whose pixel caps let a photo take tens of thousands of tokens.
+HUB_QWEN_IMAGE_PROCESSORS = {
+    # Qwen/Qwen2.5-VL-*-Instruct: the pixel bounds in the legacy keys.
+    "qwen2_5_vl": {
+        "min_pixels": 3136, "max_pixels": 12845056, "patch_size": 14, "temporal_patch_size": 2, "merge_size": 2,
+        "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711],
+        "image_processor_type": "Qwen2VLImageProcessor", "processor_class": "Qwen2_5_VLProcessor",
+    },
+    # Qwen/Qwen3-VL-*-Instruct.
+    "qwen3_vl": {
+        "size": {"longest_edge": 16777216, "shortest_edge": 65536}, "patch_size": 16, "temporal_patch_size": 2,
+        "merge_size": 2, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5],
+        "image_processor_type": "Qwen2VLImageProcessorFast", "processor_class": "Qwen3VLProcessor",
+    },
+}
+PHOTO = np.zeros((3024, 4032, 3), np.uint8)  # a 12-megapixel phone photo
+
+
+def capped_grid(height: int, width: int, tokens: int) -> tuple[int, int]:
+    """(rows, cols) of merged patches of a height × width image scaled, aspect kept, so that rows · cols ≤ tokens:
+    rows / cols = height / width, so rows = floor(sqrt(tokens · height / width)) and likewise cols."""
+    return math.floor(math.sqrt(tokens * height / width)), math.floor(math.sqrt(tokens * width / height))
+
+
+def with_image_processor(base: Path, out: Path, config: dict) -> Path:
+    """A copy of a base folder whose preprocessor_config.json is `config`."""
+    shutil.copytree(base, out)
+    (out / "preprocessor_config.json").write_text(json.dumps(config))
+    return out
+
+
+@pytest.mark.parametrize(
+    "tiny_base, side, uncapped",
+    # Nearest multiples of patch·merge px: 3024 / 28 = 108, 4032 / 28 = 144 (15,552 tokens, within 12,845,056 px);
+    # 3024 / 32 = 94.5 -> 94, 4032 / 32 = 126 (11,844 tokens, within 16,777,216 px).
+    [(("qwen2_5_vl", "sam2"), 28, (108, 144)), (("qwen3_vl", "sam2"), 32, (94, 126))],
+    indirect=["tiny_base"], ids=["qwen2_5_vl", "qwen3_vl"],
+)
+def test_a_photo_takes_at_most_1280_tokens_by_default_under_the_hubs_pixel_caps(tiny_base, side, uncapped, tmp_path):
+    family = vlm_family({"model_type": tiny_base.vlm})
+    base = with_image_processor(tiny_base.vlm_dir, tmp_path / "hub", HUB_QWEN_IMAGE_PROCESSORS[tiny_base.vlm])
+    processor = family.load_processor(str(base))
+    image = family.preprocess_image(processor, PHOTO)
+    assert image.token_count == uncapped[0] * uncapped[1]
+
+    family.set_max_pixels(processor, None)
+    assert processor.image_processor.size["longest_edge"] == 1280 * side**2  # 1,003,520 px; 1,310,720 px
+    rows, cols = capped_grid(*PHOTO.shape[:2], 1280)
+    assert (rows, cols) == (30, 41)
+    image = family.preprocess_image(processor, PHOTO)
+    assert image.grid_thw.tolist() == [1, 2 * rows, 2 * cols] and image.token_count == rows * cols
+
+
+@pytest.mark.parametrize("tiny_base", [("qwen2_5_vl", "sam2")], indirect=True)
+def test_the_pixel_budget_is_set_at_build_saved_and_replaced_at_load(tiny_base, tmp_path):
+    """The tiny base (8-px patches merged 2 × 2: 16 × 16 px a token) with Qwen2.5-VL's hub pixel bounds."""
+    from model.loading import load_for_inference, load_lisa, save_lisa
+
+    hub = HUB_QWEN_IMAGE_PROCESSORS["qwen2_5_vl"]
+    config = {**json.loads((tiny_base.vlm_dir / "preprocessor_config.json").read_text()), "min_pixels": hub["min_pixels"],
+              "max_pixels": hub["max_pixels"]}
+    config.pop("size")
+    base = with_image_processor(tiny_base.vlm_dir, tmp_path / "base", config)
+    height, width = PHOTO.shape[:2]
+    family = vlm_family({"model_type": "qwen2_5_vl"})
+    uncapped = family.preprocess_image(family.load_processor(str(base)), PHOTO).token_count
+    assert uncapped == (height // 16) * (width // 16) == 47628  # 12,192,768 px, within the hub's cap
+
+    model, processor = build_lisa_from_base(str(base), str(tiny_base.sam_dir))
+    assert processor.preprocess_image(PHOTO).token_count == math.prod(capped_grid(height, width, 1280))
+    save_lisa(model, processor, str(tmp_path / "lisa"))
+    saved = json.loads((tmp_path / "lisa" / "preprocessor_config.json").read_text())
+    assert saved["size"]["longest_edge"] == 1280 * 16**2
+    _, loaded = load_lisa(str(tmp_path / "lisa"))
+    assert loaded.preprocess_image(PHOTO).token_count == math.prod(capped_grid(height, width, 1280))
+
+    # Given at load, a budget replaces the folder's (which stays as saved).
+    _, processor = load_for_inference(str(tmp_path / "lisa"), "fp32", device=torch.device("cpu"), max_pixels=100 * 16**2)
+    assert processor.preprocess_image(PHOTO).token_count == math.prod(capped_grid(height, width, 100)) == 8 * 11
+    assert json.loads((tmp_path / "lisa" / "preprocessor_config.json").read_text()) == saved
+    # A budget of one token holds for small images too, though the hub's floor (3136 px) is above it.
+    processor.set_max_pixels(16**2)
+    assert processor.preprocess_image(PHOTO).token_count == processor.preprocess_image(PHOTO[:20, :20]).token_count == 1
+    with pytest.raises(ValueError, match=r"max_pixels 255 is below one image token of Qwen2.5-VL \(16×16 = 256 px"):
+        processor.set_max_pixels(255)
+    with pytest.raises(ValueError, match="max_pixels 100 is below one image token"):
+        build_lisa_from_base(str(base), str(tiny_base.sam_dir), max_pixels=100)
+
+
+def test_a_pixel_budget_for_llava_is_an_error(tiny_dir):
+    """LLaVA-1.5 resizes and crops every image to one square: a budget would do nothing, so it is refused."""
+    from model.loading import load_for_inference
+
+    message = r"max_pixels does not apply to LLaVA-1.5 models: every image is resized and cropped to 32×32 px \(16 tokens\)"
+    with pytest.raises(ValueError, match=message):
+        build_lisa_from_base(str(tiny_dir / "llava"), str(tiny_dir / "sam"), max_pixels=4096)
+    with pytest.raises(ValueError, match=message):
+        load_for_inference(str(tiny_dir / "lisa"), "fp32", max_pixels=4096)
+
+
+# ------------------------------------------------------------------------------------- image processor backend
+@pytest.fixture
+def torchvision_host(monkeypatch):
+    """transformers' image-processor auto classes as on a host with torchvision, where they pick the torchvision
+    version of each image processor. This host has no torchvision: a subclass of the PIL version, under the name of
+    the torchvision one, stands in for it."""
+    from transformers.models.auto import image_processing_auto
+
+    resolve = image_processing_auto.get_image_processor_class_from_name
+
+    def torchvision_version(name: str):
+        found = resolve(name)
+        return found if found is None or name.endswith("Pil") else type(name, (found,), {})
+
+    monkeypatch.setattr(image_processing_auto, "is_torchvision_available", lambda: True)
+    monkeypatch.setattr(image_processing_auto, "get_image_processor_class_from_name", torchvision_version)
+
+
+@pytest.mark.parametrize("tiny_base", [("llava", "sam"), ("qwen2_5_vl", "sam2")], indirect=True)
+def test_images_are_processed_by_the_pil_image_processor_on_every_host(tiny_base, torchvision_host, tmp_path):
+    from transformers import AutoImageProcessor, CLIPImageProcessorPil
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    from model.processing import LisaProcessor
+
+    pil = {"llava": CLIPImageProcessorPil, "qwen2_5_vl": Qwen2VLImageProcessorPil}[tiny_base.vlm]
+    assert type(AutoImageProcessor.from_pretrained(str(tiny_base.lisa_dir))) is not pil  # what the host would pick
+    assert type(vlm_family({"model_type": tiny_base.vlm}).load_processor(str(tiny_base.vlm_dir)).image_processor) is pil
+    assert type(LisaProcessor.from_pretrained(str(tiny_base.lisa_dir)).image_processor) is pil
+    if tiny_base.vlm == "qwen2_5_vl":
+        # Qwen3-VL's hub config names the torchvision version ("...Fast").
+        base = with_image_processor(tiny_base.vlm_dir, tmp_path / "fast", HUB_QWEN_IMAGE_PROCESSORS["qwen3_vl"])
+        assert type(vlm_family({"model_type": "qwen3_vl"}).load_processor(str(base)).image_processor) is pil
+
+
+# ------------------------------------------------------------------------------------------ attention
+def test_an_attention_implementation_a_family_lacks_is_named():
+    from model.loading import attention_implementations
+
+    with pytest.raises(ValueError, match="attn_implementation 'flex_attention' is not supported by Qwen2.5-VL models; "
+                                         "choose from sdpa, flash_attention_2, eager"):
+        attention_implementations(vlm_family({"model_type": "qwen2_5_vl"}), "flex_attention")
+    assert attention_implementations(vlm_family({"model_type": "llava"}), "eager") == {"vlm_config": "eager", "sam_config": "sdpa"}
+
+
+@pytest.mark.skipif(importlib.util.find_spec("flash_attn") is not None, reason="flash_attn is installed")
+def test_flash_attention_without_flash_attn_is_an_error_before_loading(tiny_dir, monkeypatch):
+    from model.loading import LisaForCausalLM, load_for_inference
+
+    monkeypatch.setattr(LisaForCausalLM, "from_pretrained", lambda *args, **kwargs: pytest.fail("weights loaded"))
+    with pytest.raises(RuntimeError, match="attn_implementation flash_attention_2 needs the flash_attn package"):
+        load_for_inference(str(tiny_dir / "lisa"), "bf16", attn_implementation="flash_attention_2")
+    with pytest.raises(RuntimeError, match="needs the flash_attn package"):
+        build_lisa_from_base(str(tiny_dir / "llava"), str(tiny_dir / "sam"), attn_implementation="flash_attention_2")

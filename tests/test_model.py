@@ -669,3 +669,41 @@ def test_decoded_answer_is_the_answer_text(lisa):
     text = "Sure, it is [SEG]. And [SEG] , [SEG][SEG] too."
     ids = processor.tokenizer(text, add_special_tokens=False)["input_ids"]
     assert processor.decode_answer(ids + [processor.tokenizer.eos_token_id]) == text
+
+
+def attention_census(module):
+    """{implementation each attention layer of `module` reads at its forward: its count}."""
+    found = {}
+    for layer in module.modules():
+        if type(layer).__name__.endswith("Attention") and hasattr(layer, "config"):
+            found[layer.config._attn_implementation] = found.get(layer.config._attn_implementation, 0) + 1
+    return found
+
+
+def test_eager_attention_reaches_the_vision_language_model_and_answers_as_sdpa(tiny_base, tmp_path):
+    """Every attention layer of the vision tower and the language model runs eager, the mask head's SDPA; the answers
+    are sdpa's; and the choice is not saved."""
+    from model.loading import build_lisa_from_base
+
+    model, processor = build_lisa_from_base(str(tiny_base.vlm_dir), str(tiny_base.sam_dir), attn_implementation="eager")
+    language = model.vlm.model.language_model
+    vision = getattr(model.vlm.model, "vision_tower", None) or model.vlm.model.visual
+    assert set(attention_census(vision)) == set(attention_census(language)) == {"eager"}
+    assert set(attention_census(model.sam)) == {"sdpa"}
+    save_lisa(model, processor, str(tmp_path / "built"))
+    assert "attn_implementation" not in (tmp_path / "built" / "config.json").read_text()
+    assert set(attention_census(load_lisa(str(tmp_path / "built"))[0])) == {"sdpa"}
+
+    sdpa, _ = load_lisa(str(tiny_base.lisa_dir))
+    eager, _ = load_lisa(str(tiny_base.lisa_dir), attn_implementation="eager")
+    layers = attention_census(eager)
+    assert layers["eager"] == sum(attention_census(eager.vlm).values()) and set(layers) == {"eager", "sdpa"}
+    conversations = [[user(), assistant("It is [SEG].")], [user(), assistant("Sure, [SEG] and [SEG].")]]
+    items = [processor.process_sample(random_image(12), conversations, random_masks(12, 3), "a"),
+             processor.process_sample(random_image(13, 30, 40), conversations[:1], random_masks(13, 1, 30, 40), "b")]
+    batch = processor.collate(items)
+    with torch.no_grad():
+        expected, actual = sdpa.eval()(**batch), eager.eval()(**batch)
+    torch.testing.assert_close(actual.logits, expected.logits, rtol=1e-4, atol=1e-5)
+    for e, a in zip(expected.pred_masks, actual.pred_masks):
+        torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-5)

@@ -6,6 +6,7 @@ The launched runs use the tiny base and the toy corpus, one thread per process (
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -183,7 +184,7 @@ def test_a_save_that_cannot_write_says_so_and_keeps_the_previous_checkpoint(tmp_
 
 
 # ------------------------------------------------------------------------------------------- bad arguments
-@pytest.mark.parametrize("flag", ["--batch_size", "--grad_accumulation_steps", "--steps_per_epoch", "--epochs"])
+@pytest.mark.parametrize("flag", ["--batch_size", "--grad_accumulation_steps", "--steps_per_epoch", "--epochs", "--max_pixels"])
 def test_non_positive_counts_are_refused_by_the_parser(flag, capsys):
     with pytest.raises(SystemExit):
         parse_args([flag, "0"])
@@ -199,6 +200,26 @@ def test_a_missing_version_folder_is_refused_at_once(version, tmp_path, capsys):
     assert time.perf_counter() - started < 2  # no network attempt
     assert os.listdir(tmp_path) == []  # and nothing written
     parse_args(["--version", "llava-hf/llava-1.5-7b-hf"])  # a hub id is left to the hub
+
+
+@pytest.mark.skipif(importlib.util.find_spec("flash_attn") is not None, reason="flash_attn is installed")
+def test_flash_attention_without_flash_attn_is_refused_by_the_parser(capsys):
+    assert parse_args([]).attn_implementation == "sdpa"
+    with pytest.raises(SystemExit):
+        parse_args(["--attn_implementation", "flash_attention_2"])
+    assert "--attn_implementation: attn_implementation flash_attention_2 needs the flash_attn package" in capsys.readouterr().err
+
+
+def test_the_runs_pixel_budget_is_the_merges(tmp_path):
+    """merge_lora_weights.py rebuilds the processor from the base: with the run's --max_pixels, or the folder it saves
+    would hold another budget than the model trained with."""
+    from merge_lora_weights import model_settings, parse_args as merge_args
+
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "train_args.json").write_text(json.dumps(vars(parse_args(["--max_pixels", "2048"]))))
+    merge = ["--weight", str(tmp_path / "ckpt"), "--save_path", str(tmp_path / "out")]
+    assert model_settings(merge_args(merge))["max_pixels"] == 2048
+    assert model_settings(merge_args(merge + ["--max_pixels", "1024"]))["max_pixels"] == 1024
 
 
 # ------------------------------------------------------------------------------------------ launched runs
@@ -359,11 +380,11 @@ def test_merged_model_matches_unmerged(reference_run, merged_dir, tmp_path):
 @pytest.mark.parametrize("tiny_base", [("qwen2_5_vl", "sam2"), ("qwen3_vl", "sam2")], indirect=True, ids="+".join)
 def test_qwen_sam2_through_the_scripts(tiny_base, tiny_dir, toy_dir, tmp_path):
     """Qwen2.5-VL or Qwen3-VL + SAM 2 through the same scripts as LLaVA + SAM: DeepSpeed training with LoRA, resume,
-    merge (the merged model answers as the unmerged one), evaluation and chat."""
+    merge (the merged model answers as the unmerged one, its images take the run's pixel budget), evaluation and chat."""
     run_dir = tmp_path / "qwen_sam2"
     ckpt_dir = run_dir / "ckpt_model"
     command = train_command(tiny_base.root, toy_dir, run_dir, "--steps_per_epoch", "2", "--val_mode", "generate",
-                            vlm=tiny_base.vlm, sam="sam2")
+                            "--max_pixels", "2048", "--attn_implementation", "eager", vlm=tiny_base.vlm, sam="sam2")
     run(command + ["--epochs", "1"])
     assert f"resumed from {ckpt_dir}/{step_tag(2)}" in run(command + ["--epochs", "2"])
     assert read_pointer(str(ckpt_dir)) == step_tag(4)
@@ -374,6 +395,7 @@ def test_qwen_sam2_through_the_scripts(tiny_base, tiny_dir, toy_dir, tmp_path):
     peft_model, _ = unmerged_model(run_dir)
     merged, processor = load_lisa(str(merged_dir))
     assert (merged.vlm_family.name, merged.sam_family.name) == (tiny_base.vlm, "sam2")
+    assert processor.image_processor.size["longest_edge"] == 2048
     batch = toy_batch(processor)
     with torch.no_grad():
         expected, actual = peft_model(**batch, return_logits=True), merged.eval()(**batch, return_logits=True)
