@@ -20,6 +20,14 @@ class Answer:
     masks: list[torch.Tensor]
 
 
+def unused_token_ids(model: LisaForCausalLM, processor: LisaProcessor) -> list[int]:
+    """The output rows past the tokenizer: the padding of the base's vocabulary (61 rows in llava-1.5-7b-hf, 270 in
+    Qwen2.5-VL-3B once `[SEG]` took one). No text decodes from them, and nothing bounds their logits (padding rows of
+    a checkpoint may be untrained; training only pushes them down), so a sampled, or even a greedy, answer could
+    hold one."""
+    return list(range(len(processor.tokenizer), model.config.vlm_config.get_text_config().vocab_size))
+
+
 @torch.no_grad()
 def answer(
     model: LisaForCausalLM,
@@ -39,7 +47,7 @@ def answer(
             conversations about one image share its image preprocessing and SAM embedding.
 
     Returns:
-        one `Answer` per conversation, in the order given.
+        one `Answer` per conversation, in the order given; never an id of `unused_token_ids` (their logits are masked).
     """
     if image_index is None:
         image_index = list(range(len(conversations)))
@@ -50,6 +58,9 @@ def answer(
         [[conversations[c] for c, j in enumerate(image_index) if j == i] for i in range(len(images))],
         add_generation_prompt=True,
     )
+    padding = unused_token_ids(model, processor)
+    if padding:
+        generate_kwargs.setdefault("suppress_tokens", padding)
     predictions = model.generate(**batch.to(model.device, model.dtype), max_new_tokens=max_new_tokens, **generate_kwargs)
     answers = [None] * len(conversations)
     for row, prediction in zip(rows, predictions):

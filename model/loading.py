@@ -1,8 +1,9 @@
 """Every way a LISA model comes to be, and how it is saved.
 
 * `build_lisa_from_base`: training init from a vision-language base (LLaVA-1.5, Qwen2.5-VL or Qwen3-VL) plus SAM or
-  SAM 2 weights, each family read from its config — `[SEG]` is added to the tokenizer, the embeddings are resized and
-  the `[SEG]` projection is fresh.
+  SAM 2 weights, each family read from its config — `[SEG]` is added to the tokenizer and given embedding rows (the
+  base's padded vocabulary is kept), the `[SEG]` projection is fresh, and a base or SAM checkpoint that lacks weights
+  of its model is refused.
 * `load_lisa`: a trained LISA folder, restored exactly — nothing is re-initialised, and a folder whose weights
   do not cover the model (or hold weights the model does not have) is an error, not a silent re-randomisation.
 * `save_lisa`: one self-contained folder that `load_lisa` reads.
@@ -27,11 +28,12 @@ from collections import Counter
 import torch
 from tokenizers import AddedToken
 from torch import nn
-from transformers import GenerationConfig, PretrainedConfig
+from transformers import GenerationConfig, PretrainedConfig, PreTrainedModel
 from transformers.utils import GENERATION_CONFIG_NAME
 
 from model.lisa import LisaConfig, LisaForCausalLM
 from model.mask_heads import load_mask_head, mask_head_family
+from model.pretrained import load_pretrained
 from model.processing import SEG_TOKEN, LisaProcessor
 from model.vlm_families import VlmFamily, vlm_family
 from utils.log_filters import dropping_log_message
@@ -46,6 +48,9 @@ LANGUAGE_MODEL = "language_model"  # the module name of the LLM inside LLaVA and
 # matches every name not inside the language model holds for a LISA model and a base of either family alike (Qwen's
 # vision transformer and patch merger, `model.visual`, stay unquantised as CLIP does).
 NOT_QUANTIZED = [rf"(?!.*\b{LANGUAGE_MODEL}\.).*"]
+# A base whose embedding matrices have no row for `[SEG]` grows them to a multiple of this (GPU matmuls are fastest on
+# such sizes; the released bases pad to 64 and beyond).
+EMBEDDING_ROWS = 64
 # The mask head attends with SDPA whatever the vision-language model uses: `SamModel` has no FlashAttention, and eager
 # attention over SAM's 64×64 image-embedding tokens only costs memory.
 MASK_HEAD_ATTENTION = "sdpa"
@@ -90,6 +95,44 @@ def add_seg_token(tokenizer, seg_token: str = SEG_TOKEN) -> int:
     return seg_token_id
 
 
+def fit_embeddings(vlm: PreTrainedModel, tokens: int, base_tokens: int, seg_token_id: int) -> None:
+    """Gives every one of `tokens` ids an input and an output row, and `[SEG]` (when new) rows of its own, in place.
+
+    Real bases pad their vocabulary (llava-1.5-7b-hf: 32064 rows for 32002 tokens; Qwen2.5-VL-3B: 151936 for 151665),
+    and `[SEG]` takes the first unused row: the padded size is kept (cutting it to the tokenizer would make a size
+    that is no multiple of 64, slower on GPUs). A base without room grows to the next multiple of `EMBEDDING_ROWS`.
+    `[SEG]`'s rows and the grown ones hold the mean of the `base_tokens` real tokens' rows, not what a padded slot of
+    the checkpoint held (which may never have been trained), so `[SEG]` starts with an average token's logit; a tied
+    output head stays tied (one matrix). Rows no token has are never generated (`model.inference.answer` masks them).
+    """
+    rows = vlm.get_input_embeddings().weight.shape[0]
+    if tokens > rows:
+        # Mean-resizing would sample the new rows around the mean of all rows, padding included; they are set below.
+        vlm.resize_token_embeddings(tokens, pad_to_multiple_of=EMBEDDING_ROWS, mean_resizing=False)
+    fresh = set(range(rows, vlm.get_input_embeddings().weight.shape[0]))
+    if seg_token_id >= base_tokens:  # added now, not a token of the base
+        fresh.add(seg_token_id)
+    matrices = {id(e.weight): e.weight for e in (vlm.get_input_embeddings(), vlm.get_output_embeddings())}
+    with torch.no_grad():
+        for weight in matrices.values():
+            weight[sorted(fresh)] = weight[: min(base_tokens, rows)].mean(0, dtype=torch.float32).to(weight.dtype)
+
+
+def _load_vlm(family: VlmFamily, path: str, config: dict, **kwargs) -> PreTrainedModel:
+    """The base's model (`load_pretrained`: refused when its checkpoint lacks weights), its output head tied to its
+    input embeddings when its config ties them in `text_config` only and its checkpoint holds no head of its own.
+
+    transformers 5 ties from the outer config's flag and lifts the text config's for Qwen2.5-VL, not for Qwen3-VL: such
+    a Qwen3-VL base would get a random head. The flag is lifted here as there."""
+    if config.get("tie_word_embeddings") or not (config.get("text_config") or {}).get("tie_word_embeddings"):
+        return load_pretrained(family.model_class, path, **kwargs)
+    vlm = load_pretrained(family.model_class, path, tie_word_embeddings=True, **kwargs)
+    # A head the checkpoint holds, and that differs, stays untied (transformers checks); the config must say so, or a
+    # later `tie_weights` (resizing calls it) would replace it by the embeddings.
+    vlm.config.tie_word_embeddings = vlm.get_output_embeddings().weight is vlm.get_input_embeddings().weight
+    return vlm
+
+
 def build_lisa_from_base(
     base_path: str,
     sam_path: str,
@@ -120,18 +163,22 @@ def build_lisa_from_base(
         config_kwargs: other `LisaConfig` fields (loss weights).
 
     Raises:
-        ValueError: a base or mask head of no supported family (naming the supported ones), a bad `max_pixels` or
+        ValueError: a base or mask head of no supported family (naming the supported ones), a checkpoint of either
+            that lacks weights of its model (naming the folder and the weights), a bad `max_pixels` or
             `attn_implementation`.
     """
-    family = vlm_family(PretrainedConfig.get_config_dict(base_path)[0], source=base_path)
+    base_config = PretrainedConfig.get_config_dict(base_path)[0]
+    family = vlm_family(base_config, source=base_path)
     attention = attention_implementations(family, attn_implementation)
     vlm_processor = family.load_processor(base_path)
     family.set_max_pixels(vlm_processor, max_pixels)
+    base_tokens = len(vlm_processor.tokenizer)
     seg_token_id = add_seg_token(vlm_processor.tokenizer)
-    vlm = family.model_class.from_pretrained(
-        base_path, dtype=dtype, attn_implementation=attn_implementation, **_quantization_kwargs(quantization, dtype, device)
+    vlm = _load_vlm(
+        family, base_path, base_config, dtype=dtype, attn_implementation=attn_implementation,
+        **_quantization_kwargs(quantization, dtype, device),
     )
-    vlm.resize_token_embeddings(len(vlm_processor.tokenizer))
+    fit_embeddings(vlm, len(vlm_processor.tokenizer), base_tokens, seg_token_id)
     sam = load_mask_head(sam_path, dtype=dtype)
     prompt_width = sam.config.prompt_encoder_config.hidden_size
     if out_dim not in (None, prompt_width):

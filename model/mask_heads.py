@@ -28,6 +28,7 @@ from PIL import Image
 from transformers import PretrainedConfig, PreTrainedModel, Sam2Model, SamModel
 
 from model.families import family_of
+from model.pretrained import load_pretrained
 from model.sam import load_sam
 
 
@@ -49,7 +50,7 @@ class MaskHeadFamily:
         """Settings of the model that LISA's use of it needs (applied whenever a LISA model is built)."""
 
     def load(self, path_or_id: str, dtype: torch.dtype | None = None) -> PreTrainedModel:
-        return self.model_class.from_pretrained(path_or_id, dtype=dtype).eval()
+        return load_pretrained(self.model_class, path_or_id, dtype=dtype).eval()
 
     def preprocess(self, image: np.ndarray, image_size: int) -> tuple[torch.Tensor, tuple[int, int]]:
         """(H, W, 3) uint8 RGB -> (3, S, S) float32 pixel values, and the (h', w') the image fills of the S x S."""

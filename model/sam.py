@@ -22,6 +22,8 @@ import torch
 from torch import Tensor
 from transformers import PretrainedConfig, SamConfig, SamMaskDecoderConfig, SamModel, SamPromptEncoderConfig, SamVisionConfig
 
+from model.pretrained import load_pretrained
+
 __all__ = [
     "convert_original_sam_state_dict",
     "load_sam",
@@ -328,7 +330,8 @@ def load_sam(path_or_id: str | Path, dtype: torch.dtype | None = None, prefix: s
 
     Raises:
         FileNotFoundError: a local-looking path (checkpoint suffix, absolute or relative path) that does not exist.
-        ValueError: a file or folder that is not a SAM checkpoint of a supported kind, or bad weights.
+        ValueError: a file or folder that is not a SAM checkpoint of a supported kind, or bad weights (missing ones,
+            too), naming the file or folder.
         OSError: a hub id that cannot be loaded (the hub's error is chained).
     """
     path = Path(path_or_id)
@@ -346,7 +349,10 @@ def load_sam(path_or_id: str | Path, dtype: torch.dtype | None = None, prefix: s
             )
         if not isinstance(state_dict, Mapping) or not all(isinstance(value, Tensor) for value in state_dict.values()):
             raise ValueError(f"{path} does not hold a flat state dict (name -> tensor)")
-        return sam_from_original_state_dict(state_dict, prefix=prefix, dtype=dtype)
+        try:
+            return sam_from_original_state_dict(state_dict, prefix=prefix, dtype=dtype)
+        except ValueError as error:
+            raise ValueError(f"{path}: {error}") from None
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ValueError(f"{path} is a folder without config.json, so not a SamModel folder")
@@ -363,7 +369,7 @@ def load_sam(path_or_id: str | Path, dtype: torch.dtype | None = None, prefix: s
         # `SamModel.from_pretrained` would build a SAM around whatever weights match and leave the rest random.
         kind = "a SAM 2 checkpoint" if config.get("model_type") == "sam2" else f"a {config.get('model_type')!r} model"
         raise ValueError(f"{path_or_id} is {kind}, not a SAM (SamModel) one")
-    return SamModel.from_pretrained(str(path_or_id), dtype=dtype).eval()
+    return load_pretrained(SamModel, str(path_or_id), dtype=dtype).eval()
 
 
 def _is_original_sam2(checkpoint: object) -> bool:

@@ -11,6 +11,7 @@ those two by the training-init builder to `DIR/lisa`:
 * `qwen3_vl`: a Qwen3-VL folder (the same files; a vision transformer with learnt position embeddings and two
   DeepStack layers, a language model with query/key norms);
 * `sam`: a `SamModel` folder; `sam2`: a `Sam2Model` folder (Hiera image encoder with its feature pyramid).
+The language models have more embedding rows than their tokenizers have tokens, as the real bases do.
 Tests, the toy training run and a first try use them in place of the 7B (or 3B) bases.
 """
 
@@ -73,6 +74,10 @@ SAM2_IMAGE_SIZE = 128
 # as common English words are for a real LLaMA tokenizer. At 600 the toy queries' words were split into shared
 # pieces ("red" = "▁re" "d", and "coloured" ended in the piece "red").
 VOCAB_SIZE = 1024
+# The language models' embedding rows come in multiples of this, past the tokenizer's size, as real bases pad their
+# vocabulary (llava-1.5-7b-hf: 32064 rows for 32002 tokens; Qwen2.5-VL-3B: 151936 for 151665): LISA's `[SEG]` then
+# takes a padded row, and some rows stay without a token, as there.
+VOCAB_ROWS_MULTIPLE = 64
 
 # Words the tokenizer should hold whole: LISA's templates and the toy corpus's vocabulary.
 _CORPUS = [
@@ -99,6 +104,11 @@ _CORPUS = [
 # word of each line ("red green blue ...") is learnt only without it, and " red" in a query splits into " re" "d".
 _QWEN_LINES = _CORPUS + [f"system user assistant {QWEN_SYSTEM}"]
 _QWEN_CORPUS = _QWEN_LINES + [" " + line for line in _QWEN_LINES]
+
+
+def padded_vocab_size(tokenizer) -> int:
+    """The embedding rows of a tiny base: the next multiple of `VOCAB_ROWS_MULTIPLE` above the tokenizer's size."""
+    return (len(tokenizer) // VOCAB_ROWS_MULTIPLE + 1) * VOCAB_ROWS_MULTIPLE
 
 
 def build_tokenizer() -> LlamaTokenizer:
@@ -177,7 +187,8 @@ def build_qwen2_5_vl(seed: int = 0) -> tuple[Qwen2_5_VLForConditionalGeneration,
     tokenizer = build_qwen_tokenizer()
     config = Qwen2_5_VLConfig(
         text_config=dict(
-            **QWEN_TEXT, vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+            **QWEN_TEXT, vocab_size=padded_vocab_size(tokenizer), eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
             # Multimodal RoPE: the head's rotary frequency pairs split between the t, h and w positions, in Qwen's
             # proportions (16, 24, 24 of 64 pairs).
             rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
@@ -202,8 +213,8 @@ def build_qwen3_vl(seed: int = 0) -> tuple[Qwen3VLForConditionalGeneration, Qwen
     tokenizer = build_qwen_tokenizer()
     config = Qwen3VLConfig(
         text_config=dict(
-            **QWEN_TEXT, vocab_size=len(tokenizer), head_dim=LLM_HIDDEN_SIZE // 4, eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
+            **QWEN_TEXT, vocab_size=padded_vocab_size(tokenizer), head_dim=LLM_HIDDEN_SIZE // 4,
+            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
             # Qwen3-VL interleaves the t, h and w frequencies (t h w t h w ...); its proportions are 24, 20, 20 of 64.
             rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 2, 2], "mrope_interleaved": True},
         ),
@@ -231,7 +242,7 @@ def build_llava(seed: int = 0) -> tuple[LlavaForConditionalGeneration, LlavaProc
         image_size=CLIP_IMAGE_SIZE, patch_size=CLIP_PATCH_SIZE, projection_dim=32,
     )
     text_config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=LLM_HIDDEN_SIZE, intermediate_size=128, num_hidden_layers=2,
+        vocab_size=padded_vocab_size(tokenizer), hidden_size=LLM_HIDDEN_SIZE, intermediate_size=128, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=1024,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 from transformers import Sam2Model, SamModel
 
 from model.conversation import CHAT_TEMPLATES
@@ -170,19 +171,42 @@ def test_qwen3_and_qwen2_5_weights_are_told_apart(tiny_base):
     qwen3.check_weights_fit(qwen3.state_dict(), "ckpt")
 
 
+def saved_weight(folder, suffix):
+    """The one weight of a folder's checkpoint whose name ends with `suffix` (transformers 5 saves each family in its
+    released layout: `language_model.model.embed_tokens.weight` for LLaVA, `model.embed_tokens.weight` for Qwen2.5-VL)."""
+    (name,) = [name for name in load_file(folder / "model.safetensors") if name.endswith(suffix)]
+    return name, load_file(folder / "model.safetensors")[name]
+
+
+def copy_base(folder, to, config_changes=None, text_config_changes=None, drop=()):
+    """A copy of a base or SAM folder, its config changed (a value None removes the key) and the weights whose names
+    end with one of `drop` (one each) deleted from its checkpoint."""
+    shutil.copytree(folder, to)
+    config = json.loads((to / "config.json").read_text())
+    for changes, part in ((config_changes, config), (text_config_changes, config.get("text_config"))):
+        for key, value in (changes or {}).items():
+            if value is None:
+                part.pop(key, None)
+            else:
+                part[key] = value
+    (to / "config.json").write_text(json.dumps(config))
+    dropped = {saved_weight(to, suffix)[0] for suffix in drop}
+    weights = load_file(to / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if k not in dropped}, to / "model.safetensors", metadata={"format": "pt"})
+    return to
+
+
 @pytest.mark.parametrize("tiny_base", [("qwen2_5_vl", "sam2")], indirect=True)
 def test_tied_word_embeddings_stay_tied(tiny_base, tmp_path):
-    """Qwen2.5-VL-3B ties its output head to its input embeddings (the tiny base does not): `[SEG]`'s new row, saving and
-    loading keep them one tensor."""
+    """Qwen2.5-VL-3B ties its output head to its input embeddings and its checkpoint holds no `lm_head` (the tiny base
+    does not tie): `[SEG]`'s row, saving and loading keep them one tensor, of the base's padded size."""
     from model.loading import load_lisa, save_lisa
 
-    base = tmp_path / "tied"
-    shutil.copytree(tiny_base.vlm_dir, base)
-    config = json.loads((base / "config.json").read_text())
-    (base / "config.json").write_text(json.dumps({**config, "tie_word_embeddings": True}))
+    base = copy_base(tiny_base.vlm_dir, tmp_path / "tied", {"tie_word_embeddings": True}, drop=["lm_head.weight"])
     model, processor = build_lisa_from_base(str(base), str(tiny_base.sam_dir))
     head, embeddings = model.get_output_embeddings().weight, model.get_input_embeddings().weight
-    assert head is embeddings and head.shape[0] == len(processor.tokenizer)
+    rows = saved_weight(base, "embed_tokens.weight")[1].shape[0]
+    assert head is embeddings and head.shape[0] == rows > len(processor.tokenizer)
 
     save_lisa(model, processor, str(tmp_path / "lisa"))
     loaded, _ = load_lisa(str(tmp_path / "lisa"))
@@ -190,11 +214,53 @@ def test_tied_word_embeddings_stay_tied(tiny_base, tmp_path):
     torch.testing.assert_close(loaded.get_input_embeddings().weight, embeddings, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("tiny_base", [("qwen3_vl", "sam2")], indirect=True)
+def test_a_qwen3_vl_base_tied_in_its_text_config_only_has_its_head_tied(tiny_base, tmp_path):
+    """A Qwen3-VL config that ties the head in `text_config` only (where configs saved before transformers 5 keep the
+    flag), its checkpoint without `lm_head`: transformers 5.23 lifts the flag for Qwen2.5-VL but not for Qwen3-VL, and
+    would start the head from random values. It must be the input embeddings, before and after saving."""
+    from model.loading import load_lisa, save_lisa
+
+    base = copy_base(tiny_base.vlm_dir, tmp_path / "tied", {"tie_word_embeddings": None}, {"tie_word_embeddings": True},
+                     drop=["lm_head.weight"])
+    model, processor = build_lisa_from_base(str(base), str(tiny_base.sam_dir))
+    head, embeddings = model.get_output_embeddings().weight, model.get_input_embeddings().weight
+    assert head is embeddings
+    _, expected = saved_weight(base, "embed_tokens.weight")
+    seg = processor.seg_token_id
+    torch.testing.assert_close(head[:seg], expected[:seg], rtol=0, atol=0)
+
+    save_lisa(model, processor, str(tmp_path / "lisa"))
+    loaded, _ = load_lisa(str(tmp_path / "lisa"))
+    assert loaded.get_output_embeddings().weight is loaded.get_input_embeddings().weight
+
+    # A checkpoint that holds a head of its own keeps it, and says so.
+    base = copy_base(tiny_base.vlm_dir, tmp_path / "own_head", {"tie_word_embeddings": None}, {"tie_word_embeddings": True})
+    model, _ = build_lisa_from_base(str(base), str(tiny_base.sam_dir))
+    _, expected = saved_weight(base, "lm_head.weight")
+    torch.testing.assert_close(model.get_output_embeddings().weight[:seg], expected[:seg], rtol=0, atol=0)
+    assert not model.config.vlm_config.tie_word_embeddings
+
+
+def test_a_base_or_mask_head_missing_weights_is_refused(tiny_base, tmp_path):
+    """A checkpoint without a weight its config describes — an untied head left unsaved, a lost tensor — is refused,
+    naming the folder and the weights: transformers would start them from random values, with a log line only."""
+    missing = ["lm_head.weight", "layers.1.mlp.down_proj.weight"]
+    base = copy_base(tiny_base.vlm_dir, tmp_path / "base", drop=missing)
+    with pytest.raises(ValueError, match="lacks 2 weight") as error:
+        build_lisa_from_base(str(base), str(tiny_base.sam_dir))
+    assert str(base) in str(error.value) and all(name in str(error.value) for name in missing)
+
+    sam = copy_base(tiny_base.sam_dir, tmp_path / "sam", drop=["mask_decoder.iou_token.weight"])
+    with pytest.raises(ValueError, match="lacks 1 weight") as error:
+        build_lisa_from_base(str(tiny_base.vlm_dir), str(sam))
+    assert str(sam) in str(error.value) and "mask_decoder.iou_token.weight" in str(error.value)
+
+
 @pytest.mark.parametrize("tiny_base", [("qwen2_5_vl", "sam2")], indirect=True)
 def test_a_qwen2_5_vl_base_in_the_released_layout_builds_the_same_model(tiny_base, tmp_path):
     """`Qwen/Qwen2.5-VL-*-Instruct` name their weights as before transformers' VLM refactor (`visual.*`, `model.layers.*`,
     `model.embed_tokens.*`): a base saved that way gives the same model as one saved by today's transformers."""
-    from safetensors.torch import load_file, save_file
 
     def released(name: str) -> str:
         if name.startswith("model.visual."):

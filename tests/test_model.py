@@ -514,10 +514,71 @@ def test_training_init_keeps_the_pretrained_weights(tiny_base):
     for name, tensor in sam.state_dict().items():
         torch.testing.assert_close(model.sam.state_dict()[name], tensor, rtol=0, atol=0, msg=name)
     for name, tensor in base.state_dict().items():
+        built = model.vlm.state_dict()[name]
         if "embed_tokens" in name or "lm_head" in name:
-            tensor = tensor[: len(processor.tokenizer) - 1]  # [SEG] is one new row
-            assert model.vlm.state_dict()[name].shape[0] == len(processor.tokenizer)
-        torch.testing.assert_close(model.vlm.state_dict()[name][: tensor.shape[0]], tensor, rtol=0, atol=0, msg=name)
+            # [SEG] took a row of the base's padding (see test_vocab_padding_is_kept_and_seg_rows_are_the_mean).
+            others = torch.arange(len(tensor)) != processor.seg_token_id
+            built, tensor = built[others], tensor[others]
+        torch.testing.assert_close(built, tensor, rtol=0, atol=0, msg=name)
+
+
+def test_vocab_padding_is_kept_and_seg_rows_are_the_mean(tiny_base):
+    """Real bases pad their vocabulary (llava-1.5-7b-hf: 32064 rows for 32002 tokens), as the tiny ones: `[SEG]` takes
+    the first padded row — the size stays, a multiple of 64 — and its input and output rows start as the mean of the
+    real tokens' rows (not what the checkpoint's unused row held)."""
+    from transformers import AutoModelForImageTextToText
+
+    from model.loading import build_lisa_from_base
+
+    base = AutoModelForImageTextToText.from_pretrained(str(tiny_base.vlm_dir))
+    model, processor = build_lisa_from_base(str(tiny_base.vlm_dir), str(tiny_base.sam_dir))
+    seg = processor.seg_token_id
+    assert seg == len(processor.tokenizer) - 1  # every earlier id is a token of the base
+    for built, original in ((model.get_input_embeddings(), base.get_input_embeddings()),
+                            (model.get_output_embeddings(), base.get_output_embeddings())):
+        assert built.weight.shape == original.weight.shape
+        assert original.weight.shape[0] % 64 == 0 and original.weight.shape[0] > len(processor.tokenizer)
+        torch.testing.assert_close(built.weight[seg], original.weight[:seg].mean(0))
+        assert not torch.allclose(original.weight[seg], original.weight[:seg].mean(0))
+
+
+def test_vocab_without_room_for_seg_grows_to_a_multiple_of_64(tiny_dir, tmp_path):
+    """A base whose embedding matrices have exactly one row per token grows them to the next multiple of 64 for
+    `[SEG]`: its rows, and the new unused ones, are the mean of the real tokens' rows; the base's rows are kept."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from model.loading import build_lisa_from_base
+
+    base = AutoModelForImageTextToText.from_pretrained(str(tiny_dir / "llava"))
+    tokens = len(AutoProcessor.from_pretrained(str(tiny_dir / "llava")).tokenizer)
+    base.resize_token_embeddings(tokens)
+    base.save_pretrained(str(tmp_path / "unpadded"))
+    AutoProcessor.from_pretrained(str(tiny_dir / "llava")).save_pretrained(str(tmp_path / "unpadded"))
+    model, processor = build_lisa_from_base(str(tmp_path / "unpadded"), str(tiny_dir / "sam"))
+    rows = -(-(tokens + 1) // 64) * 64
+    assert processor.seg_token_id == tokens and model.config.vlm_config.text_config.vocab_size == rows
+    for built, original in ((model.get_input_embeddings(), base.get_input_embeddings()),
+                            (model.get_output_embeddings(), base.get_output_embeddings())):
+        assert built.weight.shape[0] == rows
+        torch.testing.assert_close(built.weight[:tokens], original.weight, rtol=0, atol=0)
+        torch.testing.assert_close(built.weight[tokens:], original.weight.mean(0).expand(rows - tokens, -1))
+
+
+def test_vocab_padding_rows_are_never_generated(tiny_dir, tmp_path):
+    """An output row past the tokenizer (the base's padding) is no token: an answer never holds its id, however high
+    its logit. Here it outscores `[SEG]`, which the model otherwise answers first."""
+    from tests.lisa_fixtures import write_seg_emitter
+
+    model, processor = load_lisa(write_seg_emitter(str(tiny_dir / "lisa"), str(tmp_path / "emitter")))
+    padding_row = len(processor.tokenizer)
+    assert model.get_output_embeddings().weight.shape[0] > padding_row
+    (before,) = answer(model.eval(), processor, [random_image(0)], [[user()]], max_new_tokens=3)
+    with torch.no_grad():
+        head = model.get_output_embeddings().weight
+        head[padding_row] = 2 * head[processor.seg_token_id]
+    (after,) = answer(model, processor, [random_image(0)], [[user()]], max_new_tokens=3)
+    assert before.token_ids[0] == processor.seg_token_id
+    assert after.token_ids == before.token_ids
 
 
 def test_training_init_behaves_like_its_saved_folder(tiny_base, tmp_path):

@@ -272,6 +272,15 @@ def test_load_sam_names_the_path_it_cannot_use(tmp_path: Path):
         load_sam(str(tmp_path / "empty_folder"))
 
 
+def test_load_sam_names_the_file_that_lacks_weights(tmp_path: Path):
+    """An original-layout file (`sam_vit_h_4b8939.pth`) without a weight is refused naming the file and the weight."""
+    state_dict = {key: torch.zeros(shape) for key, shape in original_sam_shapes(**TINY).items()}
+    del state_dict["prompt_encoder.no_mask_embed.weight"]
+    torch.save(state_dict, tmp_path / "sam_vit_tiny.pth")
+    with pytest.raises(ValueError, match=r"sam_vit_tiny\.pth: .*lacks 1 SamModel weight.*prompt_encoder\.no_mask_embed\.weight"):
+        load_sam(str(tmp_path / "sam_vit_tiny.pth"))
+
+
 # -------------------------------------------------------------------- equivalence with segment-anything
 @pytest.fixture(scope="module")
 def original_sam(sam_modeling: types.ModuleType) -> torch.nn.Module:
