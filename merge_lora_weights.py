@@ -29,8 +29,9 @@ from peft import PeftModel, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 
 from model.lisa import LisaConfig
-from model.loading import PRECISIONS, dequantize, is_quantized_folder, load_for_training, save_lisa
+from model.loading import PRECISIONS, check_weights_fit, load_for_training, save_lisa
 from model.peft_setup import LORA_ALPHA, LORA_DROPOUT, LORA_R, LORA_TARGET_MODULES, setup_trainable
+from model.quantization import dequantize, is_quantized_folder
 from utils.checkpoint import BEST, LATEST, TRAIN_ARGS_FILE, read_pointer
 from utils.cli import HelpFormatter, positive_int
 from utils.locations import location_problem
@@ -164,7 +165,7 @@ def load_trained(peft_model: PeftModel, state: dict[str, torch.Tensor], source: 
     lacks (e.g. LoRA on other modules: the LoRA flags or train_args.json do not match).
     """
     # A checkpoint of other families (say, trained with SAM 2, rebuilt with SAM) is named as such.
-    peft_model.get_base_model().check_weights_fit(state, source)
+    check_weights_fit(peft_model.get_base_model(), state, source)
     trained = {name for name, param in peft_model.named_parameters() if param.requires_grad}
     missing, unexpected = sorted(trained - state.keys()), sorted(state.keys() - peft_model.state_dict().keys())
     if missing or unexpected:

@@ -33,8 +33,8 @@ from tqdm import tqdm
 
 from datasets.collate import LisaCollator
 from datasets.hybrid import HybridDataset, build_val_dataset
-from model.conversation import CHAT_TEMPLATES
 from model.evaluation import evaluate
+from model.families import CHAT_TEMPLATES, MASK_HEAD_FAMILIES, VLM_FAMILIES, describe
 from model.lisa import LisaConfig, LisaForCausalLM
 from model.cli import add_image_and_attention_arguments
 from model.loading import PRECISIONS, check_attn_package, load_for_training
@@ -77,15 +77,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     model = parser.add_argument_group("model")
     model.add_argument("--version", default="llava-hf/llava-1.5-7b-hf",
-                       help="vision-language base (hub id or folder): LLaVA-1.5 (llava-hf layout), Qwen2.5-VL or "
-                            "Qwen3-VL; or a trained LISA folder to fine-tune")
+                       help=f"vision-language base (hub id or folder) of a family of {describe(VLM_FAMILIES)}; or a "
+                            "trained LISA folder to fine-tune")
     model.add_argument("--vision_pretrained", default="facebook/sam-vit-huge",
-                       help="SAM weights: sam_vit_h_4b8939.pth (original layout), a SamModel folder or hub id; or SAM 2: "
-                            "a Sam2Model folder or hub id such as facebook/sam2.1-hiera-tiny; unused when --version is "
-                            "a LISA folder")
+                       help=f"mask-head weights, a folder or hub id of a family of {describe(MASK_HEAD_FAMILIES)} "
+                            "(such as facebook/sam2.1-hiera-tiny), or SAM's sam_vit_h_4b8939.pth (original layout); "
+                            "unused when --version is a LISA folder (default: %(default)s)")
     model.add_argument("--conv_type", default=None, choices=sorted(CHAT_TEMPLATES),
-                       help="conversation format (default: llava_1_5 for a LLaVA base, qwen2_5_vl for a Qwen2.5-VL base, "
-                            "qwen3_vl for a Qwen3-VL base, the folder's own for LISA)")
+                       help="conversation format (default: the base family's first: "
+                            + ", ".join(f"{next(iter(f.chat_templates))} for {f.title}" for f in VLM_FAMILIES.values())
+                            + "; the folder's own for LISA)")
     model.add_argument("--out_dim", type=int, default=None,
                        help="output width of the [SEG] projection; must equal SAM's prompt width (default: read from "
                             "the SAM weights, 256 for the released SAM and SAM 2; base only)")

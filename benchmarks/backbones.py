@@ -53,16 +53,15 @@ from transformers import (
 )
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-from model.conversation import CHAT_TEMPLATES
+from model.families import CHAT_TEMPLATES, MASK_HEAD_FAMILIES, VLM_FAMILIES
+from model.families.qwen2_5_vl import QwenVLTextImageProcessor, qwen_token_ids
 from model.inference import answer
 from model.lisa import LisaConfig, LisaForCausalLM
-from model.loading import add_seg_token
+from model.loading import PRECISIONS, add_seg_token
 from model.processing import LisaProcessor
 from model.tiny import build_qwen_tokenizer, build_tokenizer
-from model.vlm_families import QwenVLTextImageProcessor
 
 QUESTION = "<image>\nWhat is the object that keeps the food cold in this kitchen? Please output segmentation mask."
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def cut(layers: int, fraction: float) -> int:
@@ -98,7 +97,7 @@ def llava_7b_sam_vit_h(fraction: float) -> tuple[LisaConfig, LisaProcessor]:
             tokenizer=tokenizer, patch_size=14, vision_feature_select_strategy="default", num_additional_image_tokens=1,
             chat_template=CHAT_TEMPLATES["llava_1_5"],
         ),
-        sam_image_size=1024,
+        sam_image_size=1024, vlm_family=VLM_FAMILIES["llava"], sam_family=MASK_HEAD_FAMILIES["sam"],
     )
     return LisaConfig(vlm_config=vlm, sam_config=sam, seg_token_id=seg_token_id, out_dim=256), processor
 
@@ -123,16 +122,13 @@ def qwen_3b_sam2_tiny(fraction: float) -> tuple[LisaConfig, LisaProcessor]:
             # Every 8th block attends over the whole image, the others in windows.
             fullatt_block_indexes=[i for i in range(vision_layers) if i % 8 == 7],
         ),
-        image_token_id=tokenizer.convert_tokens_to_ids("<|image_pad|>"),
-        video_token_id=tokenizer.convert_tokens_to_ids("<|video_pad|>"),
-        vision_start_token_id=tokenizer.convert_tokens_to_ids("<|vision_start|>"),
-        vision_end_token_id=tokenizer.convert_tokens_to_ids("<|vision_end|>"),
+        **qwen_token_ids(tokenizer),
         tie_word_embeddings=True,
     )
     # Qwen's default pixel budget (up to 1280 tokens an image) and SAM 2.1-hiera-tiny's configuration.
     processor = LisaProcessor(
-        QwenVLTextImageProcessor(tokenizer, Qwen2VLImageProcessorPil()), sam_image_size=1024, vlm_family="qwen2_5_vl",
-        sam_family="sam2",
+        QwenVLTextImageProcessor(tokenizer, Qwen2VLImageProcessorPil()), sam_image_size=1024,
+        vlm_family=VLM_FAMILIES["qwen2_5_vl"], sam_family=MASK_HEAD_FAMILIES["sam2"],
     )
     return LisaConfig(vlm_config=vlm, sam_config=Sam2Config(), seg_token_id=seg_token_id, out_dim=256), processor
 
@@ -156,16 +152,14 @@ def qwen3_4b_sam2_tiny(fraction: float) -> tuple[LisaConfig, LisaProcessor]:
             patch_size=16, spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=2304,
             deepstack_visual_indexes=[cut(layer + 1, fraction) - 1 for layer in (5, 11, 17)],
         ),
-        image_token_id=tokenizer.convert_tokens_to_ids("<|image_pad|>"),
-        video_token_id=tokenizer.convert_tokens_to_ids("<|video_pad|>"),
-        vision_start_token_id=tokenizer.convert_tokens_to_ids("<|vision_start|>"),
-        vision_end_token_id=tokenizer.convert_tokens_to_ids("<|vision_end|>"),
+        **qwen_token_ids(tokenizer),
         tie_word_embeddings=True,
     )
     # Qwen3-VL's image processor: 16-px patches, pixels to [-1, 1], the same default pixel budget.
     image_processor = Qwen2VLImageProcessorPil(patch_size=16, image_mean=[0.5] * 3, image_std=[0.5] * 3)
     processor = LisaProcessor(
-        QwenVLTextImageProcessor(tokenizer, image_processor), sam_image_size=1024, vlm_family="qwen3_vl", sam_family="sam2"
+        QwenVLTextImageProcessor(tokenizer, image_processor), sam_image_size=1024, vlm_family=VLM_FAMILIES["qwen3_vl"],
+        sam_family=MASK_HEAD_FAMILIES["sam2"],
     )
     return LisaConfig(vlm_config=vlm, sam_config=Sam2Config(), seg_token_id=seg_token_id, out_dim=256), processor
 
@@ -236,7 +230,7 @@ def main() -> None:
     parser.add_argument("--image_size", default="480,640", help="height,width of the image (a COCO-sized photo)")
     parser.add_argument("--new_tokens", type=int, default=16, help="tokens of each answer (one [SEG] among them)")
     parser.add_argument("--repeats", type=int, default=2, help="timed answers per setting after a warm-up (the best is kept)")
-    parser.add_argument("--dtype", default="bf16", choices=sorted(DTYPES), help="weights' dtype")
+    parser.add_argument("--dtype", default="bf16", choices=list(PRECISIONS), help="weights' dtype")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
     parser.add_argument("--child", help=argparse.SUPPRESS)  # internal: "PAIR|FRACTION", one measurement
     args = parser.parse_args()
@@ -245,7 +239,7 @@ def main() -> None:
     height, width = (int(v) for v in args.image_size.split(","))
     if args.child:
         pair, fraction = args.child.split("|")
-        print(json.dumps(measure(pair, float(fraction), height, width, args.new_tokens, args.repeats, DTYPES[args.dtype])))
+        print(json.dumps(measure(pair, float(fraction), height, width, args.new_tokens, args.repeats, PRECISIONS[args.dtype])))
         return
 
     fractions = [float(f) for f in args.fractions.split(",")]

@@ -45,7 +45,7 @@ def main() -> None:
     @torch.no_grad()
     def original():
         out = model.vlm.generate(
-            input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], pixel_values=inputs["pixel_values"],
+            input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], pixel_values=inputs["image_inputs"].pixel_values,
             use_cache=False, output_hidden_states=True, return_dict_in_generate=True, do_sample=False, **common,
         )
         # The original read every [SEG] query from the last step's full-sequence hidden states.

@@ -35,17 +35,18 @@ import time
 import torch
 from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, SamConfig, SamVisionConfig
 
+from model.families import MASK_HEAD_FAMILIES, VLM_FAMILIES
+from model.families.llava import LlavaImageInputs
 from model.lisa import LisaConfig, LisaForCausalLM
 from model.loading import add_seg_token, load_lisa
 from model.peft_setup import count_parameters, parameter_groups, setup_trainable
 from model.processing import LisaProcessor
-from model.tiny import build_llava
 from utils.cli import HelpFormatter
 from utils.deepspeed_config import deepspeed_config
 
 FULL_DEPTH = 32  # LLaMA-7B's layers
 VOCAB = 32000
-IMAGE_TOKEN, SEG_TOKEN = VOCAB, VOCAB + 1  # as LLaVA-1.5 and LISA add them after the base vocabulary
+IMAGE_TOKEN_ID, SEG_TOKEN_ID = VOCAB, VOCAB + 1  # as LLaVA-1.5 and LISA add them after the base vocabulary
 GIB = 2**30
 
 
@@ -55,13 +56,13 @@ def lisa_7b_config(layers: int) -> LisaConfig:
                             image_size=336, patch_size=14, projection_dim=768)
     llama = LlamaConfig(vocab_size=VOCAB + 2, hidden_size=4096, intermediate_size=11008, num_hidden_layers=layers,
                         num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096)
-    llava = LlavaConfig(vision_config=clip, text_config=llama, image_token_index=IMAGE_TOKEN, image_seq_length=576,
+    llava = LlavaConfig(vision_config=clip, text_config=llama, image_token_index=IMAGE_TOKEN_ID, image_seq_length=576,
                         vision_feature_layer=-2, vision_feature_select_strategy="default")
     sam = SamConfig(vision_config=SamVisionConfig(
         hidden_size=1280, num_hidden_layers=32, num_attention_heads=16, global_attn_indexes=[7, 15, 23, 31],
         output_channels=256, image_size=1024, patch_size=16, window_size=14, mlp_dim=5120,
     ))
-    return LisaConfig(vlm_config=llava, sam_config=sam, seg_token_id=SEG_TOKEN, out_dim=256)
+    return LisaConfig(vlm_config=llava, sam_config=sam, seg_token_id=SEG_TOKEN_ID, out_dim=256)
 
 
 def write_model(folder: str, layers: int) -> None:
@@ -71,9 +72,10 @@ def write_model(folder: str, layers: int) -> None:
     torch.set_default_dtype(torch.bfloat16)
     LisaForCausalLM(lisa_7b_config(layers)).save_pretrained(folder)
     torch.set_default_dtype(torch.float32)
-    llava_processor = build_llava()[1]
+    llava, sam = VLM_FAMILIES["llava"], MASK_HEAD_FAMILIES["sam"]
+    llava_processor = llava.build_tiny()[1]
     add_seg_token(llava_processor.tokenizer)
-    LisaProcessor(llava_processor, sam_image_size=1024).save_pretrained(folder)
+    LisaProcessor(llava_processor, sam_image_size=1024, vlm_family=llava, sam_family=sam).save_pretrained(folder)
 
 
 def make_batch(text_tokens: int, device: torch.device, dtype: torch.dtype) -> dict:
@@ -81,14 +83,16 @@ def make_batch(text_tokens: int, device: torch.device, dtype: torch.dtype) -> di
     images, rows, image_tokens = 2, 6, 576
     length = image_tokens + text_tokens
     input_ids = torch.randint(0, VOCAB, (rows, length))
-    input_ids[:, 5 : 5 + image_tokens] = IMAGE_TOKEN
-    input_ids[:, -2] = SEG_TOKEN
+    input_ids[:, 5 : 5 + image_tokens] = IMAGE_TOKEN_ID
+    input_ids[:, -2] = SEG_TOKEN_ID
     labels = torch.full_like(input_ids, -100)
     labels[:, -text_tokens // 3 :] = input_ids[:, -text_tokens // 3 :]
     original = (480, 640)
     return {
         "input_ids": input_ids.to(device), "attention_mask": torch.ones_like(input_ids, device=device),
-        "pixel_values": torch.randn(images, 3, 336, 336, device=device, dtype=dtype),
+        "image_inputs": LlavaImageInputs(
+            token_counts=(image_tokens,) * images, pixel_values=torch.randn(images, 3, 336, 336, device=device, dtype=dtype)
+        ),
         "sam_pixel_values": torch.randn(images, 3, 1024, 1024, device=device, dtype=dtype),
         "image_index": torch.arange(images).repeat_interleave(rows // images).to(device),
         "resized_sizes": torch.tensor([[768, 1024]] * images, device=device),

@@ -6,11 +6,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from model.conversation import CHAT_TEMPLATES
+from model.families import CHAT_TEMPLATES
+from model.families.base import ATTN_IMPLEMENTATIONS
 from model.lisa import LisaForCausalLM
 from model.loading import PRECISIONS, load_for_inference
 from model.processing import LisaProcessor
-from model.vlm_families import ATTN_IMPLEMENTATIONS
 from utils.cli import positive_int
 from utils.locations import location_problem
 

@@ -41,8 +41,9 @@ from tokenizers import Tokenizer
 from torch import Tensor
 from transformers import CLIPImageProcessorPil, CLIPVisionModel, LlamaConfig, LlamaTokenizer, LlavaConfig, LlavaProcessor
 
+from model.families import MASK_HEAD_FAMILIES, VLM_FAMILIES
+from model.families.llava import CHAT_TEMPLATES
 from model.loading import save_lisa
-from model.conversation import CHAT_TEMPLATES
 from model.lisa import LisaConfig, LisaForCausalLM
 from model.processing import SEG_TOKEN, LisaProcessor
 from model.sam import convert_original_sam_state_dict, sam_config_from_original_state_dict
@@ -294,7 +295,10 @@ def convert_lisa(src: str, clip: str, out: str) -> None:
         num_additional_image_tokens=1,  # CLS, dropped by the "default" strategy
         chat_template=CHAT_TEMPLATES[CONV_TYPE],
     )
-    processor = LisaProcessor(llava_processor, sam_image_size=sam_config.vision_config.image_size)
+    processor = LisaProcessor(
+        llava_processor, sam_image_size=sam_config.vision_config.image_size, vlm_family=VLM_FAMILIES["llava"],
+        sam_family=MASK_HEAD_FAMILIES["sam"],
+    )
     if processor.image_seq_length != llava_config.image_seq_length:
         raise ValueError(f"{clip}: its image processor gives {processor.image_seq_length} patches, the tower {llava_config.image_seq_length}")
     save_lisa(model, processor, out)

@@ -4,14 +4,14 @@ The language model answers; for every `[SEG]` in the answer, the last-layer (pos
 position *before* it — the position whose logits predict `[SEG]` — is projected by `text_hidden_fcs` to a
 256-d sparse prompt of SAM's mask decoder, which turns it into one mask (the original's `model/LISA.py`).
 
-The vision-language model is of a family of `model.vlm_families` (LLaVA-1.5, Qwen2.5-VL, Qwen3-VL), the mask head
-of one of `model.mask_heads` (SAM, SAM 2); this module is the same for every pair.
+The vision-language model and the mask head are each of a family of `model.families`; this module is the same for
+every pair: the image inputs, positions and generation inputs are the family's, carried here without looking inside.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -22,9 +22,9 @@ from transformers import AutoConfig, PreTrainedModel
 from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
 from transformers.utils import ModelOutput
 
+from model.families import mask_head_family, vlm_family
+from model.families.base import ImageInputs
 from model.losses import causal_lm_loss, dice_per_mask, mean_over_masks, next_token_targets, sigmoid_ce_per_mask
-from model.mask_heads import MASK_HEAD_FAMILIES, mask_head_family
-from model.vlm_families import VLM_FAMILIES, vlm_family
 
 logger = logging.getLogger(__name__)
 
@@ -36,9 +36,10 @@ DECODING = {"do_sample": False, "num_beams": 1, "repetition_penalty": 1.0}
 @strict
 class LisaConfig(PreTrainedConfig):
     r"""
-    vlm_config: the vision-language model: a `LlavaConfig` (CLIP tower, projector, language model), a
-        `Qwen2_5_VLConfig` or a `Qwen3VLConfig` (vision transformer with patch merger, language model).
-    sam_config: the segmentation model: a `SamConfig` or a `Sam2Config`.
+    vlm_config: the vision-language model: the config of a family of `model.families.VLM_FAMILIES` (a `LlavaConfig`,
+        `Qwen2_5_VLConfig`, ...).
+    sam_config: the segmentation model: the config of a family of `model.families.MASK_HEAD_FAMILIES` (a
+        `SamConfig`, `Sam2Config`, ...).
     seg_token_id: id of `[SEG]` in the tokenizer saved beside the model.
     out_dim: width of SAM's prompt embeddings, the output of `text_hidden_fcs`.
     ce_loss_weight, bce_loss_weight, dice_loss_weight: LISA's loss weights (1.0, 2.0, 0.5).
@@ -152,19 +153,6 @@ class LisaForCausalLM(PreTrainedModel):
     def sam_image_size(self) -> int:
         return self.sam_family.image_size(self.config.sam_config)
 
-    def check_weights_fit(self, weight_names: Iterable[str], source: str) -> None:
-        """Raises when weights (named as in this model, possibly under a prefix such as PEFT's) are those of a model of
-        other families — say, SAM 2 weights for a model built with SAM — naming the families, where loading them would
-        only list missing and unexpected keys."""
-        names = list(weight_names)
-        parts = (("vlm", "vision-language model", VLM_FAMILIES, self.vlm_family),
-                 ("sam", "mask head", MASK_HEAD_FAMILIES, self.sam_family))
-        for attribute, part, families, own in parts:
-            held = [f for f in families.values() if any(f"{attribute}.{f.weights_marker}" in name for name in names)]
-            if held and own not in held:
-                raise ValueError(f"{source} holds the weights of a {held[0].title} {part}, not of a {own.title} one as the "
-                                 f"model built for them has")
-
     # ------------------------------------------------------------------------------------------ SAM side
     def embed_images(self, sam_pixel_values: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
         """The mask head's image encoding, once per image.
@@ -173,9 +161,9 @@ class LisaForCausalLM(PreTrainedModel):
             sam_pixel_values: (N, 3, S, S) images preprocessed for the mask head.
 
         Returns:
-            per image, the feature maps its mask decoder reads: SAM's (C, s, s) embedding (256 x 64 x 64 for the
-            released SAM); for SAM 2 also its two higher-resolution maps before it. Without gradient unless the
-            image encoder has been made trainable (a research option; frozen in LISA's recipe).
+            per image, the feature maps its mask decoder reads (the family's `embed`: SAM's (C, s, s) embedding,
+            256 x 64 x 64 for the released SAM; for SAM 2 also its two higher-resolution maps before it). Without
+            gradient unless the image encoder has been made trainable (a research option; frozen in LISA's recipe).
         """
         encoder = self.sam.vision_encoder
         trainable = torch.is_grad_enabled() and any(p.requires_grad for p in encoder.parameters())
@@ -217,32 +205,28 @@ class LisaForCausalLM(PreTrainedModel):
         positions[:, :-1] = is_seg[:, 1:]
         return positions
 
-    def _image_features(
-        self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor | None, image_index: torch.Tensor
-    ) -> dict[str, ModelOutput]:
+    def _image_features(self, image_inputs: ImageInputs, image_index: torch.Tensor) -> dict[str, ModelOutput]:
         """The VLM's `mm_encoder_outputs` for rows about images `image_index` (R,). The vision tower runs once per
         image, not once per row, and without gradient unless it has been made trainable (frozen in LISA's recipe):
         transformers' `enable_input_require_grads`, which gradient checkpointing needs, makes the tower's patch
         embeddings require grad too, and the frozen tower would be recomputed and back-propagated every step."""
         trainable = torch.is_grad_enabled() and any(p.requires_grad for p in self.vlm_family.image_encoder_parameters(self.vlm))
         with torch.set_grad_enabled(trainable):
-            return {"image": self.vlm_family.image_encoder_outputs(self.vlm, pixel_values, image_grid_thw, image_index)}
+            return {"image": self.vlm_family.image_encoder_outputs(self.vlm, image_inputs, image_index)}
 
     def _language_forward(
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
-        pixel_values: torch.Tensor,
-        image_grid_thw: torch.Tensor | None,
+        image_inputs: ImageInputs,
         image_index: torch.Tensor,
     ) -> torch.Tensor:
         """Last-layer, post-norm hidden states (R, L, h)."""
-        row_grid_thw = None if image_grid_thw is None else image_grid_thw[image_index]
         outputs = self.vlm.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
-            position_ids=self.vlm_family.position_ids(self.vlm, input_ids, attention_mask, row_grid_thw),
-            mm_encoder_outputs=self._image_features(pixel_values, image_grid_thw, image_index),
+            position_ids=self.vlm_family.position_ids(self.vlm, input_ids, attention_mask, image_inputs, image_index),
+            mm_encoder_outputs=self._image_features(image_inputs, image_index),
             use_cache=False,
         )
         return outputs.last_hidden_state
@@ -252,14 +236,13 @@ class LisaForCausalLM(PreTrainedModel):
         self,
         input_ids: torch.LongTensor,
         attention_mask: torch.Tensor,
-        pixel_values: torch.Tensor,
+        image_inputs: ImageInputs,
         sam_pixel_values: torch.Tensor,
         image_index: torch.LongTensor,
         resized_sizes: torch.LongTensor,
         original_sizes: torch.LongTensor,
         labels: torch.LongTensor | None = None,
         masks: list[torch.Tensor] | None = None,
-        image_grid_thw: torch.LongTensor | None = None,
         return_logits: bool = False,
     ) -> LisaOutput:
         r"""Training and teacher-forced forward: all conversations are given in full.
@@ -267,15 +250,14 @@ class LisaForCausalLM(PreTrainedModel):
         Args:
             input_ids: (R, L) token ids of R conversations, image tokens expanded.
             attention_mask: (R, L) 1 on tokens, 0 on padding.
-            pixel_values: the vision-language model's pixel values of N images ((N, 3, h, w) for LLaVA, (patches,
-                C·t·p·p) for the Qwen families).
+            image_inputs: the N images as the vision-language model's family takes them (its `ImageInputs`: LLaVA's
+                pixels, Qwen's patches and patch grids).
             sam_pixel_values: (N, 3, S, S) the mask head's pixel values of the same images.
             image_index: (R,) the image of each conversation.
             resized_sizes, original_sizes: (N, 2) image sizes inside SAM's input and originally.
             labels: (R, L) next-token targets, `IGNORE_LABEL` (-100) where no loss is taken; adds `ce_loss`.
             masks: per image, (n_i, H_i, W_i) ground truth, one per `[SEG]` of its conversations in row
                 order; adds the mask losses.
-            image_grid_thw: (N, 3) the Qwen families' patch grid of each image; None for LLaVA.
             return_logits: also return the logits at every position. The text loss reads them at the labelled
                 positions only; at every position they are R·L·vocab values (Qwen's 151,936-row head: 0.9 GB in
                 bf16 for 6 rows of 500 tokens).
@@ -285,7 +267,7 @@ class LisaForCausalLM(PreTrainedModel):
                 f"conversations of {input_ids.shape[1]} tokens (image tokens included) are longer than the model's "
                 f"context of {self.context_length} positions: shorten them"
             )
-        hidden_states = self._language_forward(input_ids, attention_mask, pixel_values, image_grid_thw, image_index)
+        hidden_states = self._language_forward(input_ids, attention_mask, image_inputs, image_index)
 
         query_mask = self.query_positions(input_ids, attention_mask)
         queries = self.text_hidden_fcs(hidden_states[query_mask])  # (total [SEG], out_dim), row-major order
@@ -345,12 +327,11 @@ class LisaForCausalLM(PreTrainedModel):
         self,
         input_ids: torch.LongTensor,
         attention_mask: torch.Tensor,
-        pixel_values: torch.Tensor,
+        image_inputs: ImageInputs,
         sam_pixel_values: torch.Tensor,
         resized_sizes: torch.LongTensor,
         original_sizes: torch.LongTensor,
         image_index: torch.LongTensor | None = None,
-        image_grid_thw: torch.LongTensor | None = None,
         max_new_tokens: int = 512,
         **generate_kwargs,
     ) -> list[LisaPrediction]:
@@ -362,9 +343,8 @@ class LisaForCausalLM(PreTrainedModel):
 
         Args:
             input_ids: (B, L) prompts ending with the assistant prefix, left padded.
-            pixel_values, sam_pixel_values, resized_sizes, original_sizes: the N images (see `forward`).
+            image_inputs, sam_pixel_values, resized_sizes, original_sizes: the N images (see `forward`).
             image_index: (B,) the image of each prompt; None means prompt b is about image b.
-            image_grid_thw: (N, 3) the Qwen families' patch grids (see `forward`).
             generate_kwargs: passed to the vision-language model's `generate`, over LISA's decoding (`DECODING`:
                 greedy, no repetition penalty, whatever the base's generation config says). The end-of-answer ids
                 are the VLM's generation config's.
@@ -400,8 +380,8 @@ class LisaForCausalLM(PreTrainedModel):
             sequences = self.vlm.generate(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
-                mm_encoder_outputs=self._image_features(pixel_values, image_grid_thw, image_index),
-                **self.vlm_family.generation_inputs(self.vlm, input_ids, image_grid_thw, image_index),
+                mm_encoder_outputs=self._image_features(image_inputs, image_index),
+                **self.vlm_family.generation_inputs(self.vlm, input_ids, image_inputs, image_index),
                 max_new_tokens=max_new_tokens,
                 use_cache=True,
                 **decoding,

@@ -1,7 +1,7 @@
 """Every way a LISA model comes to be, and how it is saved.
 
-* `build_lisa_from_base`: training init from a vision-language base (LLaVA-1.5, Qwen2.5-VL or Qwen3-VL) plus SAM or
-  SAM 2 weights, each family read from its config — `[SEG]` is added to the tokenizer and given embedding rows (the
+* `build_lisa_from_base`: training init from a vision-language base plus mask-head weights, each of a family of
+  `model.families` read from its config — `[SEG]` is added to the tokenizer and given embedding rows (the
   base's padded vocabulary is kept), the `[SEG]` projection is fresh, and a base or SAM checkpoint that lacks weights
   of its model is refused.
 * `load_lisa`: a trained LISA folder, restored exactly — nothing is re-initialised, and a folder whose weights
@@ -14,40 +14,31 @@ All of them take the pixel budget of one image (`max_pixels`, for the dynamic-re
 image processor) and the attention implementation of the vision-language model (`attn_implementation`; a runtime
 choice, saved nowhere).
 
-Both of the last two can quantise the language model with bitsandbytes (8-bit LLM.int8 or 4-bit NF4, on CUDA or
-on the CPU): exactly the language model's linear layers are quantised, every other weight stays in the chosen
-precision (`quantization_census` tells which is which).
+Both of the last two can quantise the language model with bitsandbytes (`model.quantization`).
+* `check_weights_fit`: weights of a model of other families than a LISA model's are named as such.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
-from collections import Counter
+import re
+from collections.abc import Iterable
 
 import torch
 from tokenizers import AddedToken
-from torch import nn
 from transformers import GenerationConfig, PretrainedConfig, PreTrainedModel
 from transformers.utils import GENERATION_CONFIG_NAME
 
+from model.families import MASK_HEAD_FAMILIES, VLM_FAMILIES, mask_head_family, mask_head_family_at, vlm_family
+from model.families.base import VlmFamily
 from model.lisa import LisaConfig, LisaForCausalLM
-from model.mask_heads import load_mask_head, mask_head_family
 from model.pretrained import load_pretrained
 from model.processing import SEG_TOKEN, LisaProcessor
-from model.vlm_families import VlmFamily, vlm_family
+from model.quantization import cast_unquantized, check_quantized, quantization_kwargs
 from utils.log_filters import dropping_log_message
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-QUANTIZATIONS = ("8bit", "4bit")
-LANGUAGE_MODEL = "language_model"  # the module name of the LLM inside LLaVA and the Qwen VLMs (and so inside LISA)
-# Everything outside the language model stays unquantised — CLIP and the projector (the original loaded CLIP after
-# quantising, so it stayed unquantised), SAM (the original skipped `visual_model`; its decoder reads weights
-# directly), the [SEG] projection and `lm_head`. transformers matches a skip name from the start of a module's full
-# name, so a bare "vision_tower" misses `vlm.model.vision_tower.…` and CLIP came out quantised; one pattern that
-# matches every name not inside the language model holds for a LISA model and a base of either family alike (Qwen's
-# vision transformer and patch merger, `model.visual`, stay unquantised as CLIP does).
-NOT_QUANTIZED = [rf"(?!.*\b{LANGUAGE_MODEL}\.).*"]
 # A base whose embedding matrices have no row for `[SEG]` grows them to a multiple of this (GPU matmuls are fastest on
 # such sizes; the released bases pad to 64 and beyond).
 EMBEDDING_ROWS = 64
@@ -145,21 +136,20 @@ def build_lisa_from_base(
     attn_implementation: str = "sdpa",
     **config_kwargs,
 ) -> tuple[LisaForCausalLM, LisaProcessor]:
-    """A LISA model to train, from a vision-language base and SAM or SAM 2 weights; each family is read from its
-    folder's (or hub id's) config.
+    """A LISA model to train, from a vision-language base and mask-head weights; each family (`model.families`) is
+    read from its folder's (or hub id's) config, once.
 
     Args:
-        base_path: hub id or folder of a `LlavaForConditionalGeneration` (e.g. `llava-hf/llava-1.5-7b-hf`) or a
-            `Qwen2_5_VLForConditionalGeneration` (e.g. `Qwen/Qwen2.5-VL-3B-Instruct`) or a
-            `Qwen3VLForConditionalGeneration` (e.g. `Qwen/Qwen3-VL-2B-Instruct`).
-        sam_path: a `SamModel` or `Sam2Model` folder or hub id (e.g. `facebook/sam2.1-hiera-tiny`), or a
-            `sam_vit_h_4b8939.pth`-style file in segment-anything's layout.
-        conv_type: conversation format (`model.conversation.CHAT_TEMPLATES`); None: the base family's default.
+        base_path: hub id or folder of a model of a family of `VLM_FAMILIES` (e.g. `llava-hf/llava-1.5-7b-hf`,
+            `Qwen/Qwen2.5-VL-3B-Instruct`, `Qwen/Qwen3-VL-2B-Instruct`).
+        sam_path: a folder or hub id of a model of a family of `MASK_HEAD_FAMILIES` (e.g. `facebook/sam-vit-huge`,
+            `facebook/sam2.1-hiera-tiny`), or a `sam_vit_h_4b8939.pth`-style file in segment-anything's layout.
+        conv_type: conversation format (`model.families.CHAT_TEMPLATES`); None: the base family's default.
         out_dim: output width of the new `[SEG]` projection; it must be the mask head's prompt width (the default;
             256 for the released SAM and SAM 2).
         quantization, device, attn_implementation: see `load_lisa`.
         max_pixels: pixels of one image at most (Qwen families; an error for LLaVA); None: the default budget
-            (`model.vlm_families.IMAGE_TOKEN_BUDGET` tokens), or the base's own cap where lower.
+            (`model.families.base.IMAGE_TOKEN_BUDGET` tokens), or the base's own cap where lower.
         config_kwargs: other `LisaConfig` fields (loss weights).
 
     Raises:
@@ -176,10 +166,11 @@ def build_lisa_from_base(
     seg_token_id = add_seg_token(vlm_processor.tokenizer)
     vlm = _load_vlm(
         family, base_path, base_config, dtype=dtype, attn_implementation=attn_implementation,
-        **_quantization_kwargs(quantization, dtype, device),
+        **quantization_kwargs(quantization, dtype, device),
     )
     fit_embeddings(vlm, len(vlm_processor.tokenizer), base_tokens, seg_token_id)
-    sam = load_mask_head(sam_path, dtype=dtype)
+    sam_family = mask_head_family_at(sam_path)
+    sam = sam_family.load(sam_path, dtype=dtype)
     prompt_width = sam.config.prompt_encoder_config.hidden_size
     if out_dim not in (None, prompt_width):
         raise ValueError(f"out_dim {out_dim} must equal the prompt width {prompt_width} of the SAM in {sam_path}")
@@ -200,12 +191,11 @@ def build_lisa_from_base(
     if dtype is not None:
         cast_unquantized(model, dtype)
     check_quantized(model, quantization)
-    sam_family = mask_head_family(sam.config)
     # The base's own chat template, if its tokenizer has one (Qwen's may keep it in the processor's
     # `chat_template.json` only), is replaced by LISA's format of the family.
     processor = LisaProcessor(
-        vlm_processor, sam_image_size=sam_family.image_size(sam.config), vlm_family=family.name,
-        sam_family=sam_family.name, conv_type=conv_type or family.chat_templates[0],
+        vlm_processor, sam_image_size=sam_family.image_size(sam.config), vlm_family=family, sam_family=sam_family,
+        conv_type=conv_type or next(iter(family.chat_templates)),
     )
     return model, processor
 
@@ -238,14 +228,18 @@ def load_lisa(
         config = LisaConfig.from_pretrained(path, **kwargs)
     except ValueError as error:
         raise ValueError(f"{path}: {error}") from None
-    attention = attention_implementations(vlm_family(config.vlm_config), attn_implementation)
+    families = vlm_family(config.vlm_config, source=path), mask_head_family(config.sam_config, source=path)
+    attention = attention_implementations(families[0], attn_implementation)
     # The processor first: a bad max_pixels is told before the weights load.
     processor = LisaProcessor.from_pretrained(path)
+    if (processor.vlm_family, processor.sam_family) != families:
+        raise ValueError(f"{path}: its processor is of a {processor.vlm_family.title} and a {processor.sam_family.title} "
+                         f"model, its config of a {families[0].title} and a {families[1].title} one")
     if max_pixels is not None:
         processor.set_max_pixels(max_pixels)
     model, info = LisaForCausalLM.from_pretrained(
         path, config=config, dtype=dtype, output_loading_info=True, attn_implementation=attention,
-        **_quantization_kwargs(quantization, dtype, device),
+        **quantization_kwargs(quantization, dtype, device),
     )
     problems = {k: info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys") if info.get(k)}
     if problems:
@@ -270,16 +264,28 @@ def save_lisa(model: LisaForCausalLM, processor: LisaProcessor, path: str) -> No
     processor.save_pretrained(path)
 
 
+def check_weights_fit(model: LisaForCausalLM, weight_names: Iterable[str], source: str) -> None:
+    """Raises when weights (named as in `model`, possibly under a prefix such as PEFT's) are those of a model of other
+    families — say, SAM 2 weights for a model built with SAM — naming the families, where loading them would only list
+    missing and unexpected keys. Weights no family owns are left to the loader to report."""
+    names = list(weight_names)
+    parts = (("vlm", "vision-language model", VLM_FAMILIES, model.vlm_family),
+             ("sam", "mask head", MASK_HEAD_FAMILIES, model.sam_family))
+    for attribute, part, families, own in parts:
+        # The names inside the part: `base_model.model.vlm.model.visual...` -> `model.visual...`.
+        inside = [m.group(1) for name in names if (m := re.match(rf"(?:.*?\.)?{attribute}\.(.*)", name))]
+        if own.owns(inside):
+            continue
+        held = [f for f in families.values() if f.owns(inside)]
+        if held:
+            raise ValueError(f"{source} holds the weights of a {held[0].title} {part}, not of a {own.title} one as the "
+                             f"model built for them has")
+
+
 def is_lisa(version: str) -> bool:
     """Whether `version` (hub id or folder) is a trained LISA (config `model_type` "lisa") or a base to build one on."""
     config, _ = PretrainedConfig.get_config_dict(version)
     return config.get("model_type") == "lisa"
-
-
-def is_quantized_folder(version: str) -> bool:
-    """Whether a model folder or hub id was saved with quantised weights (its config holds a `quantization_config`)."""
-    config, _ = PretrainedConfig.get_config_dict(version)
-    return "quantization_config" in config
 
 
 def load_for_training(
@@ -353,7 +359,7 @@ def load_for_inference(
         precision: "fp32", "bf16" or "fp16"; with quantisation, the dtype of the unquantised parts and of
             the computation.
         quantization: None, "8bit" or "4bit": the language model's linear layers quantised by bitsandbytes.
-        conv_type: a `model.conversation.CHAT_TEMPLATES` name overriding the folder's chat template.
+        conv_type: a `model.families.CHAT_TEMPLATES` name overriding the folder's chat template.
         max_pixels, attn_implementation: see `load_lisa`.
     """
     if precision not in PRECISIONS:
@@ -368,107 +374,3 @@ def load_for_inference(
     if conv_type is not None:
         processor.set_chat_template(conv_type)
     return model.eval(), processor
-
-
-# ---------------------------------------------------------------------------------------- quantisation
-def quantization_config(quantization: str, dtype: torch.dtype | None):
-    """The `BitsAndBytesConfig` of "8bit" (LLM.int8) or "4bit" (NF4 with double quantisation and `dtype`
-    compute, as the original's `--load_in_4bit`), quantising the language model only.
-
-    Raises:
-        ValueError: an unknown kind.
-        RuntimeError: bitsandbytes is not installed.
-    """
-    if quantization not in QUANTIZATIONS:
-        raise ValueError(f"unknown quantisation {quantization!r}; choose from {', '.join(QUANTIZATIONS)}")
-    if importlib.util.find_spec("bitsandbytes") is None:
-        raise RuntimeError("8-bit / 4-bit loading needs bitsandbytes: pip install bitsandbytes")
-    from transformers import BitsAndBytesConfig
-
-    if quantization == "4bit":
-        return BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=dtype or torch.float32, llm_int8_skip_modules=NOT_QUANTIZED,
-        )
-    return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=NOT_QUANTIZED)
-
-
-def _quantization_kwargs(quantization: str | None, dtype: torch.dtype | None, device: torch.device | None) -> dict:
-    """`from_pretrained`'s arguments for `quantization`: the config, and the device bitsandbytes quantises on."""
-    if quantization is None:
-        return {}
-    device = torch.device(device or "cpu")
-    where = (device.index or 0) if device.type == "cuda" else device.type
-    return {"quantization_config": quantization_config(quantization, dtype), "device_map": {"": where}}
-
-
-def is_quantized_linear(module: nn.Module) -> bool:
-    """A bitsandbytes `Linear8bitLt` / `Linear4bit` (checked by name: bitsandbytes is optional)."""
-    return type(module).__name__ in ("Linear8bitLt", "Linear4bit")
-
-
-def is_quantized_weight(tensor: torch.Tensor) -> bool:
-    """A bitsandbytes-quantised weight: `Int8Params` or `Params4bit`."""
-    return type(tensor).__name__ in ("Int8Params", "Params4bit")
-
-
-def cast_unquantized(model: nn.Module, dtype: torch.dtype) -> None:
-    """Every floating-point parameter and buffer but the quantised weights to `dtype`, in place.
-
-    (`model.to(dtype)` is refused by transformers once a model is quantised.)
-    """
-    for module in model.modules():
-        for name, param in module.named_parameters(recurse=False):
-            if param.is_floating_point() and not is_quantized_weight(param):
-                param.data = param.data.to(dtype)
-        for name, buffer in module.named_buffers(recurse=False):
-            if buffer.is_floating_point():
-                module._buffers[name] = buffer.to(dtype)
-
-
-def quantization_census(model: nn.Module) -> dict[str, Counter]:
-    """Linear layers by where they sit and what they are: `{"language_model": Counter({"Linear4bit": 14}),
-    "vision_tower": Counter({"Linear": 12}), ...}`, named by the first component that tells the parts apart."""
-    census: dict[str, Counter] = {}
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Linear) or is_quantized_linear(module):
-            parts = [p for p in name.split(".") if p not in ("vlm", "model", "base_model")]
-            census.setdefault(parts[0], Counter())[type(module).__name__] += 1
-    return census
-
-
-def check_quantized(model: nn.Module, quantization: str | None) -> None:
-    """Checks that exactly the language model's linear layers are quantised (all of them, nothing else), or none.
-
-    Raises:
-        RuntimeError: naming the first layer that is not as it should be.
-    """
-    for name, module in model.named_modules():
-        if not (isinstance(module, nn.Linear) or is_quantized_linear(module)):
-            continue
-        should = quantization is not None and f".{LANGUAGE_MODEL}." in f".{name}"
-        if is_quantized_linear(module) != should:
-            state = "quantised" if is_quantized_linear(module) else "not quantised"
-            raise RuntimeError(f"{name} came out {state} with quantisation {quantization}")
-
-
-def dequantize(model: nn.Module, dtype: torch.dtype = torch.float32) -> None:
-    """Replaces every bitsandbytes linear layer of `model` by an `nn.Linear` holding its dequantised weight in
-    `dtype`, in place: the model the quantised one computes, in full precision (what merging a QLoRA run needs)."""
-    from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
-    from transformers.integrations.bitsandbytes import dequantize_bnb_weight
-
-    for name, module in list(model.named_modules()):
-        if is_quantized_linear(module):
-            quant_state = getattr(module.weight, "quant_state", None)
-            if getattr(quant_state, "packing_format_for_cpu", False):
-                # After a CPU forward in eval mode, bitsandbytes holds a 4-bit weight in its CPU kernel's layout;
-                # back to the standard one (as bitsandbytes itself does before saving).
-                module.weight.data, module.weight.quant_state = _convert_weight_packed_for_cpu_inverse(module.weight.data, quant_state)
-            linear = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None, device="meta")
-            linear.weight = nn.Parameter(dequantize_bnb_weight(module.weight, getattr(module, "state", None)).to(dtype))
-            if module.bias is not None:
-                linear.bias = nn.Parameter(module.bias.data.to(dtype))
-            model.set_submodule(name, linear)
-    if (quantizer := getattr(model, "hf_quantizer", None)) is not None:
-        quantizer.remove_quantization_config(model)  # a model loaded quantised would otherwise save as quantised

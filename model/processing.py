@@ -1,9 +1,9 @@
 """Turning images and conversations into model inputs, shared by training, evaluation and chat.
 
 Two image paths feed LISA, as in the original's data sets (`utils/*_dataset.py`) and `chat.py`:
-  * the vision-language model's, through its own image processor (CLIP's resize + centre crop for LLaVA, dynamic
-    resolution patches for Qwen2.5-VL and Qwen3-VL: `model.vlm_families`);
-  * the mask head's (`model.mask_heads`): SAM's longest side + padding, or SAM 2's square resize. The size the image
+  * the vision-language model's, through its family's image processor into the family's `ImageInputs` (CLIP's resize
+    + centre crop for LLaVA, dynamic resolution patches for the Qwen families: `model.families`);
+  * the mask head's, its family's (SAM's longest side + padding, SAM 2's square resize, ...). The size the image
     fills of the mask head's input is kept so predicted masks can be mapped back.
 
 Text goes through a chat template whose assistant turns are wrapped in ``{% generation %}`` blocks, so the
@@ -22,10 +22,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from model.conversation import CHAT_TEMPLATES
+from model.families import CHAT_TEMPLATES, mask_head_family, vlm_family
+from model.families.base import ImageInputs, MaskHeadFamily, VlmFamily
 from model.losses import IGNORE_LABEL
-from model.mask_heads import MASK_HEAD_FAMILIES
-from model.vlm_families import VLM_FAMILIES, ImageInput, VlmProcessor
 
 SEG_TOKEN = "[SEG]"
 # The image's place in a user message, as LISA's data writes it; each family's chat templates turn it into the
@@ -65,8 +64,7 @@ class LisaBatch(Mapping):
     `truncated_rows` and `dropped_rows` are attributes only, for messages and the training log.
 
     input_ids, attention_mask: (R, L); labels: (R, L), `IGNORE_LABEL` where no loss is taken.
-    pixel_values: the vision-language model's input of the N images: (N, 3, h, w) for LLaVA, (patches, C·t·p·p)
-        for the Qwen families; image_grid_thw: (N, 3) their patch grid of each image, None for LLaVA.
+    image_inputs: the vision-language model's input of the N images, its family's `ImageInputs`.
     sam_pixel_values: (N, 3, S, S) the mask head's input.
     image_index: (R,) the image of each row; resized_sizes, original_sizes: (N, 2) sizes inside SAM's input
         and originally.
@@ -77,14 +75,13 @@ class LisaBatch(Mapping):
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
-    pixel_values: torch.Tensor
+    image_inputs: ImageInputs
     sam_pixel_values: torch.Tensor
     image_index: torch.Tensor
     resized_sizes: torch.Tensor
     original_sizes: torch.Tensor
     labels: torch.Tensor | None = None
     masks: list[torch.Tensor] | None = None
-    image_grid_thw: torch.Tensor | None = None
     sample_ids: list[str] = field(default_factory=list)
     truncated_rows: int = 0
     dropped_rows: list[str] = field(default_factory=list)
@@ -95,7 +92,8 @@ class LisaBatch(Mapping):
         def move(value: torch.Tensor) -> torch.Tensor:
             return value.to(device, dtype=dtype if dtype is not None and value.is_floating_point() else None)
 
-        moved = {key: move(self[key]) for key in self if key != "masks"}
+        moved = {key: move(self[key]) for key in self if key not in ("masks", "image_inputs")}
+        moved["image_inputs"] = self.image_inputs.to(device, dtype)
         if self.masks is not None:
             moved["masks"] = [move(m) for m in self.masks]
         return replace(self, **moved)
@@ -118,28 +116,28 @@ class LisaBatch(Mapping):
 class LisaProcessor:
     """Turns images and chat messages into LISA model inputs, and back.
 
-    Wraps the base model's own processor (`LlavaProcessor`, or a Qwen tokenizer and image processor: chat
-    template included) and adds the mask head's image path. Saved beside the model weights; `from_pretrained` of the same
-    folder restores it.
+    Wraps the base model's own processor (its family's `load_processor`: tokenizer, image processor, chat template)
+    and adds the mask head's image path. Saved beside the model weights; `from_pretrained` of the same folder restores
+    it.
     """
 
     def __init__(
         self,
-        vlm_processor: VlmProcessor,
+        vlm_processor: Any,
         sam_image_size: int,
+        vlm_family: VlmFamily,
+        sam_family: MaskHeadFamily,
         seg_token: str = SEG_TOKEN,
-        vlm_family: str = "llava",
-        sam_family: str = "sam",
         conv_type: str | None = None,
     ):
-        """`vlm_family`: the family of `vlm_processor`'s model (`model.vlm_families`); `sam_image_size`, `sam_family`:
-        the mask head's input size and family (`model.mask_heads`); `conv_type`: the conversation format to use
-        (`set_chat_template`), None: `vlm_processor`'s own chat template."""
-        self.vlm_family = VLM_FAMILIES[vlm_family]
-        if not isinstance(vlm_processor, self.vlm_family.processor_class):
-            raise TypeError(f"a {type(vlm_processor).__name__} is not the processor of a {self.vlm_family.title} model")
+        """`vlm_family`: the family of `vlm_processor`'s model; `sam_image_size`, `sam_family`: the mask head's input
+        size and family; `conv_type`: the conversation format to use (`set_chat_template`), None: `vlm_processor`'s
+        own chat template."""
+        self.vlm_family = vlm_family
+        if not isinstance(vlm_processor, vlm_family.processor_class):
+            raise TypeError(f"a {type(vlm_processor).__name__} is not the processor of a {vlm_family.title} model")
         self.vlm_processor = vlm_processor
-        self.sam_family = MASK_HEAD_FAMILIES[sam_family]
+        self.sam_family = sam_family
         self.tokenizer = vlm_processor.tokenizer
         self.image_processor = vlm_processor.image_processor
         self.sam_image_size = sam_image_size
@@ -162,11 +160,13 @@ class LisaProcessor:
             raise FileNotFoundError(f"{config_file}: not a LISA folder (no {PROCESSOR_CONFIG_NAME})")
         with open(config_file) as f:
             config = json.load(f)
-        # Folders written before other families were supported name none: theirs are LLaVA and SAM.
-        vlm_processor = VLM_FAMILIES[config.get("vlm_family", "llava")].load_processor(path)
+        # The families by name, as saved; folders written before other families were supported name none: theirs are
+        # LLaVA and SAM.
+        vlm = vlm_family(config.get("vlm_family", "llava"), source=config_file)
+        sam = mask_head_family(config.get("sam_family", "sam"), source=config_file)
         return cls(
-            vlm_processor, sam_image_size=config["sam_image_size"], seg_token=config["seg_token"],
-            vlm_family=config.get("vlm_family", "llava"), sam_family=config.get("sam_family", "sam"),
+            vlm.load_processor(path), sam_image_size=config["sam_image_size"], vlm_family=vlm, sam_family=sam,
+            seg_token=config["seg_token"],
         )
 
     def save_pretrained(self, path: str) -> None:
@@ -184,7 +184,7 @@ class LisaProcessor:
         return self.vlm_processor.chat_template
 
     def set_chat_template(self, conv_type: str) -> None:
-        """Selects one of the conversation formats of `model.conversation.CHAT_TEMPLATES` that fit the model's family."""
+        """Selects one of the conversation formats of `model.families.CHAT_TEMPLATES` that fit the model's family."""
         if conv_type not in CHAT_TEMPLATES:
             raise ValueError(f"unknown conv_type {conv_type!r}; choose from {', '.join(CHAT_TEMPLATES)}")
         if conv_type not in self.vlm_family.chat_templates:
@@ -212,7 +212,7 @@ class LisaProcessor:
             messages: chat messages `{"role": "user"|"assistant"|"system", "content": str}`; the image is the
                 literal `<image>` in a user message.
             add_generation_prompt: end with the assistant prefix, for generation.
-            image_tokens: image tokens the conversation's image takes (`ImageInput.token_count`); None:
+            image_tokens: image tokens the conversation's image takes (its `ImageInputs.token_counts`); None:
                 `image_seq_length`, for families where every image takes the same number.
 
         Returns:
@@ -315,7 +315,7 @@ class LisaProcessor:
     # ---------------------------------------------------------------------------------------------- images
     def set_max_pixels(self, max_pixels: int | None) -> None:
         """Caps the pixels (so the tokens) of one image for the dynamic-resolution families; saved with the image
-        processor. None: the default budget (`model.vlm_families.IMAGE_TOKEN_BUDGET` tokens, or the base's own cap
+        processor. None: the default budget (`model.families.base.IMAGE_TOKEN_BUDGET` tokens, or the base's own cap
         where lower).
 
         Raises:
@@ -323,8 +323,9 @@ class LisaProcessor:
         """
         self.vlm_family.set_max_pixels(self.vlm_processor, max_pixels)
 
-    def preprocess_image(self, image: np.ndarray) -> ImageInput:
-        """(H, W, 3) uint8 -> the image as the vision-language model takes it, and its image-token count."""
+    def preprocess_image(self, image: np.ndarray) -> ImageInputs:
+        """(H, W, 3) uint8 -> the image as the vision-language model takes it (a batch of one), with its image-token
+        count."""
         return self.vlm_family.preprocess_image(self.vlm_processor, image)
 
     def preprocess_sam(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -389,7 +390,8 @@ class LisaProcessor:
         """
         height, width = image.shape[:2]
         image_input = self.preprocess_image(image)
-        encoded = [self.encode_conversation(c, add_generation_prompt, image_input.token_count) for c in conversations]
+        (image_tokens,) = image_input.token_counts
+        encoded = [self.encode_conversation(c, add_generation_prompt, image_tokens) for c in conversations]
         if masks is not None:
             if masks.shape[1:] != (height, width):
                 raise ValueError(f"{sample_id}: masks of shape {masks.shape} for an image of size {(height, width)}")
@@ -448,12 +450,11 @@ class LisaProcessor:
             attention_mask[r, span] = 1
             if row_labels is not None:
                 labels[r, span] = torch.tensor(row_labels[r])
-        pixel_values, image_grid_thw = self.vlm_family.batch_images([item["image"] for item in items])
+        images = [item["image"] for item in items]
         return LisaBatch(
             input_ids=input_ids,
             attention_mask=attention_mask,
-            pixel_values=pixel_values,
-            image_grid_thw=image_grid_thw,
+            image_inputs=type(images[0]).cat(images),
             sam_pixel_values=torch.stack([item["sam_pixel_values"] for item in items]),
             image_index=torch.tensor([i for _, i in rows], dtype=torch.long),
             resized_sizes=torch.tensor([item["resized_size"] for item in items], dtype=torch.long),

@@ -207,7 +207,7 @@ def test_pixel_budget_and_attention_flags_reach_the_model(tiny_base, files, monk
     chat.main(args(str(tiny_base.lisa_dir), files, "--image", files["image"], "--prompt", "Where?", "--max_pixels", "512",
                    "--attn_implementation", "eager"))
     ((lisa, processor),) = loaded
-    assert processor.image_processor.size["longest_edge"] == 512 and processor.preprocess_image(np.zeros((32, 64, 3), np.uint8)).token_count == 2
+    assert processor.image_processor.size["longest_edge"] == 512 and processor.preprocess_image(np.zeros((32, 64, 3), np.uint8)).token_counts == (2,)
     assert lisa.vlm.model.language_model.config._attn_implementation == lisa.vlm.model.visual.config._attn_implementation == "eager"
     with pytest.raises(SystemExit) as exit_info:
         chat.main(args(str(tiny_base.lisa_dir), files, "--image", files["image"], "--prompt", "Where?", "--max_pixels", "200"))

@@ -26,8 +26,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
 
-from model.loading import dequantize, load_lisa
-from model.conversation import LLAVA_V1_SYSTEM
+from model.families.llava import LLAVA_V1_SYSTEM
+from model.loading import load_lisa
+from model.quantization import dequantize
 from model.convert_lisa import NotReleasedLisaError, convert_lisa, main
 from model.inference import answer
 from model.losses import IGNORE_LABEL
@@ -333,7 +334,7 @@ def test_logits_and_masks_match_the_original(released):
     with torch.no_grad():
         output = model(**{k: v for k, v in batch.items() if k not in ("labels", "masks")}, return_logits=True)
     ids = collapse_image(batch["input_ids"][0].tolist(), processor.image_token_id)
-    expected_logits, hidden = reference.forward(ids, batch["pixel_values"][0])
+    expected_logits, hidden = reference.forward(ids, batch["image_inputs"].pixel_values[0])
     vocab = expected_logits.shape[-1]
     torch.testing.assert_close(output.logits[0, :, :vocab], expected_logits, atol=1e-4, rtol=1e-4)
     if released["layout"] == "13b":  # the extra <image> row repeats <unk>'s logit
@@ -352,7 +353,7 @@ def test_logits_and_masks_match_the_original(released):
 def test_generation_matches_the_original(released):
     model, processor, reference = released["model"], released["processor"], released["reference"]
     (reply,) = answer(model, processor, [image(1)], [conversation(None)], max_new_tokens=8)
-    clip_pixels = processor.preprocess_image(image(1)).pixel_values
+    clip_pixels = processor.preprocess_image(image(1)).pixel_values[0]
     prompt = reference.tokenize(f"{LLAVA_V1_SYSTEM} USER: {QUESTION} ASSISTANT:")
     assert reply.token_ids == reference.generate(prompt, clip_pixels, max_new_tokens=8)
 

@@ -1,6 +1,5 @@
-"""What differs between the families of vision-language models and mask heads (`model/vlm_families.py`,
-`model/mask_heads.py`), checked against transformers' own models; and how a base or checkpoint of the wrong family
-is refused."""
+"""What differs between the families of vision-language models and mask heads (`model/families/`), checked against
+transformers' own models; and how a base or checkpoint of the wrong family is refused."""
 
 from __future__ import annotations
 
@@ -16,12 +15,22 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import Sam2Model, SamModel
 
-from model.conversation import CHAT_TEMPLATES
-from model.loading import build_lisa_from_base
-from model.mask_heads import MASK_HEAD_FAMILIES, load_mask_head
+from model.families import CHAT_TEMPLATES, MASK_HEAD_FAMILIES, VLM_FAMILIES, mask_head_family_at, vlm_family
+from model.loading import build_lisa_from_base, check_weights_fit
 from model.sam import load_sam
-from model.tiny import build_qwen3_vl, build_sam, build_sam2
-from model.vlm_families import vlm_family
+
+
+def build_sam(seed=0):
+    return MASK_HEAD_FAMILIES["sam"].build_tiny(seed)
+
+
+def build_sam2(seed=0):
+    return MASK_HEAD_FAMILIES["sam2"].build_tiny(seed)
+
+
+def load_mask_head(path):
+    """A mask head loaded by the family its folder names, as `build_lisa_from_base` loads it."""
+    return mask_head_family_at(path).load(path)
 
 
 @pytest.fixture(scope="module")
@@ -138,6 +147,17 @@ def test_an_unsupported_base_names_the_supported_families(tiny_dir, tmp_path):
         vlm_family({"model_type": "llama"})
 
 
+@pytest.mark.parametrize("registry", [VLM_FAMILIES, MASK_HEAD_FAMILIES], ids=["vlm", "mask_head"])
+def test_each_family_owns_its_weights_and_no_other_does(registry):
+    """Every registered family claims its own tiny model's weights, and no other family claims them: the check that
+    names wrong-family weights (`check_weights_fit`) cannot mistake one family for another."""
+    for name, family in registry.items():
+        built = family.build_tiny()
+        model = built[0] if isinstance(built, tuple) else built
+        owners = [other for other, f in registry.items() if f.owns(model.state_dict())]
+        assert owners == [name], f"the weights of a tiny {family.title} are claimed by {owners}"
+
+
 @pytest.mark.parametrize("tiny_base", [("qwen2_5_vl", "sam2")], indirect=True)
 def test_weights_of_other_families_are_named(tiny_base, tiny_dir):
     """A LISA checkpoint of one pair loaded into a model built for another says which part differs."""
@@ -146,11 +166,11 @@ def test_weights_of_other_families_are_named(tiny_base, tiny_dir):
     qwen_sam2, _ = load_lisa(str(tiny_base.lisa_dir))
     llava_sam, _ = load_lisa(str(tiny_dir / "lisa"))
     with pytest.raises(ValueError, match="run/ckpt holds the weights of a Qwen2.5-VL vision-language model, not of a LLaVA-1.5 one"):
-        llava_sam.check_weights_fit([f"base_model.model.{n}" for n in qwen_sam2.state_dict()], "run/ckpt")
+        check_weights_fit(llava_sam, [f"base_model.model.{n}" for n in qwen_sam2.state_dict()], "run/ckpt")
     mixed = [n for n in llava_sam.state_dict() if n.startswith("vlm.")] + [n for n in qwen_sam2.state_dict() if n.startswith("sam.")]
     with pytest.raises(ValueError, match="holds the weights of a SAM 2 mask head, not of a SAM one"):
-        llava_sam.check_weights_fit(mixed, "run/ckpt")
-    llava_sam.check_weights_fit(llava_sam.state_dict(), "run/ckpt")  # its own weights fit
+        check_weights_fit(llava_sam, mixed, "run/ckpt")
+    check_weights_fit(llava_sam, llava_sam.state_dict(), "run/ckpt")  # its own weights fit
 
 
 @pytest.mark.parametrize("tiny_base", [("qwen2_5_vl", "sam2")], indirect=True)
@@ -161,14 +181,14 @@ def test_qwen3_and_qwen2_5_weights_are_told_apart(tiny_base):
     from model.loading import load_lisa
 
     qwen2_5, _ = load_lisa(str(tiny_base.lisa_dir))
-    vlm, processor = build_qwen3_vl()
+    vlm, processor = VLM_FAMILIES["qwen3_vl"].build_tiny()
     sam = build_sam2()
     qwen3 = LisaForCausalLM(LisaConfig(vlm_config=vlm.config, sam_config=sam.config, seg_token_id=0), vlm=vlm, sam=sam)
     with pytest.raises(ValueError, match="ckpt holds the weights of a Qwen3-VL vision-language model, not of a Qwen2.5-VL one"):
-        qwen2_5.check_weights_fit(qwen3.state_dict(), "ckpt")
+        check_weights_fit(qwen2_5, qwen3.state_dict(), "ckpt")
     with pytest.raises(ValueError, match="ckpt holds the weights of a Qwen2.5-VL vision-language model, not of a Qwen3-VL one"):
-        qwen3.check_weights_fit(qwen2_5.state_dict(), "ckpt")
-    qwen3.check_weights_fit(qwen3.state_dict(), "ckpt")
+        check_weights_fit(qwen3, qwen2_5.state_dict(), "ckpt")
+    check_weights_fit(qwen3, qwen3.state_dict(), "ckpt")
 
 
 def saved_weight(folder, suffix):
@@ -340,14 +360,14 @@ def test_a_photo_takes_at_most_1280_tokens_by_default_under_the_hubs_pixel_caps(
     base = with_image_processor(tiny_base.vlm_dir, tmp_path / "hub", HUB_QWEN_IMAGE_PROCESSORS[tiny_base.vlm])
     processor = family.load_processor(str(base))
     image = family.preprocess_image(processor, PHOTO)
-    assert image.token_count == uncapped[0] * uncapped[1]
+    assert image.token_counts[0] == uncapped[0] * uncapped[1]
 
     family.set_max_pixels(processor, None)
     assert processor.image_processor.size["longest_edge"] == 1280 * side**2  # 1,003,520 px; 1,310,720 px
     rows, cols = capped_grid(*PHOTO.shape[:2], 1280)
     assert (rows, cols) == (30, 41)
     image = family.preprocess_image(processor, PHOTO)
-    assert image.grid_thw.tolist() == [1, 2 * rows, 2 * cols] and image.token_count == rows * cols
+    assert image.image_grid_thw[0].tolist() == [1, 2 * rows, 2 * cols] and image.token_counts[0] == rows * cols
 
 
 @pytest.mark.parametrize("tiny_base", [("qwen2_5_vl", "sam2")], indirect=True)
@@ -362,24 +382,24 @@ def test_the_pixel_budget_is_set_at_build_saved_and_replaced_at_load(tiny_base, 
     base = with_image_processor(tiny_base.vlm_dir, tmp_path / "base", config)
     height, width = PHOTO.shape[:2]
     family = vlm_family({"model_type": "qwen2_5_vl"})
-    uncapped = family.preprocess_image(family.load_processor(str(base)), PHOTO).token_count
+    uncapped = family.preprocess_image(family.load_processor(str(base)), PHOTO).token_counts[0]
     assert uncapped == (height // 16) * (width // 16) == 47628  # 12,192,768 px, within the hub's cap
 
     model, processor = build_lisa_from_base(str(base), str(tiny_base.sam_dir))
-    assert processor.preprocess_image(PHOTO).token_count == math.prod(capped_grid(height, width, 1280))
+    assert processor.preprocess_image(PHOTO).token_counts[0] == math.prod(capped_grid(height, width, 1280))
     save_lisa(model, processor, str(tmp_path / "lisa"))
     saved = json.loads((tmp_path / "lisa" / "preprocessor_config.json").read_text())
     assert saved["size"]["longest_edge"] == 1280 * 16**2
     _, loaded = load_lisa(str(tmp_path / "lisa"))
-    assert loaded.preprocess_image(PHOTO).token_count == math.prod(capped_grid(height, width, 1280))
+    assert loaded.preprocess_image(PHOTO).token_counts[0] == math.prod(capped_grid(height, width, 1280))
 
     # Given at load, a budget replaces the folder's (which stays as saved).
     _, processor = load_for_inference(str(tmp_path / "lisa"), "fp32", device=torch.device("cpu"), max_pixels=100 * 16**2)
-    assert processor.preprocess_image(PHOTO).token_count == math.prod(capped_grid(height, width, 100)) == 8 * 11
+    assert processor.preprocess_image(PHOTO).token_counts[0] == math.prod(capped_grid(height, width, 100)) == 8 * 11
     assert json.loads((tmp_path / "lisa" / "preprocessor_config.json").read_text()) == saved
     # A budget of one token holds for small images too, though the hub's floor (3136 px) is above it.
     processor.set_max_pixels(16**2)
-    assert processor.preprocess_image(PHOTO).token_count == processor.preprocess_image(PHOTO[:20, :20]).token_count == 1
+    assert processor.preprocess_image(PHOTO).token_counts[0] == processor.preprocess_image(PHOTO[:20, :20]).token_counts[0] == 1
     with pytest.raises(ValueError, match=r"max_pixels 255 is below one image token of Qwen2.5-VL \(16×16 = 256 px"):
         processor.set_max_pixels(255)
     with pytest.raises(ValueError, match="max_pixels 100 is below one image token"):

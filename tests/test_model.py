@@ -2,6 +2,7 @@
 [SEG] handling, generation (batched, left-padded, KV-cached), persistence, precision."""
 
 import json
+import math
 import shutil
 from contextlib import contextmanager
 from dataclasses import replace
@@ -46,12 +47,13 @@ def vlm_image_inputs(model, batch, rows=None):
     image r): Qwen2.5-VL also takes the patch grids and which tokens are image tokens, from which it computes its
     3-D positions itself."""
     rows = torch.arange(batch["input_ids"].shape[0]) if rows is None else rows
-    if "image_grid_thw" not in batch:
-        return {"pixel_values": batch["pixel_values"][rows]}
-    patches = batch["pixel_values"].split(batch["image_grid_thw"].prod(-1).tolist())
+    images = batch["image_inputs"]
+    if not hasattr(images, "image_grid_thw"):
+        return {"pixel_values": images.pixel_values[rows]}
+    patches = images.pixel_values.split(images.image_grid_thw.prod(-1).tolist())
     return {
         "pixel_values": torch.cat([patches[i] for i in rows.tolist()]),
-        "image_grid_thw": batch["image_grid_thw"][rows],
+        "image_grid_thw": images.image_grid_thw[rows],
         "mm_token_type_ids": (batch["input_ids"] == model.config.vlm_config.image_token_id).int(),
     }
 
@@ -388,8 +390,9 @@ def test_save_load_round_trip(lisa, tmp_path):
     item = processor.process_sample(random_image(9), [[user(), assistant("It is [SEG].")]], random_masks(9, 1), "rt")
     batch = processor.collate([item])
     again = loaded_processor.collate([loaded_processor.process_sample(random_image(9), [[user(), assistant("It is [SEG].")]], random_masks(9, 1), "rt")])
-    for key in ("input_ids", "labels", "pixel_values", "sam_pixel_values"):
+    for key in ("input_ids", "labels", "sam_pixel_values"):
         torch.testing.assert_close(batch[key], again[key])
+    torch.testing.assert_close(vars(batch["image_inputs"]), vars(again["image_inputs"]))
     with torch.no_grad():
         a, b = model(**batch, return_logits=True), loaded.eval()(**again, return_logits=True)
     torch.testing.assert_close(a.logits, b.logits)
@@ -458,11 +461,11 @@ def test_bf16_forward_and_generate(tiny_base):
 )
 def test_labels_cover_exactly_the_answers(lisa, conv_type):
     model, processor = lisa
-    default = processor.vlm_family.chat_templates[0]
+    default = next(iter(processor.vlm_family.chat_templates))
     processor.set_chat_template(conv_type)
     try:
         messages = [user(), assistant("It is [SEG]."), user("And the square?"), assistant("Sure, [SEG].")]
-        image_tokens = processor.preprocess_image(random_image(0)).token_count
+        (image_tokens,) = processor.preprocess_image(random_image(0)).token_counts
         ids, labels = processor.encode_conversation(messages, image_tokens=image_tokens)
         text = processor.tokenizer.decode([i for i, l in zip(ids, labels) if l != -100])
         eos = processor.tokenizer.eos_token
@@ -479,7 +482,7 @@ def test_llava_images_take_a_fixed_number_of_tokens(lisa):
     _, processor = lisa
     messages = [user(), assistant("It is [SEG].")]
     for size in ((48, 60), (90, 20)):
-        assert processor.preprocess_image(random_image(0, *size)).token_count == processor.image_seq_length == 16
+        assert processor.preprocess_image(random_image(0, *size)).token_counts == (processor.image_seq_length,) == (16,)
     ids, _ = processor.encode_conversation(messages)
     assert ids.count(processor.image_token_id) == processor.image_seq_length
 
@@ -492,8 +495,9 @@ def test_qwen_images_take_tokens_by_their_size(lisa):
     grids = {}
     for size in ((48, 64), (32, 32), (96, 24)):
         image = processor.preprocess_image(random_image(0, *size))
-        grids[size] = image.grid_thw.tolist()
-        assert image.token_count == image.grid_thw.prod() // 4 == image.pixel_values.shape[0] // 4
+        (grid,) = image.image_grid_thw.tolist()
+        grids[size] = grid
+        assert image.token_counts == (math.prod(grid) // 4,) == (image.pixel_values.shape[0] // 4,)
     assert grids == {(48, 64): [1, 6, 8], (32, 32): [1, 4, 4], (96, 24): [1, 12, 4]}
     with pytest.raises(ValueError, match="depends on their size"):
         processor.image_seq_length

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 import merge_lora_weights
-import model.loading
+import model.quantization
 from model.loading import load_for_inference, load_lisa, save_lisa
 from model.peft_setup import setup_trainable
 from tests.test_train import final_weights, run, toy_batch, train_command
@@ -66,7 +66,7 @@ def test_exactly_the_language_models_linears_are_quantised(tiny_base, quantizati
 
 def test_a_skip_list_that_misses_clip_is_caught(tiny_dir, monkeypatch):
     # The skip list this project had: transformers matches names from the start, so "vision_tower" skipped nothing.
-    monkeypatch.setattr(model.loading, "NOT_QUANTIZED", ["sam", "text_hidden_fcs", "vision_tower", "lm_head"])
+    monkeypatch.setattr(model.quantization, "NOT_QUANTIZED", ["sam", "text_hidden_fcs", "vision_tower", "lm_head"])
     with pytest.raises(RuntimeError, match="vision_tower.* came out quantised"):
         load_lisa(str(tiny_dir / "lisa"), dtype=torch.float32, quantization="4bit")
 

@@ -456,10 +456,10 @@ def test_original_weights_survive_a_parent_models_init(converted_sam: SamModel):
     """`build_lisa_from_base` with a `.pth` SAM: `LisaForCausalLM.__init__` (`post_init`) must not re-initialise
     the SAM it is given."""
     from model.lisa import LisaConfig, LisaForCausalLM
-    from model.tiny import build_llava
+    from model.families import VLM_FAMILIES
 
     expected = {key: value.clone() for key, value in converted_sam.state_dict().items()}
-    llava, _ = build_llava()
+    llava, _ = VLM_FAMILIES["llava"].build_tiny()
     config = LisaConfig(vlm_config=llava.config, sam_config=converted_sam.config, seg_token_id=0, out_dim=TINY["prompt_dim"])
     model = LisaForCausalLM(config, vlm=llava, sam=converted_sam)
     for key, value in model.sam.state_dict().items():
