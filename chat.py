@@ -13,7 +13,7 @@ For the [SEG] number k of a conversation, writes {vis_save_path}/{stem}_mask_{k}
 name without extension; another image of the same name in the same session gets {stem}_2, {stem}_3, ...
 
 On a GPU with little memory, --load_in_4bit (or --load_in_8bit) quantises the language model (bitsandbytes; also
-runs on the CPU); CLIP, the projector, SAM and the [SEG] projection stay in --precision.
+runs on the CPU); the image encoder, the mask head and the [SEG] projection stay in --precision.
 """
 
 from __future__ import annotations

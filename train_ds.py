@@ -32,7 +32,11 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from datasets.collate import LisaCollator
-from datasets.hybrid import HybridDataset, build_val_dataset
+from datasets.hybrid import DATASET, HybridDataset, build_val_dataset
+from datasets.reason_seg import REASON_SEG_DATA, REASON_SEG_VAL
+from datasets.refer_seg import REFER_SEG_DATA
+from datasets.sem_seg import SEM_SEG_DATA
+from datasets.vqa import VQA_DATA
 from model.evaluation import evaluate
 from model.families import CHAT_TEMPLATES, MASK_HEAD_FAMILIES, VLM_FAMILIES, describe
 from model.lisa import LisaConfig, LisaForCausalLM
@@ -117,20 +121,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
     data = parser.add_argument_group("data")
     data.add_argument("--dataset_dir", default="./dataset", help="root of all data sets")
-    data.add_argument("--dataset", default="sem_seg||refer_seg||vqa||reason_seg",
+    data.add_argument("--dataset", default=DATASET,
                       help="data families, '||'-separated: sem_seg, refer_seg, vqa, reason_seg and custom (--custom_data)")
     data.add_argument("--sample_rates", default=None,
                       help="relative sampling rate of each family in --dataset, comma-separated (default: LISA's 9,3,3,1 "
                            "for sem_seg, refer_seg, vqa, reason_seg, and 1 for custom)")
-    data.add_argument("--sem_seg_data", default="ade20k||cocostuff||pascal_part||paco_lvis||mapillary",
+    data.add_argument("--sem_seg_data", default=SEM_SEG_DATA,
                       help="semantic segmentation data sets")
-    data.add_argument("--refer_seg_data", default="refclef||refcoco||refcoco+||refcocog", help="referring data sets")
-    data.add_argument("--vqa_data", default="llava_instruct_150k", help="VQA data (LLaVA-Instruct json name)")
-    data.add_argument("--reason_seg_data", default="ReasonSeg|train", help="ReasonSeg splits, 'name|split[_split]'")
+    data.add_argument("--refer_seg_data", default=REFER_SEG_DATA, help="referring data sets")
+    data.add_argument("--vqa_data", default=VQA_DATA, help="VQA data (LLaVA-Instruct json name)")
+    data.add_argument("--reason_seg_data", default=REASON_SEG_DATA, help="ReasonSeg splits, 'name|split[_split]'")
     data.add_argument("--custom_data", default="",
                       help="custom data folders for the family 'custom', '||'-separated; each one's train.jsonl is read "
                            "(format: docs/custom_data.md)")
-    data.add_argument("--val_dataset", default="ReasonSeg|val",
+    data.add_argument("--val_dataset", default=REASON_SEG_VAL,
                       help="validation set: 'ReasonSeg|val', a referring split such as 'refcoco|unc|val', or a custom "
                            "folder's split 'custom|DIR|val'")
     data.add_argument("--explanatory", type=float, default=0.1,

@@ -11,10 +11,10 @@ import torch
 
 from datasets.common import SampleError, Sample, sample_rng, split_names
 from datasets.custom import CustomDataset, CustomValDataset
-from datasets.reason_seg import ReasonSegDataset, ReasonSegValDataset
-from datasets.refer_seg import ReferSegDataset, ReferSegValDataset
-from datasets.sem_seg import SemSegDataset
-from datasets.vqa import VQADataset
+from datasets.reason_seg import REASON_SEG_DATA, ReasonSegDataset, ReasonSegValDataset
+from datasets.refer_seg import REFER_SEG_DATA, REFER_SEG_SETS, ReferSegDataset, ReferSegValDataset
+from datasets.sem_seg import SEM_SEG_DATA, SemSegDataset
+from datasets.vqa import VQA_DATA, VQADataset
 
 logger = logging.getLogger(__name__)
 
@@ -22,6 +22,7 @@ logger = logging.getLogger(__name__)
 # small set one fine-tunes on (give --sample_rates when mixing it in).
 DEFAULT_RATES = {"sem_seg": 9, "refer_seg": 3, "vqa": 3, "reason_seg": 1, "custom": 1}
 FAMILIES = tuple(DEFAULT_RATES)
+DATASET = "sem_seg||refer_seg||vqa||reason_seg"  # LISA's four; custom data only when asked for
 
 
 def parse_rates(sample_rates: str | Sequence[float], count: int) -> np.ndarray:
@@ -55,12 +56,12 @@ class HybridDataset(torch.utils.data.Dataset):
         dataset_dir: str,
         samples_per_epoch: int = 500 * 8 * 2 * 10,
         num_classes_per_sample: int = 3,
-        dataset: str = "sem_seg||refer_seg||vqa||reason_seg",
+        dataset: str = DATASET,
         sample_rates: str | Sequence[float] | None = None,
-        sem_seg_data: str = "ade20k||cocostuff||pascal_part||paco_lvis||mapillary",
-        refer_seg_data: str = "refclef||refcoco||refcoco+||refcocog",
-        vqa_data: str = "llava_instruct_150k",
-        reason_seg_data: str = "ReasonSeg|train",
+        sem_seg_data: str = SEM_SEG_DATA,
+        refer_seg_data: str = REFER_SEG_DATA,
+        vqa_data: str = VQA_DATA,
+        reason_seg_data: str = REASON_SEG_DATA,
         explanatory: float = 0.1,
         custom_data: str = "",
         seed: int = 0,
@@ -131,7 +132,10 @@ def build_val_dataset(
         return CustomValDataset(parts[1], parts[2], all_texts=all_texts)
     if len(parts) == 2:
         return ReasonSegValDataset(dataset_dir, name, all_texts=all_texts)
-    if len(parts) == 3:
+    if len(parts) == 3 and parts[0] in REFER_SEG_SETS:
         return ReferSegValDataset(dataset_dir, name)
-    raise ValueError(f"validation data set {name!r}: expected 'ReasonSeg|split', 'dataset|splitBy|split' or 'custom|DIR|split'")
+    raise ValueError(
+        f"validation data set {name!r}: not a supported one; expected 'ReasonSeg|split', a referring split "
+        f"'dataset|splitBy|split' of {', '.join(REFER_SEG_SETS)}, or 'custom|DIR|split'"
+    )
 

@@ -26,6 +26,8 @@ from utils.metrics import IGNORE_PIXEL
 
 logger = logging.getLogger(__name__)
 
+REASON_SEG_DATA = "ReasonSeg|train"  # the split LISA trains on
+REASON_SEG_VAL = "ReasonSeg|val"  # and validates on
 TARGET = 1
 
 
@@ -159,7 +161,7 @@ class ReasonSegDataset:
     def __init__(
         self,
         dataset_dir: str,
-        reason_seg_data: str = "ReasonSeg|train",
+        reason_seg_data: str = REASON_SEG_DATA,
         num_classes_per_sample: int = 3,
         explanatory: float = 0.1,
     ):
@@ -221,7 +223,7 @@ class ReasonSegValDataset(torch.utils.data.Dataset):
     an image without target pixels is scored too (an empty target), as the original scores it.
     """
 
-    def __init__(self, dataset_dir: str, name: str = "ReasonSeg|val", all_texts: bool = False):
+    def __init__(self, dataset_dir: str, name: str = REASON_SEG_VAL, all_texts: bool = False):
         ds, split = name.split("|")
         self.images = list_reason_seg_images(dataset_dir, ds, [split])
         self.all_texts = all_texts

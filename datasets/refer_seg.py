@@ -28,6 +28,8 @@ from datasets.templates import seg_answer, short_question, turn, val_conversatio
 logger = logging.getLogger(__name__)
 
 NO_TARGET = -1  # gRefCOCO's ann_id for an expression that refers to nothing
+REFER_SEG_SETS = ("refclef", "refcoco", "refcoco+", "refcocog", "grefcoco")  # the folders under refer_seg/
+REFER_SEG_DATA = "refclef||refcoco||refcoco+||refcocog"  # LISA's training mix of them
 
 
 class RefDataset:
@@ -116,13 +118,13 @@ def _refer_dir(dataset_dir: str) -> str:
 
 
 class ReferSegDataset:
-    """Training referring segmentation over `refer_seg_data` ("refclef||refcoco||refcoco+||refcocog").
+    """Training referring segmentation over `refer_seg_data` (default `REFER_SEG_DATA`).
 
     Each draw: a data set uniformly, then a random image with train refs, then up to
     `num_classes_per_sample` of all the sentences of all its refs, each a short question.
     """
 
-    def __init__(self, dataset_dir: str, refer_seg_data: str = "refclef||refcoco||refcoco+||refcocog", num_classes_per_sample: int = 3):
+    def __init__(self, dataset_dir: str, refer_seg_data: str = REFER_SEG_DATA, num_classes_per_sample: int = 3):
         refer_dir = _refer_dir(dataset_dir)
         self.datasets = []
         for name in split_names(refer_seg_data):

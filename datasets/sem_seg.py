@@ -142,6 +142,7 @@ def pascal_part(dataset_dir: str) -> CocoPartSet:
 
 
 SEM_SEG_SETS = {"ade20k": ade20k, "cocostuff": cocostuff, "mapillary": mapillary, "paco_lvis": paco_lvis, "pascal_part": pascal_part}
+SEM_SEG_DATA = "ade20k||cocostuff||pascal_part||paco_lvis||mapillary"  # LISA's training mix of them
 
 
 def render_part(rng: np.random.Generator, name: str | tuple[str, str]) -> str:
@@ -153,7 +154,7 @@ def render_part(rng: np.random.Generator, name: str | tuple[str, str]) -> str:
 
 
 class SemSegDataset:
-    """Training semantic/part segmentation over `sem_seg_data` ("ade20k||cocostuff||pascal_part||paco_lvis||mapillary").
+    """Training semantic/part segmentation over `sem_seg_data` (default `SEM_SEG_DATA`).
 
     Each draw: a data set uniformly (not by size), a random image, up to `num_classes_per_sample` distinct
     classes present (label maps) or annotations (COCO json), one short question per class.
@@ -162,7 +163,7 @@ class SemSegDataset:
     def __init__(
         self,
         dataset_dir: str,
-        sem_seg_data: str = "ade20k||cocostuff||pascal_part||paco_lvis||mapillary",
+        sem_seg_data: str = SEM_SEG_DATA,
         num_classes_per_sample: int = 3,
     ):
         names = split_names(sem_seg_data)

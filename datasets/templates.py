@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-IMAGE_PLACEHOLDER = "<image>"
+from model.processing import IMAGE_PLACEHOLDER, SEG_TOKEN
 
 SHORT_QUESTION_LIST = [
     IMAGE_PLACEHOLDER + "\n" + "Can you segment the {class_name} in this image?",
@@ -25,17 +25,17 @@ EXPLANATORY_QUESTION_LIST = [
 ]
 
 ANSWER_LIST = [
-    "It is [SEG].",
-    "Sure, [SEG].",
-    "Sure, it is [SEG].",
-    "Sure, the segmentation result is [SEG].",
-    "[SEG].",
+    f"It is {SEG_TOKEN}.",
+    f"Sure, {SEG_TOKEN}.",
+    f"Sure, it is {SEG_TOKEN}.",
+    f"Sure, the segmentation result is {SEG_TOKEN}.",
+    f"{SEG_TOKEN}.",
 ]
 
 # Validation is teacher-forced with these exact prompts (the leading space is the original's).
 VAL_SHORT_QUESTION = IMAGE_PLACEHOLDER + "\n What is {text} in this image? Please output segmentation mask."
 VAL_LONG_QUESTION = IMAGE_PLACEHOLDER + "\n {text} Please output segmentation mask."
-VAL_ANSWER = "[SEG]."
+VAL_ANSWER = f"{SEG_TOKEN}."
 
 
 def turn(question: str, answer: str) -> list[dict[str, str]]:

@@ -11,6 +11,7 @@ from datasets.common import SampleError, Sample, read_image, read_json
 from datasets.templates import IMAGE_PLACEHOLDER
 
 ROLES = {"human": "user", "gpt": "assistant"}
+VQA_DATA = "llava_instruct_150k"  # the LLaVA-Instruct json LISA trains on
 
 
 def to_messages(turns: list[dict], path: str) -> list[dict[str, str]]:
@@ -37,7 +38,7 @@ def to_messages(turns: list[dict], path: str) -> list[dict[str, str]]:
 class VQADataset:
     """Training VQA: a random item; its whole multi-turn conversation is one conversation, with no mask."""
 
-    def __init__(self, dataset_dir: str, vqa_data: str = "llava_instruct_150k"):
+    def __init__(self, dataset_dir: str, vqa_data: str = VQA_DATA):
         self.json_path = os.path.join(dataset_dir, "llava_dataset", f"{vqa_data}.json")
         self.items = read_json(self.json_path)
         if not isinstance(self.items, list) or not all(isinstance(i, dict) and {"image", "conversations"} <= i.keys() for i in self.items):

@@ -2,7 +2,8 @@
 
 LISA's recipe: LoRA on the language model's attention projections, plus a few modules trained in full
 (`lm_head`, `embed_tokens` — they hold the new `[SEG]` row —, SAM's mask decoder and the `[SEG]` projection).
-Everything else is frozen: the CLIP tower, the projector, SAM's image and prompt encoders, the base LLM.
+Everything else is frozen: the vision-language model's image encoder (LLaVA's CLIP tower and projector, Qwen's
+vision transformer and merger), the mask head's image and prompt encoders, the base LLM.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ LORA_R, LORA_ALPHA, LORA_DROPOUT, LORA_TARGET_MODULES = 8, 16, 0.05, "q_proj,v_p
 def lora_target_regex(target_modules: str) -> str:
     """`"q_proj,v_proj"` -> a regex that peft matches against full module names.
 
-    Only the language model's linears are targeted: a bare name list would also put LoRA on CLIP's and SAM's
-    `q_proj`/`v_proj`, which LISA keeps frozen.
+    Only the language model's linears are targeted: a bare name list would also put LoRA on the vision tower's and
+    the mask head's `q_proj`/`v_proj`, which LISA keeps frozen.
     """
     names = [re.escape(name.strip()) for name in target_modules.split(",") if name.strip()]
     if not names:

@@ -307,6 +307,15 @@ def test_refer_val_matches_truth(toy, split):
         assert sample.is_sentence == [False] * len(sample.queries)
 
 
+@pytest.mark.parametrize("name", ["mevis|DIR|valid_u", "ReasonSeg", "refcoco|unc|val|extra"])
+def test_an_unknown_validation_set_names_the_supported_ones(toy, name):
+    """A name of no supported kind is refused as such, not taken for a referring split whose refs file is then missing."""
+    root, _ = toy
+    with pytest.raises(ValueError, match=r"not a supported one; expected 'ReasonSeg\|split', a referring split "
+                                         r"'dataset\|splitBy\|split' of refclef, refcoco, refcoco\+, refcocog, grefcoco"):
+        build_val_dataset(root, name)
+
+
 def test_grefcoco_multi_object_and_no_target(toy):
     root, truth = toy
     sample = build_val_dataset(root, "grefcoco|unc|val")[0]

@@ -471,3 +471,27 @@ def test_flash_attention_without_flash_attn_is_an_error_before_loading(tiny_dir,
         load_for_inference(str(tiny_dir / "lisa"), "bf16", attn_implementation="flash_attention_2")
     with pytest.raises(RuntimeError, match="needs the flash_attn package"):
         build_lisa_from_base(str(tiny_dir / "llava"), str(tiny_dir / "sam"), attn_implementation="flash_attention_2")
+
+
+@pytest.mark.parametrize("tiny_base", [("qwen2_5_vl", "sam2")], indirect=True)
+def test_the_processor_config_names_its_families_and_must_agree_with_the_model(tiny_base, tmp_path):
+    """`lisa_processor.json` keeps each family by name, as every folder since other families exist has it (the loaded
+    processor holds the registry's objects); a name of no family, or families other than the config's, are named."""
+    from model.loading import load_lisa
+
+    folder = tmp_path / "lisa"
+    shutil.copytree(tiny_base.lisa_dir, folder)
+    saved = json.loads((folder / "lisa_processor.json").read_text())
+    assert (saved["vlm_family"], saved["sam_family"]) == ("qwen2_5_vl", "sam2")
+    model, processor = load_lisa(str(folder))
+    assert processor.vlm_family is model.vlm_family is VLM_FAMILIES["qwen2_5_vl"]
+    assert processor.sam_family is model.sam_family is MASK_HEAD_FAMILIES["sam2"]
+
+    (folder / "lisa_processor.json").write_text(json.dumps({**saved, "sam_family": "sam_hq"}))
+    with pytest.raises(ValueError, match=r"lisa_processor.json holds a 'sam_hq' model, not a supported mask head; "
+                                         r"supported families: sam \(SAM\), sam2 \(SAM 2\)"):
+        load_lisa(str(folder))
+    (folder / "lisa_processor.json").write_text(json.dumps({**saved, "sam_family": "sam"}))
+    with pytest.raises(ValueError, match="its processor is of a Qwen2.5-VL and a SAM model, its config of a Qwen2.5-VL "
+                                         "and a SAM 2 one"):
+        load_lisa(str(folder))

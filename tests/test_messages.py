@@ -110,7 +110,7 @@ def test_chat_prints_only_its_answer_and_files(tiny_dir, tmp_path):
 
 @pytest.mark.slow
 def test_training_prints_no_scheduler_or_checkpointing_warning(tiny_dir, tmp_path):
-    from tests.test_train import run, train_command
+    from tests.lisa_fixtures import run, train_command
 
     data = tmp_path / "toy"
     subprocess.run([sys.executable, "-m", "datasets.toy", "--out", str(data)], cwd=REPO, check=True, capture_output=True)

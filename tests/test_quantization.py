@@ -20,7 +20,7 @@ import merge_lora_weights
 import model.quantization
 from model.loading import load_for_inference, load_lisa, save_lisa
 from model.peft_setup import setup_trainable
-from tests.test_train import final_weights, run, toy_batch, train_command
+from tests.lisa_fixtures import final_weights, run, toy_batch, train_command
 from train_ds import parse_args
 from utils.deepspeed_config import deepspeed_config
 

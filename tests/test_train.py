@@ -15,7 +15,6 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 import torch
 
@@ -23,14 +22,12 @@ from model.loading import load_for_training, load_lisa
 from model.peft_setup import FULLY_TRAINED, lora_target_regex, setup_trainable
 from datasets.collate import LisaCollator
 from datasets.hybrid import HybridDataset
-from model.processing import LisaBatch, LisaProcessor
-from tests.lisa_fixtures import free_port
+from model.processing import LisaProcessor
+from tests.lisa_fixtures import BIN, REPO, env, final_weights, free_port, run, toy_batch, train_command
 from train_ds import parse_args
-from utils.checkpoint import LATEST, read_pointer, save_checkpoint, step_tag
+from utils.checkpoint import read_pointer, save_checkpoint, step_tag
 from utils.run_folder import lock_run_folder
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.dirname(sys.executable)
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -39,53 +36,6 @@ def toy_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("toy")
     subprocess.run([sys.executable, "-m", "datasets.toy", "--out", str(out)], cwd=REPO, check=True, capture_output=True)
     return out
-
-
-def train_command(tiny_dir, toy_dir, run_dir, *extra: str, nproc: int = 1, launcher: str = "deepspeed", vlm: str = "llava",
-                  sam: str = "sam") -> list[str]:
-    if launcher == "deepspeed":
-        head = [os.path.join(BIN, "deepspeed"), "--num_gpus", str(nproc), "--master_port", str(free_port())]
-    else:
-        head = [os.path.join(BIN, "torchrun"), "--nproc_per_node", str(nproc), "--master_port", str(free_port())]
-    return head + [
-        "train_ds.py", "--version", str(tiny_dir / vlm), "--vision_pretrained", str(tiny_dir / sam),
-        "--out_dim", "64", "--dataset_dir", str(toy_dir), "--precision", "fp32", "--workers", "0",
-        "--log_base_dir", str(run_dir.parent), "--exp_name", run_dir.name, "--batch_size", "2",
-        "--grad_accumulation_steps", "2", "--warmup_steps", "2", "--lr", "1e-3", "--no_gradient_checkpointing",
-        *extra,
-    ]
-
-
-def env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO}
-
-
-def run(command: list[str], succeed: bool = True) -> str:
-    """The command's output; it must exit 0 (`succeed`) or fail."""
-    result = subprocess.run(command, cwd=REPO, env=env(), capture_output=True, text=True, timeout=300)
-    assert (result.returncode == 0) == succeed, result.stdout[-3000:] + result.stderr[-3000:]
-    return result.stdout + result.stderr
-
-
-def final_weights(ckpt_dir) -> dict[str, torch.Tensor]:
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-    return get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=read_pointer(str(ckpt_dir), LATEST))
-
-
-def toy_batch(processor, seed: int = 0) -> LisaBatch:
-    """Two images, three conversations, three [SEG] with random target masks."""
-    rng = np.random.default_rng(seed)
-    items = []
-    for n in (1, 2):
-        image = rng.integers(0, 255, (48 + 8 * n, 64, 3), dtype=np.uint8)
-        conversations = [
-            [{"role": "user", "content": "<image>\nWhat is the red circle in this image?"},
-             {"role": "assistant", "content": "It is [SEG]."}]
-        ] * n
-        masks = rng.random((n, *image.shape[:2])) > 0.5
-        items.append(processor.process_sample(image, conversations, masks, sample_id=f"img{n}"))
-    return processor.collate(items)
 
 
 # ------------------------------------------------------------------------------------- trainable parameters

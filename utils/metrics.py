@@ -14,11 +14,12 @@ For every (image, query) pair, one predicted mask is compared with the ground tr
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.distributed as dist
+
+from utils.distributed import gather_lists
 
 IGNORE_PIXEL = 255  # ground-truth value of a pixel no metric counts (ReasonSeg "ignore" regions, unlabeled)
 IOU_EPS = 1e-5  # the original's `intersection / (union + 1e-5)`
@@ -123,12 +124,7 @@ class SegMetrics:
 
     def gather(self) -> list[PairResult]:
         """All processes' pairs, in the split's order (each process's own when not distributed)."""
-        results = self.results
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            gathered: list[list[dict] | None] = [None] * dist.get_world_size()
-            dist.all_gather_object(gathered, [asdict(r) for r in results])
-            results = [PairResult(**{**r, "order": tuple(r["order"])}) for part in gathered for r in part]
-        return sorted(results, key=lambda r: r.order)
+        return sorted(gather_lists(self.results), key=lambda r: r.order)
 
     def summary(self) -> dict:
         """`{"giou", "ciou", "n", "short": {...}, "long": {...}, "per_sample": {key: iou}}`, fractions in [0, 1].
