@@ -28,6 +28,7 @@ import torch
 from peft import PeftModel, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 
+from model.families import MASK_HEAD_FAMILIES, VLM_FAMILIES, describe
 from model.lisa import LisaConfig
 from model.loading import PRECISIONS, check_weights_fit, load_for_training, save_lisa
 from model.peft_setup import LORA_ALPHA, LORA_DROPOUT, LORA_R, LORA_TARGET_MODULES, setup_trainable
@@ -60,8 +61,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--adapter_only", action=argparse.BooleanOptionalAction, default=False,
                         help="save only the LoRA adapter and the fully trained modules, not a merged model")
     group = parser.add_argument_group("model (default: the training run's values from train_args.json)")
-    group.add_argument("--version", help="the base (LLaVA-1.5, Qwen2.5-VL or Qwen3-VL) or LISA folder training started from")
-    group.add_argument("--vision_pretrained", help="SAM or SAM 2 weights training started from (base only)")
+    group.add_argument("--version", help=f"the base (of a family of {describe(VLM_FAMILIES)}) or LISA folder training "
+                                         "started from")
+    group.add_argument("--vision_pretrained", help=f"the mask head's weights (of a family of {describe(MASK_HEAD_FAMILIES)}) "
+                                                   "training started from (base only)")
     group.add_argument("--conv_type", help="conversation format")
     group.add_argument("--out_dim", type=int, help="width of SAM's prompt embeddings")
     group.add_argument("--max_pixels", type=positive_int, help="pixels of one image at most (Qwen families), saved with the model")

@@ -7,9 +7,9 @@
     torchrun --standalone --nproc_per_node 2 train_ds.py ...
     python train_ds.py ...          # one process, no launcher
 
-`--version` is a vision-language base — LLaVA-1.5 (llava-hf layout), Qwen2.5-VL or Qwen3-VL — or a trained LISA folder
-(fine-tuning: nothing is re-initialised, the loss weights come from the flags); `--vision_pretrained` is SAM or SAM 2.
-Each family is read from its folder's (or hub id's) config. Logs, TensorBoard events and checkpoints go to
+`--version` is a vision-language base of a supported family (listed under --version below) or a trained LISA folder
+(fine-tuning: nothing is re-initialised, the loss weights come from the flags); `--vision_pretrained` is a mask head of
+a supported family. Each family is read from its folder's (or hub id's) config. Logs, TensorBoard events and checkpoints go to
 `<log_base_dir>/<exp_name>/`; `ckpt_model/` there holds the last checkpoint (`latest`, for `--auto_resume`) and
 the one with the best validation gIoU (`best`). `merge_lora_weights.py` turns either into a LISA folder.
 """

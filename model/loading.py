@@ -303,11 +303,11 @@ def load_for_training(
     """The model a training run starts from, and its processor.
 
     Args:
-        version: a vision-language base (LLaVA-1.5, Qwen2.5-VL or Qwen3-VL): `[SEG]` is added and the LISA parts are
-            new, SAM or SAM 2 comes from `vision_pretrained`; or a trained LISA folder: restored exactly, nothing
-            re-initialised and `vision_pretrained` unused (its SAM is part of it).
-        conv_type: conversation format; None keeps the base family's default (llava_1_5, qwen2_5_vl, qwen3_vl) or the
-            folder's own.
+        version: a vision-language base (of a family of `model.families.VLM_FAMILIES`): `[SEG]` is added and the
+            LISA parts are new, the mask head comes from `vision_pretrained`; or a trained LISA folder: restored
+            exactly, nothing re-initialised and `vision_pretrained` unused (its mask head is part of it).
+        conv_type: conversation format; None keeps the base family's default (the first of its `chat_templates`) or
+            the folder's own.
         out_dim: width of SAM's prompt embeddings, the new projection's output (base only; default: read from the
             SAM weights).
         quantization, device: "4bit" for QLoRA (a frozen NF4 language model under LoRA), loaded onto `device`.
