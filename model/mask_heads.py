@@ -2,7 +2,7 @@
 differs between them.
 
 Both take the projected `[SEG]` hidden state as one sparse prompt token and "no mask" as the dense prompt, and
-answer with low-resolution mask logits. They differ in three places:
+answer with low-resolution mask logits and the decoder's prediction of their IoU. They differ in three places:
 
 * **Input.** SAM scales the image's longest side to its input size (1024), normalises 0-255 values with its own
   mean/std and zero-pads the bottom and right to a square. SAM 2 resizes the image to the square (the aspect ratio
@@ -60,8 +60,11 @@ class MaskHeadFamily:
         """(N, 3, S, S) pixel values -> per image, the feature maps its mask decoder reads."""
         raise NotImplementedError
 
-    def decode(self, sam: PreTrainedModel, features: tuple[torch.Tensor, ...], queries: torch.Tensor) -> torch.Tensor:
-        """One image's feature maps and its (n, C) prompt tokens -> (n, h, w) low-resolution mask logits."""
+    def decode(
+        self, sam: PreTrainedModel, features: tuple[torch.Tensor, ...], queries: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One image's feature maps and its (n, C) prompt tokens -> (n, h, w) low-resolution mask logits and the
+        decoder's (n,) prediction of each mask's IoU with the true mask (its own confidence score)."""
         raise NotImplementedError
 
     def postprocess(
@@ -122,10 +125,10 @@ class SamFamily(MaskHeadFamily):
         embeddings = sam.vision_encoder(pixel_values.to(sam.dtype)).last_hidden_state  # (N, C, s, s)
         return [(embedding,) for embedding in embeddings]
 
-    def decode(self, sam: SamModel, features: tuple[torch.Tensor], queries: torch.Tensor) -> torch.Tensor:
+    def decode(self, sam: SamModel, features: tuple[torch.Tensor], queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         (embedding,) = features
-        low_res, _ = sam.mask_decoder(**self._decoder_prompts(sam, embedding, queries))
-        return low_res[0, :, 0]
+        low_res, iou = sam.mask_decoder(**self._decoder_prompts(sam, embedding, queries))
+        return low_res[0, :, 0], iou[0, :, 0]
 
     def postprocess(
         self, low_res_logits: torch.Tensor, image_size: int, resized_size: tuple[int, int], original_size: tuple[int, int]
@@ -160,14 +163,16 @@ class Sam2Family(MaskHeadFamily):
         embedding = embedding + sam.no_memory_embedding.view(1, -1, 1, 1)
         return list(zip(s0, s1, embedding))
 
-    def decode(self, sam: Sam2Model, features: tuple[torch.Tensor, ...], queries: torch.Tensor) -> torch.Tensor:
+    def decode(
+        self, sam: Sam2Model, features: tuple[torch.Tensor, ...], queries: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         s0, s1, embedding = features
         decoder = sam.mask_decoder
         # The decoder's own projections of the high-resolution maps run here, not in `embed`: they are part of the
         # trained mask decoder, while `embed` runs without gradient when the image encoder is frozen.
         high_resolution = [decoder.conv_s0(s0[None]), decoder.conv_s1(s1[None])]
-        low_res, *_ = decoder(**self._decoder_prompts(sam, embedding, queries), high_resolution_features=high_resolution)
-        return low_res[0, :, 0]
+        low_res, iou, *_ = decoder(**self._decoder_prompts(sam, embedding, queries), high_resolution_features=high_resolution)
+        return low_res[0, :, 0], iou[0, :, 0]
 
     def postprocess(
         self, low_res_logits: torch.Tensor, image_size: int, resized_size: tuple[int, int], original_size: tuple[int, int]

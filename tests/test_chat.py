@@ -53,7 +53,7 @@ def test_one_shot(seg_model_dir, files, capsys):
     out = capsys.readouterr().out
     assert "Answer: [SEG].[SEG]" in out
     check_pngs(files["out"], "photo", [0, 1], IMAGE_SIZE)
-    assert f"Saved mask: {files['out'] / 'photo_mask_1.png'}" in out
+    assert f"Saved mask: {files['out'] / 'photo_mask_1.png'} (predicted IoU " in out  # the mask decoder's own score
     assert sorted(os.listdir(files["out"])) == sorted(
         f"photo_{kind}_{k}.png" for kind in ("mask", "masked_img") for k in (0, 1)
     )

@@ -227,8 +227,8 @@ def test_mask_query_is_the_position_before_seg(lisa):
         seg = (batch["input_ids"][0] == processor.seg_token_id).nonzero().item()
         embedding = model.embed_images(batch["sam_pixel_values"])[0]
         size = (batch["resized_sizes"][0].tolist(), batch["original_sizes"][0].tolist())
-        before = model.decode_masks(embedding, model.text_hidden_fcs(hidden[seg - 1 : seg]), *size)
-        at_seg = model.decode_masks(embedding, model.text_hidden_fcs(hidden[seg : seg + 1]), *size)
+        before, _ = model.decode_masks(embedding, model.text_hidden_fcs(hidden[seg - 1 : seg]), *size)
+        at_seg, _ = model.decode_masks(embedding, model.text_hidden_fcs(hidden[seg : seg + 1]), *size)
     torch.testing.assert_close(pred, before)
     torch.testing.assert_close(queries[0], hidden[seg - 1 : seg])
     assert not torch.allclose(pred, at_seg, atol=1e-4)
@@ -324,9 +324,10 @@ def test_batched_generation_equals_one_at_a_time(lisa):
         (single,), single_queries = run([i])
         torch.testing.assert_close(batched_queries[i], single_queries[0], rtol=1e-4, atol=1e-5)
         assert batched[i].token_ids == single.token_ids
-        assert len(batched[i].masks) == len(single.masks) == 2
+        assert len(batched[i].masks) == len(single.masks) == len(single.scores) == 2
         for a, b in zip(batched[i].masks, single.masks):
             assert (a != b).float().mean() < 1e-3
+        assert batched[i].scores == pytest.approx(single.scores, abs=1e-4)  # the mask decoder's predicted IoU
 
 
 def test_batched_left_padded_generation_equals_recomputation(lisa):
