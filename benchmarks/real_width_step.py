@@ -1,7 +1,7 @@
 """One LISA training step at the real widths of Qwen2.5-VL-3B + SAM 2.1-hiera-tiny, random bf16 weights: step time
 and peak memory.
 
-    python -m benchmarks.real_width_step [--layers 2] [--steps 1] [--device cpu|cuda] [--threads 2]
+    python -m benchmarks.real_width_step [--layers 2] [--steps 2] [--device cpu|cuda] [--threads 2]
 
 The model: Qwen2.5-VL-3B's language model (width 2048, MLP 11008, 16 heads / 2 key-value heads, vocabulary 151936,
 tied embeddings) and vision transformer (width 1280, window attention, patch merger to 2048), each cut to a few layers
@@ -14,14 +14,14 @@ each (999 image tokens at Qwen's 28-px merged patches), answers of the lengths L
 referring one, an explained one), one [SEG] each.
 
 Only public interfaces are used (`processor(...)`, `model(**batch)`, `setup_trainable`), so the same script measures the
-code before and after a change of how the step computes. What is reported:
-* step time: wall-clock seconds of each step (the first also allocates what later steps reuse), and on the CPU
-  the processor seconds (all threads; OpenMP's idle threads sleep), which a host shared with other jobs does not move;
-* memory before the first step (weights, DeepSpeed's fp32 copies of the trained ones; Adam's moments come with the
-  first step) and the peak over the steps: `torch.cuda.memory_allocated` /
-  `max_memory_allocated` on CUDA; on the CPU the process's resident set and its high-water mark (`VmRSS`, `VmHWM`,
-  with freed blocks returned to the system at once, as `benchmarks.memory` measures), which also hold the
-  Python/torch runtime (a few hundred MiB).
+code before and after a change of how the step computes. What it reports for each step (the second is the one every later step of a run repeats: the first makes Adam's moments at its end,
+2.4 GiB for the 320 M trained parameters, and warms the kernels up):
+* time: wall-clock seconds, and on the CPU also processor seconds (all threads; OpenMP's idle threads sleep), which
+  other jobs on a shared host do not move;
+* memory before the step (weights, DeepSpeed's fp32 copies of the trained ones, Adam's moments after the first step)
+  and its peak: `torch.cuda.memory_allocated` / `max_memory_allocated` on CUDA; on the CPU the process's resident set
+  and its high-water mark (`VmRSS`, `VmHWM`, with freed blocks returned to the system at once, as `benchmarks.memory`
+  measures), which also hold the Python/torch runtime (a few hundred MiB).
 """
 
 from __future__ import annotations
@@ -104,18 +104,17 @@ def measure(layers: int, steps: int, device: torch.device) -> dict:
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=parameter_groups(model), config=ds_config)
     engine.train()
     batch = make_batch(processor, np.random.default_rng(0)).to(device, torch.bfloat16)
-    reset_peak(device)
-    before = resident_bytes(device)
-    wall, processor_seconds = [], []
+    figures = []
     for _ in range(steps):
-        synchronize(device)
+        reset_peak(device)
+        before = resident_bytes(device)
         started, started_cpu = time.perf_counter(), time.process_time()
         loss = engine(**batch).loss
         engine.backward(loss)
         engine.step()
         synchronize(device)
-        wall.append(time.perf_counter() - started)
-        processor_seconds.append(time.process_time() - started_cpu)
+        figures.append({"wall": time.perf_counter() - started, "cpu": time.process_time() - started_cpu,
+                        "before": before, "peak": peak_bytes(device)})
     if not torch.isfinite(loss):
         raise RuntimeError(f"the step's loss is {loss.item()}")
     vision = config.vlm_config.vision_config
@@ -126,7 +125,7 @@ def measure(layers: int, steps: int, device: torch.device) -> dict:
         "row_tokens": batch["attention_mask"].sum(1).tolist(),
         "image_tokens": int((batch["input_ids"][0] == config.vlm_config.image_token_id).sum()),
         "labelled": int((batch["labels"] != IGNORE_LABEL).sum()), "loss": loss.item(),
-        "wall": wall, "cpu": processor_seconds, "before": before, "peak": peak_bytes(device),
+        "steps": figures,
     }
 
 
@@ -136,9 +135,10 @@ def main() -> None:
                         help=f"language-model layers of the {LANGUAGE_LAYERS} (the vision tower's {VISION_LAYERS} cut in "
                              "proportion); a step of 2 takes minutes on a 2-core CPU and 17 GiB, 36 is the full model "
                              "(default: %(default)s)")
-    parser.add_argument("--steps", type=int, default=1,
-                        help="training steps timed on the same batch, each printed; a CPU step takes minutes, on CUDA "
-                             "give 2 or more, the first also warms the kernels up (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=2,
+                        help="training steps on the same batch, each measured; from the second on the step holds Adam's "
+                             "moments (the first makes them at its end) and finds its kernels warm, as every step of a "
+                             "run does (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads (default: all)")
     add_device_argument(parser)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)  # internal: the measuring process
@@ -169,11 +169,11 @@ def main() -> None:
           f"{r['trainable'] / 1e6:.0f} M trainable")
     print(f"batch: 2 images x 3 conversations, {r['image_tokens']} image tokens per image, rows of {r['row_tokens']} "
           f"tokens, {r['labelled']} labelled; loss {r['loss']:.3f}")
-    for step, (wall, cpu) in enumerate(zip(r["wall"], r["cpu"]), 1):
-        print(f"step {step}: {wall:.2f} s" + (f" ({cpu:.1f} processor s)" if r["device"] == "cpu" else ""))
     kind = "allocated" if r["device"] != "cpu" else "resident"
-    print(f"memory ({kind}): {r['before'] / GIB:.2f} GiB before the step, peak {r['peak'] / GIB:.2f} GiB "
-          f"(+{(r['peak'] - r['before']) / GIB:.2f} GiB in the step)")
+    for number, step in enumerate(r["steps"], 1):
+        seconds = f"{step['wall']:.2f} s" + (f" ({step['cpu']:.1f} processor s)" if r["device"] == "cpu" else "")
+        print(f"step {number}: {seconds}; memory {kind}: {step['before'] / GIB:.2f} GiB before, peak "
+              f"{step['peak'] / GIB:.2f} GiB (+{(step['peak'] - step['before']) / GIB:.2f} GiB)")
     print(f"benchmark: {time.perf_counter() - started:.0f} s in all")
 
 
