@@ -1,6 +1,7 @@
 """The LISA model on the tiny bases of every pair of families (`tests/conftest.py: PAIRS`): shapes,
 [SEG] handling, generation (batched, left-padded, KV-cached), persistence, precision."""
 
+import copy
 import json
 import shutil
 from contextlib import contextmanager
@@ -397,6 +398,16 @@ def test_save_load_round_trip(lisa, tmp_path):
     torch.testing.assert_close(a.pred_masks[0], b.pred_masks[0])
     torch.testing.assert_close(a.loss, b.loss)
     assert loaded.config.seg_token_id == processor.seg_token_id == loaded_processor.seg_token_id
+
+
+def test_a_folder_saved_in_bf16_loads_in_bf16_throughout(lisa, tmp_path):
+    """A folder saved in bf16 (as `merge_lora_weights.py --precision bf16` writes it) and loaded without a dtype comes
+    back in bf16 in every part: the parts' sub-configs keep the dtype they were built in, and a float32 language model
+    beside a bf16 projector fails at the first forward."""
+    model, processor = lisa
+    save_lisa(copy.deepcopy(model).to(torch.bfloat16), processor, str(tmp_path / "bf16"))
+    loaded, _ = load_lisa(str(tmp_path / "bf16"))
+    assert {p.dtype for p in loaded.parameters()} == {torch.bfloat16}
 
 
 def test_loading_a_folder_with_missing_weights_fails(lisa, tmp_path):
