@@ -3,9 +3,10 @@
     python app.py --version DIR [--host 127.0.0.1 --port 7860] [--load_in_4bit]
 
 then open http://127.0.0.1:7860. Every [SEG] of an answer is overlaid on the image in its own colour and
-its mask is offered as a PNG (0/255) beside the overlay. Follow-up questions continue the conversation on
-the same image; uploading another image or pressing "Clear" starts a new one. Requests are queued and run
-one at a time on the one model. The answering path is `chat.py`'s (`model.session.ChatSession`).
+its mask is offered as a PNG (0/255) beside the overlay; the answer shows the mask decoder's predicted IoU of
+each mask. Follow-up questions continue the conversation on the same image; uploading another image or pressing
+"Clear" starts a new one. Requests are queued and run one at a time on the one model. The answering path is
+`chat.py`'s (`model.session.ChatSession`).
 """
 
 from __future__ import annotations
@@ -91,7 +92,9 @@ def build_demo(model: LisaForCausalLM, processor: LisaProcessor, max_new_tokens:
         shown: np.ndarray = session.image
         for k, mask in enumerate(masks, start=turn.first_mask_index):
             shown = overlay(shown, mask, mask_colour(k))
-        note = f"\n\n({len(masks)} mask{'s' * (len(masks) != 1)})" if masks else "\n\n(no [SEG] in the answer: no mask)"
+        scores = ", ".join(f"mask {k}: {score:.2f}" for k, score in enumerate(turn.answer.scores, start=turn.first_mask_index))
+        note = (f"\n\n({len(masks)} mask{'s' * (len(masks) != 1)})\npredicted IoU: {scores}" if masks
+                else "\n\n(no [SEG] in the answer: no mask)")
         history = history + [
             {"role": "user", "content": prompt.strip()},
             {"role": "assistant", "content": turn.answer.text + note},

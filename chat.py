@@ -9,8 +9,9 @@ One-shot (scriptable):
     python chat.py --version DIR --image PATH --prompt "Where can the driver see the speed? Please output segmentation mask."
 
 For the [SEG] number k of a conversation, writes {vis_save_path}/{stem}_mask_{k}.png (0/255, image size) and
-{stem}_masked_img_{k}.png (the image with that mask overlaid) and prints their paths. {stem} is the image's file
-name without extension; another image of the same name in the same session gets {stem}_2, {stem}_3, ...
+{stem}_masked_img_{k}.png (the image with that mask overlaid) and prints their paths, with the mask decoder's
+predicted IoU of the mask (its own confidence). {stem} is the image's file name without extension; another image
+of the same name in the same session gets {stem}_2, {stem}_3, ...
 
 On a GPU with little memory, --load_in_4bit (or --load_in_8bit) quantises the language model (bitsandbytes; also
 runs on the CPU); the image encoder, the mask head and the [SEG] projection stay in --precision.
@@ -46,8 +47,9 @@ def respond(session: ChatSession, prompt: str, stem: str, vis_save_path: str) ->
     turn = session.ask(prompt)
     print(f"Answer: {turn.answer.text}")
     masks = [m.numpy() for m in turn.answer.masks]
-    for mask_path, overlay_path in save_masks(session.image, masks, vis_save_path, stem, turn.first_mask_index):
-        print(f"Saved mask: {mask_path}\nSaved overlay: {overlay_path}")
+    paths = save_masks(session.image, masks, vis_save_path, stem, turn.first_mask_index)
+    for (mask_path, overlay_path), score in zip(paths, turn.answer.scores):
+        print(f"Saved mask: {mask_path} (predicted IoU {score:.3f})\nSaved overlay: {overlay_path}")
     if not masks:
         print("(no [SEG] in the answer: no mask)")
 

@@ -3,6 +3,7 @@ LLaVA-1.5-7B + SAM ViT-H (the original's) against Qwen2.5-VL-3B + SAM 2.1-hiera-
 2.1-hiera-tiny.
 
     python -m benchmarks.backbones [--fractions 0.25,0.5] [--image_size 480,640] [--new_tokens 16] [--threads 2]
+                                   [--device cpu|cuda]
 
 One answer is what `chat.py` does for a question about an image: preprocessing, the vision tower, the prompt, the
 KV-cached generation of `--new_tokens` tokens (a `[SEG]` among them), SAM's image encoder and mask decoder, masks back
@@ -53,6 +54,7 @@ from transformers import (
 )
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
+from benchmarks.devices import add_device_argument, check_device, synchronize
 from model.families import CHAT_TEMPLATES, MASK_HEAD_FAMILIES, VLM_FAMILIES
 from model.families.qwen2_5_vl import QwenVLTextImageProcessor, qwen_token_ids
 from model.inference import answer
@@ -187,9 +189,9 @@ class FixedAnswer(LogitsProcessor):
         return scores
 
 
-def measure(pair: str, fraction: float, height: int, width: int, new_tokens: int, repeats: int, dtype: torch.dtype) -> dict:
+def measure(pair: str, fraction: float, height: int, width: int, new_tokens: int, repeats: int, dtype: torch.dtype,
+            device: torch.device) -> dict:
     """Runs in a child process: one pair at one depth per process, so the peak memory is its own."""
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     config, processor = PAIRS[pair](fraction)
     torch.manual_seed(0)
     model = LisaForCausalLM._from_config(config, dtype=dtype).to(device).eval()
@@ -201,8 +203,7 @@ def measure(pair: str, fraction: float, height: int, width: int, new_tokens: int
     for _ in range(repeats + 1):  # one warm-up answer
         started, started_cpu = time.perf_counter(), time.process_time()
         (reply,) = answer(model, processor, [image], [messages], max_new_tokens=new_tokens, logits_processor=force)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        synchronize(device)
         wall.append(time.perf_counter() - started)
         processor_seconds.append(time.process_time() - started_cpu)
     assert len(reply.token_ids) == new_tokens and len(reply.masks) == 1 and reply.masks[0].shape == (height, width)
@@ -232,21 +233,24 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="timed answers per setting after a warm-up (the best is kept)")
     parser.add_argument("--dtype", default="bf16", choices=list(PRECISIONS), help="weights' dtype")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
+    add_device_argument(parser)
     parser.add_argument("--child", help=argparse.SUPPRESS)  # internal: "PAIR|FRACTION", one measurement
     args = parser.parse_args()
+    device = check_device(parser, args.device)
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
     height, width = (int(v) for v in args.image_size.split(","))
     if args.child:
         pair, fraction = args.child.split("|")
-        print(json.dumps(measure(pair, float(fraction), height, width, args.new_tokens, args.repeats, PRECISIONS[args.dtype])))
+        print(json.dumps(measure(pair, float(fraction), height, width, args.new_tokens, args.repeats, PRECISIONS[args.dtype],
+                                 device)))
         return
 
     fractions = [float(f) for f in args.fractions.split(",")]
     if fractions != [1.0] and (len(set(fractions)) < 2 or any((4 * f) % 1 or not 0 < f <= 1 for f in fractions)):
         # Quarters of the depth keep the every-8th global-attention layers of SAM's ViT-H and Qwen's ViT in proportion.
         parser.error("--fractions: '1', or at least two different multiples of 0.25 up to 1")
-    print(f"one answer of {args.new_tokens} tokens about a {height} x {width} image, {args.dtype} weights, "
+    print(f"one answer of {args.new_tokens} tokens about a {height} x {width} image, {args.dtype} weights, on {args.device}, "
           f"{args.threads} thread(s); depth fractions {fractions}")
     print(f"{'pair':36} {'depth':>6} {'params':>8} {'prompt':>7} {'wall s':>8} {'CPU s':>8} {'peak GiB':>9}")
     keys = ("seconds", "cpu_seconds", "peak_gib", "parameters")
@@ -256,7 +260,8 @@ def main() -> None:
         for fraction in fractions:
             command = [sys.executable, "-m", "benchmarks.backbones", "--child", f"{pair}|{fraction}",
                        "--image_size", args.image_size, "--new_tokens", str(args.new_tokens),
-                       "--repeats", str(args.repeats), "--dtype", args.dtype, "--threads", str(args.threads)]
+                       "--repeats", str(args.repeats), "--dtype", args.dtype, "--threads", str(args.threads),
+                       "--device", args.device]
             env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}  # waiting threads sleep: processor seconds are work
             out = subprocess.run(command, check=True, capture_output=True, text=True, env=env).stdout
             results.append(result := json.loads(out.strip().splitlines()[-1]))

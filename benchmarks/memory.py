@@ -1,7 +1,7 @@
 """Peak memory of one LISA-7B training step, bf16 LoRA against QLoRA (4-bit NF4 language model), at the real widths.
 
     python -m benchmarks.memory                  # CPU: 1- and 2-layer language models, extrapolated to 32 layers
-    python -m benchmarks.memory --layers 32      # a GPU: the full depth, measured
+    python -m benchmarks.memory --layers 32      # a GPU (--device cuda, the default there): the full depth, measured
 
 The model is LISA-7B's shape with random weights (nothing is downloaded): CLIP ViT-L/14 at 336 px (576 image
 tokens), LLaMA-7B (width 4096, 32 heads, MLP 11008, vocabulary 32k), SAM ViT-H at 1024 px. One step is what
@@ -35,6 +35,7 @@ import time
 import torch
 from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, SamConfig, SamVisionConfig
 
+from benchmarks.devices import add_device_argument, check_device
 from model.families import MASK_HEAD_FAMILIES, VLM_FAMILIES
 from model.families.llava import LlavaImageInputs
 from model.lisa import LisaConfig, LisaForCausalLM
@@ -126,14 +127,13 @@ def child_env() -> dict[str, str]:
     return {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(64 * 1024), "MALLOC_TRIM_THRESHOLD_": "0"}
 
 
-def measure(folder: str, quantization: str | None, text_tokens: int) -> dict:
+def measure(folder: str, quantization: str | None, text_tokens: int, device: torch.device) -> dict:
     """One training step of the model in `folder` (in a child process of its own). Peaks in bytes."""
     import deepspeed
 
     os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=os.environ.get("MASTER_PORT", "29517"))
     deepspeed.init_distributed()
-    device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
     model, _ = load_lisa(folder, dtype=torch.bfloat16, quantization=quantization, device=device)
     model.to(device)
     if device.type == "cpu":
@@ -167,14 +167,16 @@ def main() -> None:
     parser.add_argument("--text_tokens", type=int, default=100,
                         help="text tokens per conversation besides the 576 image tokens (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads (default: all)")
+    add_device_argument(parser)
     parser.add_argument("--child", help=argparse.SUPPRESS)  # internal: "FOLDER:lora|qlora", one measurement
     args = parser.parse_args()
     if args.layers < 2:
         parser.error("--layers must be >= 2 (the per-layer figure is the difference to a 1-layer run)")
+    device = check_device(parser, args.device)
     torch.set_num_threads(args.threads)
     if args.child:
         folder, setting = args.child.rsplit(":", 1)
-        print(json.dumps(measure(folder, "4bit" if setting == "qlora" else None, args.text_tokens)))
+        print(json.dumps(measure(folder, "4bit" if setting == "qlora" else None, args.text_tokens, device)))
         return
 
     results = {}
@@ -184,7 +186,7 @@ def main() -> None:
             write_model(folder, layers)
             for setting in ("lora", "qlora"):
                 command = [sys.executable, "-m", "benchmarks.memory", "--text_tokens", str(args.text_tokens),
-                           "--threads", str(args.threads), "--child", f"{folder}:{setting}"]
+                           "--threads", str(args.threads), "--device", args.device, "--child", f"{folder}:{setting}"]
                 out = subprocess.run(command, check=True, capture_output=True, text=True, env=child_env()).stdout
                 results[setting, layers] = json.loads(out.strip().splitlines()[-1])
             shutil.rmtree(folder)  # 3-4 GB each

@@ -23,7 +23,6 @@ from collections import defaultdict
 
 import numpy as np
 from PIL import Image
-from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
 from datasets.common import SampleError, decode_segmentation, read_json
@@ -32,6 +31,7 @@ from datasets.reason_seg import TARGET, get_mask_from_json, shapes_to_mask
 from datasets.templates import IMAGE_PLACEHOLDER, long_question, seg_answer, short_question
 from model.processing import SEG_TOKEN
 from utils.cli import HelpFormatter
+from utils.masks import compressed_rle
 
 logger = logging.getLogger(__name__)
 
@@ -50,12 +50,6 @@ def seg_answers(rng: np.random.Generator, count: int) -> str:
 def written(question: str) -> str:
     """A template question as the files hold it: without LISA's `<image>` line, which the readers put back."""
     return question.removeprefix(f"{IMAGE_PLACEHOLDER}\n")
-
-
-def compressed_rle(mask: np.ndarray) -> dict:
-    """(H, W) bool mask as COCO's compressed RLE, JSON-ready."""
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
 class FolderWriter:

@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from datasets.class_names import ADE20K_CLASSES, COCOSTUFF_CLASSES
 from utils.cli import HelpFormatter
+from utils.masks import compressed_rle
 
 KINDS = ("circle", "square", "triangle", "star")
 COLOURS = {"red": (215, 40, 35), "green": (40, 165, 60), "blue": (35, 75, 215), "yellow": (235, 205, 35)}
@@ -184,11 +185,6 @@ def write_json(path: str, data: object) -> None:
 
 def flat_polygon(shape: Shape) -> list[float]:
     return [round(float(v), 2) for v in shape.polygon().ravel()]
-
-
-def compressed_rle(mask: np.ndarray) -> dict:
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
 def uncompressed_rle(mask: np.ndarray) -> dict:

@@ -99,10 +99,12 @@ class LisaOutput(ModelOutput):
 
 @dataclass
 class LisaPrediction:
-    """What the model generated for one prompt: the new ids and one boolean (H, W) mask per `[SEG]`, in order."""
+    """What the model generated for one prompt: the new ids and one boolean (H, W) mask per `[SEG]`, in order, with
+    the mask decoder's prediction of each mask's IoU (its confidence score)."""
 
     token_ids: list[int]
     masks: list[torch.Tensor]
+    scores: list[float]
 
 
 class LisaForCausalLM(PreTrainedModel):
@@ -176,7 +178,7 @@ class LisaForCausalLM(PreTrainedModel):
         queries: torch.Tensor,
         resized_size: tuple[int, int],
         original_size: tuple[int, int],
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Masks of one image, one per `[SEG]` query.
 
         Args:
@@ -184,12 +186,12 @@ class LisaForCausalLM(PreTrainedModel):
             queries: (n, out_dim) projected `[SEG]` hidden states.
 
         Returns:
-            (n, H, W) float32 mask logits at the original size.
+            (n, H, W) float32 mask logits at the original size, and the decoder's (n,) predicted IoU of each mask.
         """
         if queries.shape[0] == 0:
-            return queries.new_zeros((0, *original_size), dtype=torch.float32)
-        low_res = self.sam_family.decode(self.sam, image_embeddings, queries)
-        return self.sam_family.postprocess(low_res, self.sam_image_size, resized_size, original_size)
+            return queries.new_zeros((0, *original_size), dtype=torch.float32), queries.new_zeros(0)
+        low_res, scores = self.sam_family.decode(self.sam, image_embeddings, queries)
+        return self.sam_family.postprocess(low_res, self.sam_image_size, resized_size, original_size), scores
 
     # ---------------------------------------------------------------------------------------- LLM side
     def query_positions(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -275,7 +277,7 @@ class LisaForCausalLM(PreTrainedModel):
 
         image_embeddings = self.embed_images(sam_pixel_values)
         pred_masks = [
-            self.decode_masks(image_embeddings[i], queries[query_images == i], resized_sizes[i].tolist(), original_sizes[i].tolist())
+            self.decode_masks(image_embeddings[i], queries[query_images == i], resized_sizes[i].tolist(), original_sizes[i].tolist())[0]
             for i in range(sam_pixel_values.shape[0])
         ]
 
@@ -333,6 +335,7 @@ class LisaForCausalLM(PreTrainedModel):
         original_sizes: torch.LongTensor,
         image_index: torch.LongTensor | None = None,
         max_new_tokens: int = 512,
+        image_embeddings: list[tuple[torch.Tensor, ...]] | None = None,
         **generate_kwargs,
     ) -> list[LisaPrediction]:
         """Answers B prompts (left-padded) about N images, with the KV cache on.
@@ -345,12 +348,15 @@ class LisaForCausalLM(PreTrainedModel):
             input_ids: (B, L) prompts ending with the assistant prefix, left padded.
             image_inputs, sam_pixel_values, resized_sizes, original_sizes: the N images (see `forward`).
             image_index: (B,) the image of each prompt; None means prompt b is about image b.
+            image_embeddings: the N images' `embed_images`, when already computed (a server's cache); None: computed
+                here from `sam_pixel_values`.
             generate_kwargs: passed to the vision-language model's `generate`, over LISA's decoding (`DECODING`:
                 greedy, no repetition penalty, whatever the base's generation config says). The end-of-answer ids
                 are the VLM's generation config's.
 
         Returns:
-            per prompt: the generated ids (cut after the end-of-turn token) and one (H, W) bool mask per `[SEG]`.
+            per prompt: the generated ids (cut after the end-of-turn token), one (H, W) bool mask per `[SEG]` and its
+            predicted IoU.
 
         Raises:
             ValueError: beam search or several answers per prompt were asked for, or the prompt fills the context.
@@ -389,7 +395,8 @@ class LisaForCausalLM(PreTrainedModel):
         new_tokens = sequences[:, prompt_length:]
         # states[j] (B, h) predicted new token j: the query of a [SEG] generated at j.
         next_token_states = torch.stack(states, dim=1)
-        image_embeddings = self.embed_images(sam_pixel_values)
+        if image_embeddings is None:
+            image_embeddings = self.embed_images(sam_pixel_values)
         eos_ids = self.vlm.generation_config.eos_token_id
         eos_ids = set(eos_ids if isinstance(eos_ids, list) else [eos_ids])
 
@@ -398,6 +405,6 @@ class LisaForCausalLM(PreTrainedModel):
             end = next((j + 1 for j, t in enumerate(tokens) if t in eos_ids), len(tokens))
             tokens = tokens[:end]
             queries = self.text_hidden_fcs(next_token_states[b, [j for j, t in enumerate(tokens) if t == self.config.seg_token_id]])
-            logits = self.decode_masks(image_embeddings[i], queries, resized_sizes[i].tolist(), original_sizes[i].tolist())
-            results.append(LisaPrediction(token_ids=tokens, masks=list(logits > 0)))
+            logits, scores = self.decode_masks(image_embeddings[i], queries, resized_sizes[i].tolist(), original_sizes[i].tolist())
+            results.append(LisaPrediction(token_ids=tokens, masks=list(logits > 0), scores=scores.float().tolist()))
         return results

@@ -228,6 +228,10 @@ def load_lisa(
         config = LisaConfig.from_pretrained(path, **kwargs)
     except ValueError as error:
         raise ValueError(f"{path}: {error}") from None
+    if dtype is None and isinstance(config.dtype, torch.dtype):
+        # The dtype the folder was saved in is the top-level config's; the parts' sub-configs keep the one they were
+        # built in (a bf16 merge of a float32 training), and loading by them would mix the two.
+        dtype = config.dtype
     families = vlm_family(config.vlm_config, source=path), mask_head_family(config.sam_config, source=path)
     attention = attention_implementations(families[0], attn_implementation)
     # The processor first: a bad max_pixels is told before the weights load.

@@ -1,4 +1,5 @@
-"""A multi-turn conversation about one image, as `chat.py` and the web demo hold it."""
+"""A multi-turn conversation about one image, as `chat.py` and the web demo hold it, and the user messages of every
+conversation about an image (the server's too)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,21 @@ import numpy as np
 from model.inference import Answer, answer
 from model.lisa import LisaForCausalLM
 from model.processing import IMAGE_PLACEHOLDER, LisaProcessor
+
+
+def user_message(prompt: str, with_image: bool) -> dict[str, str]:
+    """A user turn asking `prompt`; `with_image`: the turn that carries the conversation's image.
+
+    The image goes once, at the front of its question (as the original's "<image>\n"); a typed placeholder would add
+    a second image slot with no image behind it, so it is dropped.
+
+    Raises:
+        ValueError: a prompt that is empty once the placeholder is dropped.
+    """
+    prompt = prompt.replace(IMAGE_PLACEHOLDER, "").strip()
+    if not prompt:
+        raise ValueError("empty prompt: please type a question")
+    return {"role": "user", "content": f"{IMAGE_PLACEHOLDER}\n{prompt}" if with_image else prompt}
 
 
 @dataclass
@@ -40,15 +56,10 @@ class ChatSession:
         Raises:
             ValueError: an empty prompt, or no image set yet.
         """
-        # The image goes once, at the front of the first question (as the original's "<image>\n"); a typed
-        # placeholder would add a second image slot with no image behind it.
-        prompt = prompt.replace(IMAGE_PLACEHOLDER, "").strip()
-        if not prompt:
-            raise ValueError("empty prompt: please type a question")
+        question = user_message(prompt, with_image=not self.messages)
         if self.image is None:
             raise ValueError("no image yet: give an image first")
-        content = prompt if self.messages else f"{IMAGE_PLACEHOLDER}\n{prompt}"
-        messages = self.messages + [{"role": "user", "content": content}]
+        messages = self.messages + [question]
         reply = answer(self.model, self.processor, [self.image], [messages], max_new_tokens=self.max_new_tokens)[0]
         self.messages = messages + [{"role": "assistant", "content": reply.text}]
         turn = ChatTurn(reply, self.mask_count)

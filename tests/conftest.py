@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 
 from model.tiny import write_tiny
 
@@ -14,6 +15,16 @@ from model.tiny import write_tiny
 # Qwen2.5-VL with SAM and SAM 2, and Qwen3-VL (which adds DeepStack to Qwen2.5-VL's inputs) with SAM 2; the first is
 # LISA's original.
 PAIRS = [("llava", "sam"), ("llava", "sam2"), ("qwen2_5_vl", "sam"), ("qwen2_5_vl", "sam2"), ("qwen3_vl", "sam2")]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked `cuda` are skipped, with the reason (listed by -rs), where torch sees no CUDA GPU."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (bash benchmarks/cuda_check.sh runs them on a GPU machine)")
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(skip)
 
 
 @dataclass

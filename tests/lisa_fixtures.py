@@ -111,7 +111,7 @@ def reason_seg_items(count: int, seed: int = 0) -> list[dict]:
 
 
 def train_command(tiny_dir, toy_dir, run_dir, *extra: str, nproc: int = 1, launcher: str = "deepspeed", vlm: str = "llava",
-                  sam: str = "sam") -> list[str]:
+                  sam: str = "sam", gradient_checkpointing: bool = False) -> list[str]:
     if launcher == "deepspeed":
         head = [os.path.join(BIN, "deepspeed"), "--num_gpus", str(nproc), "--master_port", str(free_port())]
     else:
@@ -120,8 +120,8 @@ def train_command(tiny_dir, toy_dir, run_dir, *extra: str, nproc: int = 1, launc
         "train_ds.py", "--version", str(tiny_dir / vlm), "--vision_pretrained", str(tiny_dir / sam),
         "--out_dim", "64", "--dataset_dir", str(toy_dir), "--precision", "fp32", "--workers", "0",
         "--log_base_dir", str(run_dir.parent), "--exp_name", run_dir.name, "--batch_size", "2",
-        "--grad_accumulation_steps", "2", "--warmup_steps", "2", "--lr", "1e-3", "--no_gradient_checkpointing",
-        *extra,
+        "--grad_accumulation_steps", "2", "--warmup_steps", "2", "--lr", "1e-3",
+        "--gradient_checkpointing" if gradient_checkpointing else "--no_gradient_checkpointing", *extra,
     ]
 
 

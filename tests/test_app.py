@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 import time
@@ -146,6 +147,7 @@ def test_answer_masks_and_follow_up(page, tmp_path):
     chat = page.locator("#chatbot")
     expect(chat).to_contain_text("(2 masks)", timeout=ANSWER_TIMEOUT_MS)
     expect(chat).to_contain_text("[SEG]")
+    expect(chat).to_contain_text(re.compile(r"predicted IoU: mask 0: -?\d\.\d\d, mask 1: -?\d\.\d\d"))
     expect(page.locator("#image_out img")).to_be_visible()
     for name in ("image_mask_0.png", "image_masked_img_0.png", "image_mask_1.png", "image_masked_img_1.png"):
         expect(download(page, name)).to_have_count(1)

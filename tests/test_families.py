@@ -45,30 +45,32 @@ def sams():
 @pytest.mark.parametrize("name", ["sam", "sam2"])
 def test_decoding_one_image_equals_transformers_pipeline(sams, name):
     """Our split — image encoder once per image, then the decoder per image with one prompt token per [SEG] — gives
-    the masks of transformers' own: `get_image_embeddings` (for SAM 2: the decoder's projections of the two
-    high-resolution maps and the "no memory" embedding applied there), then the mask decoder."""
+    the masks and predicted IoUs of transformers' own: `get_image_embeddings` (for SAM 2: the decoder's projections of
+    the two high-resolution maps and the "no memory" embedding applied there), then the mask decoder."""
     family, sam = MASK_HEAD_FAMILIES[name], sams[name]
     size = family.image_size(sam.config)
     pixels = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
     queries = torch.randn(3, sam.config.prompt_encoder_config.hidden_size, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        ours = family.decode(sam, family.embed(sam, pixels)[1], queries)
+        ours, our_scores = family.decode(sam, family.embed(sam, pixels)[1], queries)
 
         embeddings = sam.get_image_embeddings(pixels[1:])
         image_embedding = embeddings[-1] if name == "sam2" else embeddings
         extra = {"high_resolution_features": embeddings[:-1]} if name == "sam2" else {}
         dense = sam.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(1, -1, *image_embedding.shape[-2:])
-        expected = sam.mask_decoder(
+        expected, expected_scores = sam.mask_decoder(
             image_embeddings=image_embedding,
             image_positional_embeddings=sam.get_image_wide_positional_embeddings(),
             sparse_prompt_embeddings=queries[None, :, None, :],
             dense_prompt_embeddings=dense,
             multimask_output=False,
             **extra,
-        )[0][0, :, 0]
+        )[:2]
     # The decoder upscales its embedding 4 x (64 -> 256 for the released models).
     assert ours.shape == (3, 4 * image_embedding.shape[-2], 4 * image_embedding.shape[-1])
-    torch.testing.assert_close(ours, expected)
+    torch.testing.assert_close(ours, expected[0, :, 0])
+    assert our_scores.shape == (3,)
+    torch.testing.assert_close(our_scores, expected_scores[0, :, 0])
 
 
 def test_sam2_answers_with_its_single_mask_output_in_eval_mode_too(sams):

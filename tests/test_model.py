@@ -1,6 +1,7 @@
 """The LISA model on the tiny bases of every pair of families (`tests/conftest.py: PAIRS`): shapes,
 [SEG] handling, generation (batched, left-padded, KV-cached), persistence, precision."""
 
+import copy
 import json
 import math
 import shutil
@@ -229,8 +230,8 @@ def test_mask_query_is_the_position_before_seg(lisa):
         seg = (batch["input_ids"][0] == processor.seg_token_id).nonzero().item()
         embedding = model.embed_images(batch["sam_pixel_values"])[0]
         size = (batch["resized_sizes"][0].tolist(), batch["original_sizes"][0].tolist())
-        before = model.decode_masks(embedding, model.text_hidden_fcs(hidden[seg - 1 : seg]), *size)
-        at_seg = model.decode_masks(embedding, model.text_hidden_fcs(hidden[seg : seg + 1]), *size)
+        before, _ = model.decode_masks(embedding, model.text_hidden_fcs(hidden[seg - 1 : seg]), *size)
+        at_seg, _ = model.decode_masks(embedding, model.text_hidden_fcs(hidden[seg : seg + 1]), *size)
     torch.testing.assert_close(pred, before)
     torch.testing.assert_close(queries[0], hidden[seg - 1 : seg])
     assert not torch.allclose(pred, at_seg, atol=1e-4)
@@ -326,9 +327,10 @@ def test_batched_generation_equals_one_at_a_time(lisa):
         (single,), single_queries = run([i])
         torch.testing.assert_close(batched_queries[i], single_queries[0], rtol=1e-4, atol=1e-5)
         assert batched[i].token_ids == single.token_ids
-        assert len(batched[i].masks) == len(single.masks) == 2
+        assert len(batched[i].masks) == len(single.masks) == len(single.scores) == 2
         for a, b in zip(batched[i].masks, single.masks):
             assert (a != b).float().mean() < 1e-3
+        assert batched[i].scores == pytest.approx(single.scores, abs=1e-4)  # the mask decoder's predicted IoU
 
 
 def test_batched_left_padded_generation_equals_recomputation(lisa):
@@ -399,6 +401,16 @@ def test_save_load_round_trip(lisa, tmp_path):
     torch.testing.assert_close(a.pred_masks[0], b.pred_masks[0])
     torch.testing.assert_close(a.loss, b.loss)
     assert loaded.config.seg_token_id == processor.seg_token_id == loaded_processor.seg_token_id
+
+
+def test_a_folder_saved_in_bf16_loads_in_bf16_throughout(lisa, tmp_path):
+    """A folder saved in bf16 (as `merge_lora_weights.py --precision bf16` writes it) and loaded without a dtype comes
+    back in bf16 in every part: the parts' sub-configs keep the dtype they were built in, and a float32 language model
+    beside a bf16 projector fails at the first forward."""
+    model, processor = lisa
+    save_lisa(copy.deepcopy(model).to(torch.bfloat16), processor, str(tmp_path / "bf16"))
+    loaded, _ = load_lisa(str(tmp_path / "bf16"))
+    assert {p.dtype for p in loaded.parameters()} == {torch.bfloat16}
 
 
 def test_loading_a_folder_with_missing_weights_fails(lisa, tmp_path):

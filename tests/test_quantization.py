@@ -45,12 +45,12 @@ def linear_census(model: nn.Module) -> Counter:
     return census
 
 
-@pytest.mark.parametrize("quantization", ["8bit", "4bit"])
-def test_exactly_the_language_models_linears_are_quantised(tiny_base, quantization):
-    """For every pair of families: Qwen2.5-VL's vision transformer and patch merger (`visual`) stay unquantised as
-    CLIP and the projector do."""
-    full = linear_census(load_lisa(str(tiny_base.lisa_dir))[0])
-    lisa, _ = load_for_inference(str(tiny_base.lisa_dir), "bf16", quantization, device=torch.device("cpu"))
+def check_only_the_language_model_quantised(lisa_dir, quantization: str, device: torch.device) -> nn.Module:
+    """Loads the tiny LISA in `lisa_dir` quantised on `device` and checks that exactly the language model's linear
+    layers came out quantised (Qwen's vision transformer and patch merger, `visual`, stay unquantised as CLIP and
+    the projector do). Returns the model."""
+    full = linear_census(load_lisa(str(lisa_dir))[0])
+    lisa, _ = load_for_inference(str(lisa_dir), "bf16", quantization, device=device)
     quantised = linear_census(lisa)
     # The tiny LLM: 2 layers x (q, k, v, o, gate, up, down).
     assert quantised[("language_model", QUANTIZED_TYPES[quantization])] == full[("language_model", "Linear")] == 14
@@ -62,6 +62,13 @@ def test_exactly_the_language_models_linears_are_quantised(tiny_base, quantizati
     dtypes = Counter(p.dtype for p in lisa.parameters())
     assert set(dtypes) == {torch.bfloat16, torch.int8 if quantization == "8bit" else torch.uint8}
     assert dtypes[torch.int8 if quantization == "8bit" else torch.uint8] == 14
+    return lisa
+
+
+@pytest.mark.parametrize("quantization", ["8bit", "4bit"])
+def test_exactly_the_language_models_linears_are_quantised(tiny_base, quantization):
+    """For every pair of families, on the CPU."""
+    check_only_the_language_model_quantised(tiny_base.lisa_dir, quantization, torch.device("cpu"))
 
 
 def test_a_skip_list_that_misses_clip_is_caught(tiny_dir, monkeypatch):

@@ -18,7 +18,7 @@ import time
 import pytest
 import torch
 
-from model.loading import load_for_training, load_lisa
+from model.loading import PRECISIONS, load_for_training, load_lisa, pick_device
 from model.peft_setup import FULLY_TRAINED, lora_target_regex, setup_trainable
 from datasets.collate import LisaCollator
 from datasets.hybrid import HybridDataset
@@ -326,44 +326,71 @@ def test_merged_model_matches_unmerged(reference_run, merged_dir, tmp_path):
         assert torch.equal(p, q), name
 
 
+def train_and_resume(base, toy_dir, run_dir, *extra: str, gradient_checkpointing: bool = False):
+    """`train_ds.py` on `base` (a `TinyBase`) with `extra` flags: one epoch of 2 steps, then resumed for a second.
+    Returns the run's checkpoint folder."""
+    ckpt_dir = run_dir / "ckpt_model"
+    command = train_command(base.root, toy_dir, run_dir, "--steps_per_epoch", "2", "--val_mode", "generate", *extra,
+                            vlm=base.vlm, sam=base.sam, gradient_checkpointing=gradient_checkpointing)
+    run(command + ["--epochs", "1"])
+    assert f"resumed from {ckpt_dir}/{step_tag(2)}" in run(command + ["--epochs", "2"])
+    assert read_pointer(str(ckpt_dir)) == step_tag(4)
+    return ckpt_dir
+
+
+# How far the merged model's logits and mask logits may be from the unmerged one's (atol of each, rtol): in fp32 the
+# same sums rounded in another order; in bf16 (8 significant bits) the merged weight W + BA is rounded once more
+# (torch.testing's tolerance of bf16).
+MERGE_TOLERANCE = {"fp32": (1e-4, 1e-3, 1e-5), "bf16": (1e-5, 1e-5, 1.6e-2)}
+
+
+def through_the_scripts(base, toy_dir, tmp_path, precision: str = "fp32", gradient_checkpointing: bool = False,
+                        model_flags: tuple[str, ...] = ()):
+    """`base` (a `TinyBase`) through the scripts as a user runs them, all in `precision`: DeepSpeed training with LoRA,
+    resumed after one epoch; merge (the merged model answers as the unmerged one, on the GPU where there is one);
+    evaluation and chat. `model_flags` go to the training and the answering scripts alike. Returns the run's
+    checkpoint folder."""
+    ckpt_dir = train_and_resume(base, toy_dir, tmp_path / "run", "--precision", precision, *model_flags,
+                                gradient_checkpointing=gradient_checkpointing)
+    merged_dir = tmp_path / "merged"
+    run([sys.executable, "merge_lora_weights.py", "--weight", str(ckpt_dir), "--precision", precision,
+         "--save_path", str(merged_dir)])
+    dtype, device = PRECISIONS[precision], pick_device()
+    peft_model, _ = unmerged_model(ckpt_dir.parent)
+    merged, processor = load_lisa(str(merged_dir), dtype=dtype)
+    assert (merged.vlm_family.name, merged.sam_family.name) == (base.vlm, base.sam)
+    batch = toy_batch(processor).to(device, dtype)
+    with torch.no_grad():
+        expected = peft_model.to(device, dtype)(**batch, return_logits=True)
+        actual = merged.to(device).eval()(**batch, return_logits=True)
+    logits_atol, masks_atol, rtol = MERGE_TOLERANCE[precision]
+    torch.testing.assert_close(actual.logits, expected.logits, atol=logits_atol, rtol=rtol)
+    for e, a in zip(expected.pred_masks, actual.pred_masks):
+        torch.testing.assert_close(a, e, atol=masks_atol, rtol=rtol)
+
+    image = sorted((toy_dir / "reason_seg" / "ReasonSeg" / "val").glob("*.jpg"))[0]
+    report = tmp_path / "eval.json"
+    run([sys.executable, "eval_reasonseg.py", "--version", str(merged_dir), "--dataset_dir", str(toy_dir), "--split", "val",
+         "--mode", "generate", "--precision", precision, *model_flags, "--workers", "0", "--output", str(report)])
+    assert 0 <= json.loads(report.read_text())["giou"] <= 1
+    output = run([sys.executable, "chat.py", "--version", str(merged_dir), "--precision", precision, *model_flags,
+                  "--image", str(image), "--prompt", "Where is the red circle? Please output segmentation mask.",
+                  "--vis_save_path", str(tmp_path / "vis")])
+    assert "Answer:" in output
+    return ckpt_dir
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("tiny_base", [("qwen2_5_vl", "sam2"), ("qwen3_vl", "sam2")], indirect=True, ids="+".join)
 def test_qwen_sam2_through_the_scripts(tiny_base, tiny_dir, toy_dir, tmp_path):
     """Qwen2.5-VL or Qwen3-VL + SAM 2 through the same scripts as LLaVA + SAM: DeepSpeed training with LoRA, resume,
     merge (the merged model answers as the unmerged one, its images take the run's pixel budget), evaluation and chat."""
-    run_dir = tmp_path / "qwen_sam2"
-    ckpt_dir = run_dir / "ckpt_model"
-    command = train_command(tiny_base.root, toy_dir, run_dir, "--steps_per_epoch", "2", "--val_mode", "generate",
-                            "--max_pixels", "2048", "--attn_implementation", "eager", vlm=tiny_base.vlm, sam="sam2")
-    run(command + ["--epochs", "1"])
-    assert f"resumed from {ckpt_dir}/{step_tag(2)}" in run(command + ["--epochs", "2"])
-    assert read_pointer(str(ckpt_dir)) == step_tag(4)
-
-    merged_dir = tmp_path / "merged"
-    merge = [sys.executable, "merge_lora_weights.py", "--weight", str(ckpt_dir), "--precision", "fp32"]
-    run(merge + ["--save_path", str(merged_dir)])
-    peft_model, _ = unmerged_model(run_dir)
-    merged, processor = load_lisa(str(merged_dir))
-    assert (merged.vlm_family.name, merged.sam_family.name) == (tiny_base.vlm, "sam2")
-    assert processor.image_processor.size["longest_edge"] == 2048
-    batch = toy_batch(processor)
-    with torch.no_grad():
-        expected, actual = peft_model(**batch, return_logits=True), merged.eval()(**batch, return_logits=True)
-    assert torch.allclose(expected.logits, actual.logits, atol=1e-4)
-    for e, a in zip(expected.pred_masks, actual.pred_masks):
-        assert torch.allclose(e, a, atol=1e-3)
+    ckpt_dir = through_the_scripts(tiny_base, toy_dir, tmp_path, model_flags=("--max_pixels", "2048", "--attn_implementation", "eager"))
+    assert LisaProcessor.from_pretrained(str(tmp_path / "merged")).image_processor.size["longest_edge"] == 2048
     # Merging with a mask head of the other family names it.
-    output = run(merge + ["--save_path", str(tmp_path / "wrong"), "--vision_pretrained", str(tiny_dir / "sam")], succeed=False)
+    output = run([sys.executable, "merge_lora_weights.py", "--weight", str(ckpt_dir), "--precision", "fp32",
+                  "--save_path", str(tmp_path / "wrong"), "--vision_pretrained", str(tiny_dir / "sam")], succeed=False)
     assert "holds the weights of a SAM 2 mask head, not of a SAM one" in output
-
-    report = tmp_path / "eval.json"
-    run([sys.executable, "eval_reasonseg.py", "--version", str(merged_dir), "--dataset_dir", str(toy_dir), "--split", "val",
-         "--mode", "generate", "--precision", "fp32", "--workers", "0", "--output", str(report)])
-    assert 0 <= json.loads(report.read_text())["giou"] <= 1
-    image = sorted((toy_dir / "reason_seg" / "ReasonSeg" / "val").glob("*.jpg"))[0]
-    output = run([sys.executable, "chat.py", "--version", str(merged_dir), "--precision", "fp32", "--image", str(image),
-                  "--prompt", "Where is the red circle? Please output segmentation mask.", "--vis_save_path", str(tmp_path / "vis")])
-    assert "Answer:" in output
 
 
 @pytest.mark.slow

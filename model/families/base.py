@@ -209,8 +209,11 @@ class MaskHeadFamily(Family):
         """(N, 3, S, S) pixel values -> per image, the feature maps its mask decoder reads."""
         raise NotImplementedError
 
-    def decode(self, sam: PreTrainedModel, features: tuple[torch.Tensor, ...], queries: torch.Tensor) -> torch.Tensor:
-        """One image's feature maps and its (n, C) prompt tokens -> (n, h, w) low-resolution mask logits."""
+    def decode(
+        self, sam: PreTrainedModel, features: tuple[torch.Tensor, ...], queries: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One image's feature maps and its (n, C) prompt tokens -> (n, h, w) low-resolution mask logits and the
+        decoder's (n,) prediction of each mask's IoU with the true mask (its own confidence score)."""
         raise NotImplementedError
 
     def postprocess(

@@ -59,10 +59,10 @@ class SamFamily(MaskHeadFamily):
         embeddings = sam.vision_encoder(pixel_values.to(sam.dtype)).last_hidden_state  # (N, C, s, s)
         return [(embedding,) for embedding in embeddings]
 
-    def decode(self, sam: SamModel, features: tuple[torch.Tensor], queries: torch.Tensor) -> torch.Tensor:
+    def decode(self, sam: SamModel, features: tuple[torch.Tensor], queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         (embedding,) = features
-        low_res, _ = sam.mask_decoder(**self._decoder_prompts(sam, embedding, queries))
-        return low_res[0, :, 0]
+        low_res, iou = sam.mask_decoder(**self._decoder_prompts(sam, embedding, queries))
+        return low_res[0, :, 0], iou[0, :, 0]
 
     def postprocess(
         self, low_res_logits: torch.Tensor, image_size: int, resized_size: tuple[int, int], original_size: tuple[int, int]

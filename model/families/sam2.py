@@ -57,14 +57,16 @@ class Sam2Family(MaskHeadFamily):
         embedding = embedding + sam.no_memory_embedding.view(1, -1, 1, 1)
         return list(zip(s0, s1, embedding))
 
-    def decode(self, sam: Sam2Model, features: tuple[torch.Tensor, ...], queries: torch.Tensor) -> torch.Tensor:
+    def decode(
+        self, sam: Sam2Model, features: tuple[torch.Tensor, ...], queries: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         s0, s1, embedding = features
         decoder = sam.mask_decoder
         # The decoder's own projections of the high-resolution maps run here, not in `embed`: they are part of the
         # trained mask decoder, while `embed` runs without gradient when the image encoder is frozen.
         high_resolution = [decoder.conv_s0(s0[None]), decoder.conv_s1(s1[None])]
-        low_res, *_ = decoder(**self._decoder_prompts(sam, embedding, queries), high_resolution_features=high_resolution)
-        return low_res[0, :, 0]
+        low_res, iou, *_ = decoder(**self._decoder_prompts(sam, embedding, queries), high_resolution_features=high_resolution)
+        return low_res[0, :, 0], iou[0, :, 0]
 
     def postprocess(
         self, low_res_logits: torch.Tensor, image_size: int, resized_size: tuple[int, int], original_size: tuple[int, int]
