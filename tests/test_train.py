@@ -381,9 +381,10 @@ def through_the_scripts(base, toy_dir, tmp_path, precision: str = "fp32", gradie
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("tiny_base", [("qwen2_5_vl", "sam2"), ("qwen3_vl", "sam2")], indirect=True, ids="+".join)
+@pytest.mark.parametrize("tiny_base", [("qwen2_5_vl", "sam2"), ("qwen3_vl", "sam2"), ("qwen3_5", "sam2")], indirect=True,
+                         ids="+".join)
 def test_qwen_sam2_through_the_scripts(tiny_base, tiny_dir, toy_dir, tmp_path):
-    """Qwen2.5-VL or Qwen3-VL + SAM 2 through the same scripts as LLaVA + SAM: DeepSpeed training with LoRA, resume,
+    """Qwen2.5-VL, Qwen3-VL or Qwen3.5 + SAM 2 through the same scripts as LLaVA + SAM: DeepSpeed training with LoRA, resume,
     merge (the merged model answers as the unmerged one, its images take the run's pixel budget), evaluation and chat."""
     ckpt_dir = through_the_scripts(tiny_base, toy_dir, tmp_path, model_flags=("--max_pixels", "2048", "--attn_implementation", "eager"))
     assert LisaProcessor.from_pretrained(str(tmp_path / "merged")).image_processor.size["longest_edge"] == 2048
