@@ -31,7 +31,7 @@ from safetensors.torch import load_file, save_file
 from model.families import MASK_HEAD_FAMILIES, VLM_FAMILIES, describe
 from model.lisa import LisaConfig
 from model.loading import PRECISIONS, check_weights_fit, load_for_training, save_lisa
-from model.peft_setup import LORA_ALPHA, LORA_DROPOUT, LORA_R, LORA_TARGET_MODULES, setup_trainable
+from model.peft_setup import LORA_ALPHA, LORA_DROPOUT, LORA_R, setup_trainable
 from model.quantization import dequantize, is_quantized_folder
 from utils.checkpoint import BEST, LATEST, TRAIN_ARGS_FILE, read_pointer
 from utils.cli import HelpFormatter, positive_int
@@ -41,7 +41,7 @@ TRAINED_MODULES_FILE = "trained_modules.safetensors"
 # The run's settings that rebuild its model, and their values where a run did not record them (train_ds.py's defaults).
 MODEL_DEFAULTS = {
     "version": None, "vision_pretrained": None, "conv_type": None, "out_dim": None, "max_pixels": None, "load_in_4bit": False,
-    "lora_r": LORA_R, "lora_alpha": LORA_ALPHA, "lora_dropout": LORA_DROPOUT, "lora_target_modules": LORA_TARGET_MODULES,
+    "lora_r": LORA_R, "lora_alpha": LORA_ALPHA, "lora_dropout": LORA_DROPOUT, "lora_target_modules": None,
     "train_sam_encoder": False, "ce_loss_weight": LisaConfig.ce_loss_weight,
     "bce_loss_weight": LisaConfig.bce_loss_weight, "dice_loss_weight": LisaConfig.dice_loss_weight,
 }
@@ -71,7 +71,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     group.add_argument("--lora_r", type=int, help="LoRA rank")
     group.add_argument("--lora_alpha", type=int, help="LoRA alpha")
     group.add_argument("--lora_dropout", type=float, help="LoRA dropout")
-    group.add_argument("--lora_target_modules", help="comma-separated LoRA target names of the language model")
+    group.add_argument("--lora_target_modules", help="comma-separated LoRA target names of the language model (a run "
+                                                    "that recorded none: the base family's)")
     group.add_argument("--train_sam_encoder", action=argparse.BooleanOptionalAction, default=None,
                        help="whether SAM's image encoder was trained in full")
     group.add_argument("--load_in_4bit", action=argparse.BooleanOptionalAction, default=None,

@@ -43,7 +43,7 @@ from model.lisa import LisaConfig, LisaForCausalLM
 from model.cli import add_image_and_attention_arguments
 from model.loading import PRECISIONS, check_attn_package, load_for_training
 from model.peft_setup import (
-    LORA_ALPHA, LORA_DROPOUT, LORA_R, LORA_TARGET_MODULES, count_parameters, parameter_groups, setup_trainable,
+    LORA_ALPHA, LORA_DROPOUT, LORA_R, count_parameters, lora_targets_by_family, parameter_groups, setup_trainable,
 )
 from model.processing import LisaBatch
 from utils.checkpoint import TRAIN_ARGS_FILE, read_best, read_pointer, save_checkpoint, tag_step
@@ -109,8 +109,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     lora.add_argument("--lora_alpha", type=int, default=LORA_ALPHA,
                       help="LoRA scaling numerator (scale = alpha / r; default: %(default)s)")
     lora.add_argument("--lora_dropout", type=float, default=LORA_DROPOUT, help="dropout on the LoRA input (default: %(default)s)")
-    lora.add_argument("--lora_target_modules", default=LORA_TARGET_MODULES,
-                      help="comma-separated linear names of the *language model* that get LoRA (default: %(default)s)")
+    lora.add_argument("--lora_target_modules", default=None,
+                      help="comma-separated linear names of the *language model* that get LoRA (default: the base "
+                           f"family's: {lora_targets_by_family()})")
     add_switch(lora, "train_sam_encoder", False,
                "research option: also train SAM's image encoder in full (frozen in LISA's recipe)")
     lora.add_argument("--sam_encoder_frozen_steps", type=non_negative_int, default=0,

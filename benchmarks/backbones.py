@@ -1,9 +1,9 @@
 """Per-answer latency and peak memory of LISA pairs at their real widths, random weights, side by side:
-LLaVA-1.5-7B + SAM ViT-H (the original's) against Qwen2.5-VL-3B + SAM 2.1-hiera-tiny and Qwen3-VL-4B + SAM
+LLaVA-1.5-7B + SAM ViT-H (the original's) against Qwen2.5-VL-3B, Qwen3-VL-4B and Qwen3.5-0.8B, each + SAM
 2.1-hiera-tiny.
 
     python -m benchmarks.backbones [--fractions 0.25,0.5] [--image_size 480,640] [--new_tokens 16] [--threads 2]
-                                   [--device cpu|cuda]
+                                   [--device cpu|cuda] [--pairs qwen3_5]
 
 One answer is what `chat.py` does for a question about an image: preprocessing, the vision tower, the prompt, the
 KV-cached generation of `--new_tokens` tokens (a `[SEG]` among them), SAM's image encoder and mask decoder, masks back
@@ -48,11 +48,13 @@ from transformers import (
     LogitsProcessorList,
     Qwen2_5_VLConfig,
     Qwen3VLConfig,
+    Qwen3_5Config,
     Sam2Config,
     SamConfig,
     SamVisionConfig,
 )
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+from transformers.models.qwen3_5.tokenization_qwen3_5 import PRETOKENIZE_REGEX, Qwen3_5Tokenizer
 
 from benchmarks.devices import add_device_argument, check_device, synchronize
 from model.families import CHAT_TEMPLATES, MASK_HEAD_FAMILIES, VLM_FAMILIES
@@ -166,10 +168,48 @@ def qwen3_4b_sam2_tiny(fraction: float) -> tuple[LisaConfig, LisaProcessor]:
     return LisaConfig(vlm_config=vlm, sam_config=Sam2Config(), seg_token_id=seg_token_id, out_dim=256), processor
 
 
+def qwen3_5_0_8b_sam2_tiny(fraction: float) -> tuple[LisaConfig, LisaProcessor]:
+    """`Qwen/Qwen3.5-0.8B` + `facebook/sam2.1-hiera-tiny`, the Qwen stacks cut to `fraction` of their depth. Its 24
+    language-model layers are 6 x (3 Gated DeltaNet, 1 full attention); a cut keeps that pattern from the first layer,
+    which a quarter (6 layers: 5 DeltaNet, 1 full) cannot hold exactly: the extrapolation from 0.25 and 0.5 then counts
+    one full-attention layer more and one DeltaNet layer fewer than the model has. `--fractions 0.5,1` measures it
+    without that error (0.5 holds the pattern)."""
+    tokenizer = build_qwen_tokenizer(Qwen3_5Tokenizer, PRETOKENIZE_REGEX)
+    tokenizer.add_tokens(["<think>", "</think>"])
+    seg_token_id = add_seg_token(tokenizer)
+    tokenizer.chat_template = CHAT_TEMPLATES["qwen3_5"]
+    vlm = Qwen3_5Config(
+        text_config=dict(
+            vocab_size=248320, hidden_size=1024, intermediate_size=3584, num_hidden_layers=cut(24, fraction),
+            num_attention_heads=8, num_key_value_heads=2, head_dim=256, linear_num_key_heads=16,
+            linear_num_value_heads=16, linear_key_head_dim=128, linear_value_head_dim=128, linear_conv_kernel_dim=4,
+            max_position_embeddings=262144, rms_norm_eps=1e-6,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000000.0, "partial_rotary_factor": 0.25,
+                             "mrope_section": [11, 11, 10], "mrope_interleaved": True},
+            eos_token_id=tokenizer.pad_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None,
+        ),
+        vision_config=dict(
+            depth=cut(12, fraction), hidden_size=768, intermediate_size=3072, num_heads=12, out_hidden_size=1024,
+            patch_size=16, spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=2304,
+        ),
+        **qwen_token_ids(tokenizer),
+        tie_word_embeddings=True,
+    )
+    # Qwen3-VL's image processor settings (16-px patches, pixels to [-1, 1]).
+    image_processor = Qwen2VLImageProcessorPil(patch_size=16, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    processor = LisaProcessor(
+        QwenVLTextImageProcessor(tokenizer, image_processor), sam_image_size=1024, vlm_family=VLM_FAMILIES["qwen3_5"],
+        sam_family=MASK_HEAD_FAMILIES["sam2"],
+    )
+    return LisaConfig(vlm_config=vlm, sam_config=Sam2Config(), seg_token_id=seg_token_id, out_dim=256), processor
+
+
+# By the VLM family's name (`--pairs`).
 PAIRS = {
-    "LLaVA-1.5-7B + SAM ViT-H": llava_7b_sam_vit_h,
-    "Qwen2.5-VL-3B + SAM 2.1-hiera-tiny": qwen_3b_sam2_tiny,
-    "Qwen3-VL-4B + SAM 2.1-hiera-tiny": qwen3_4b_sam2_tiny,
+    "llava": ("LLaVA-1.5-7B + SAM ViT-H", llava_7b_sam_vit_h),
+    "qwen2_5_vl": ("Qwen2.5-VL-3B + SAM 2.1-hiera-tiny", qwen_3b_sam2_tiny),
+    "qwen3_vl": ("Qwen3-VL-4B + SAM 2.1-hiera-tiny", qwen3_4b_sam2_tiny),
+    "qwen3_5": ("Qwen3.5-0.8B + SAM 2.1-hiera-tiny", qwen3_5_0_8b_sam2_tiny),
 }
 
 
@@ -192,7 +232,7 @@ class FixedAnswer(LogitsProcessor):
 def measure(pair: str, fraction: float, height: int, width: int, new_tokens: int, repeats: int, dtype: torch.dtype,
             device: torch.device) -> dict:
     """Runs in a child process: one pair at one depth per process, so the peak memory is its own."""
-    config, processor = PAIRS[pair](fraction)
+    config, processor = PAIRS[pair][1](fraction)
     torch.manual_seed(0)
     model = LisaForCausalLM._from_config(config, dtype=dtype).to(device).eval()
     image = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
@@ -234,6 +274,9 @@ def main() -> None:
     parser.add_argument("--dtype", default="bf16", choices=list(PRECISIONS), help="weights' dtype")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
     add_device_argument(parser)
+    parser.add_argument("--pairs", default=",".join(PAIRS),
+                        help="the pairs measured, by VLM family, comma-separated; time and memory ratios are to the "
+                             "first (default: all, %(default)s)")
     parser.add_argument("--child", help=argparse.SUPPRESS)  # internal: "PAIR|FRACTION", one measurement
     args = parser.parse_args()
     device = check_device(parser, args.device)
@@ -246,6 +289,9 @@ def main() -> None:
                                  device)))
         return
 
+    pairs = [name.strip() for name in args.pairs.split(",") if name.strip()]
+    if not pairs or any(name not in PAIRS for name in pairs):
+        parser.error(f"--pairs: comma-separated names of {', '.join(PAIRS)}")
     fractions = [float(f) for f in args.fractions.split(",")]
     if fractions != [1.0] and (len(set(fractions)) < 2 or any((4 * f) % 1 or not 0 < f <= 1 for f in fractions)):
         # Quarters of the depth keep the every-8th global-attention layers of SAM's ViT-H and Qwen's ViT in proportion.
@@ -255,10 +301,11 @@ def main() -> None:
     print(f"{'pair':36} {'depth':>6} {'params':>8} {'prompt':>7} {'wall s':>8} {'CPU s':>8} {'peak GiB':>9}")
     keys = ("seconds", "cpu_seconds", "peak_gib", "parameters")
     full = {}
-    for pair in PAIRS:
+    for key in pairs:
+        pair = PAIRS[key][0]
         results = []
         for fraction in fractions:
-            command = [sys.executable, "-m", "benchmarks.backbones", "--child", f"{pair}|{fraction}",
+            command = [sys.executable, "-m", "benchmarks.backbones", "--child", f"{key}|{fraction}",
                        "--image_size", args.image_size, "--new_tokens", str(args.new_tokens),
                        "--repeats", str(args.repeats), "--dtype", args.dtype, "--threads", str(args.threads),
                        "--device", args.device]

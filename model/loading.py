@@ -166,7 +166,7 @@ def build_lisa_from_base(
     seg_token_id = add_seg_token(vlm_processor.tokenizer)
     vlm = _load_vlm(
         family, base_path, base_config, dtype=dtype, attn_implementation=attn_implementation,
-        **quantization_kwargs(quantization, dtype, device),
+        **quantization_kwargs(quantization, dtype, device, family.unquantized_linears),
     )
     fit_embeddings(vlm, len(vlm_processor.tokenizer), base_tokens, seg_token_id)
     sam_family = mask_head_family_at(sam_path)
@@ -190,7 +190,7 @@ def build_lisa_from_base(
         model.to(device)  # SAM and the new projection join the quantised base on its device
     if dtype is not None:
         cast_unquantized(model, dtype)
-    check_quantized(model, quantization)
+    check_quantized(model, quantization, family.unquantized_linears)
     # The base's own chat template, if its tokenizer has one (Qwen's may keep it in the processor's
     # `chat_template.json` only), is replaced by LISA's format of the family.
     processor = LisaProcessor(
@@ -243,7 +243,7 @@ def load_lisa(
         processor.set_max_pixels(max_pixels)
     model, info = LisaForCausalLM.from_pretrained(
         path, config=config, dtype=dtype, output_loading_info=True, attn_implementation=attention,
-        **quantization_kwargs(quantization, dtype, device),
+        **quantization_kwargs(quantization, dtype, device, families[0].unquantized_linears),
     )
     problems = {k: info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys") if info.get(k)}
     if problems:
@@ -253,7 +253,7 @@ def load_lisa(
         # The vision-language model builds its vision tower and language model from their own sub-configs, which
         # keep the saved dtype; one cast makes the whole model (but the quantised weights) uniform.
         cast_unquantized(model, dtype)
-    check_quantized(model, quantization)
+    check_quantized(model, quantization, families[0].unquantized_linears)
     if os.path.isfile(os.path.join(path, GENERATION_CONFIG_NAME)):
         # Without it (folders written before it was saved) the VLM's generation config is derived from its config.
         model.vlm.generation_config = GenerationConfig.from_pretrained(path)

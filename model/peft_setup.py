@@ -14,14 +14,21 @@ import warnings
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 
+from model.families import VLM_FAMILIES
 from model.lisa import LisaForCausalLM
 
 # Modules trained in full in LISA's recipe, matched as substrings of parameter names (as the original did).
 FULLY_TRAINED = ("lm_head", "embed_tokens", "mask_decoder", "text_hidden_fcs")
 # A research option: SAM's image encoder, frozen in LISA's recipe (the paper ablates unfreezing it).
 SAM_IMAGE_ENCODER = "sam.vision_encoder"
-# LISA's LoRA: rank 8, alpha 16, dropout 0.05 on the language model's q_proj and v_proj (Lai et al., 2024).
-LORA_R, LORA_ALPHA, LORA_DROPOUT, LORA_TARGET_MODULES = 8, 16, 0.05, "q_proj,v_proj"
+# LISA's LoRA: rank 8, alpha 16, dropout 0.05 (Lai et al., 2024), on the language model's q_proj and v_proj; each
+# family names its targets (`VlmFamily.lora_targets`), those of a language model without them in every layer included.
+LORA_R, LORA_ALPHA, LORA_DROPOUT = 8, 16, 0.05
+
+
+def lora_targets_by_family() -> str:
+    """"llava: q_proj,v_proj; ...": each family's default LoRA targets, for --help."""
+    return "; ".join(f"{name}: {','.join(family.lora_targets)}" for name, family in VLM_FAMILIES.items())
 
 
 def lora_target_regex(target_modules: str) -> str:
@@ -36,9 +43,7 @@ def lora_target_regex(target_modules: str) -> str:
     return rf".*language_model.*\.({'|'.join(names)})"
 
 
-def lora_config(
-    r: int = LORA_R, alpha: int = LORA_ALPHA, dropout: float = LORA_DROPOUT, target_modules: str = LORA_TARGET_MODULES
-) -> LoraConfig:
+def lora_config(r: int, alpha: int, dropout: float, target_modules: str) -> LoraConfig:
     # No task_type: the PEFT wrapper then forwards LISA's own arguments unchanged to `LisaForCausalLM.forward`.
     return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=lora_target_regex(target_modules), bias="none")
 
@@ -53,14 +58,14 @@ def setup_trainable(
     lora_r: int = LORA_R,
     lora_alpha: int = LORA_ALPHA,
     lora_dropout: float = LORA_DROPOUT,
-    lora_target_modules: str = LORA_TARGET_MODULES,
+    lora_target_modules: str | None = None,
     train_sam_encoder: bool = False,
 ) -> PeftModel:
     """Wraps `model` with LoRA and sets `requires_grad` per LISA's recipe.
 
     Args:
         lora_r, lora_alpha, lora_dropout, lora_target_modules: LoRA settings (`lora_target_modules` is a
-            comma-separated list of language-model linear names).
+            comma-separated list of language-model linear names; None: the VLM family's `lora_targets`).
         train_sam_encoder: also train SAM's image encoder in full (research option, off in LISA).
 
     Returns:
@@ -70,7 +75,8 @@ def setup_trainable(
         # peft reads transformers' deprecated alias `is_gradient_checkpointing`, which warns on every run; the alias
         # still returns the right value (`is_activation_checkpointing`), so the warning asks nothing of this project.
         warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
-        peft_model = get_peft_model(model, lora_config(lora_r, lora_alpha, lora_dropout, lora_target_modules))
+        targets = lora_target_modules or ",".join(model.vlm_family.lora_targets)
+        peft_model = get_peft_model(model, lora_config(lora_r, lora_alpha, lora_dropout, targets))
     # get_peft_model froze everything but the LoRA matrices; unfreeze the fully trained modules.
     for name, param in peft_model.named_parameters():
         if is_trained_in_full(name, train_sam_encoder):

@@ -1,7 +1,8 @@
 """Quantising LISA's language model with bitsandbytes (8-bit LLM.int8 or 4-bit NF4, on CUDA or on the CPU), and back.
 
-Exactly the language model's linear layers are quantised; every other weight stays in the chosen precision
-(`check_quantized` checks it after every load).
+Exactly the language model's linear layers are quantised, but those its family keeps out
+(`VlmFamily.unquantized_linears`); every other weight stays in the chosen precision (`check_quantized` checks it after
+every load).
 """
 
 from __future__ import annotations
@@ -29,9 +30,10 @@ def is_quantized_folder(version: str) -> bool:
     return "quantization_config" in config
 
 
-def quantization_config(quantization: str, dtype: torch.dtype | None):
+def quantization_config(quantization: str, dtype: torch.dtype | None, unquantized: tuple[str, ...] = ()):
     """The `BitsAndBytesConfig` of "8bit" (LLM.int8) or "4bit" (NF4 with double quantisation and `dtype`
-    compute, as the original's `--load_in_4bit`), quantising the language model only.
+    compute, as the original's `--load_in_4bit`), quantising the language model only, but its linears named
+    `unquantized` (the family's `unquantized_linears`).
 
     Raises:
         ValueError: an unknown kind.
@@ -43,21 +45,25 @@ def quantization_config(quantization: str, dtype: torch.dtype | None):
         raise RuntimeError("8-bit / 4-bit loading needs bitsandbytes: pip install bitsandbytes")
     from transformers import BitsAndBytesConfig
 
+    skip = NOT_QUANTIZED + list(unquantized)  # a bare name matches as the end of a module's name
     if quantization == "4bit":
         return BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=dtype or torch.float32, llm_int8_skip_modules=NOT_QUANTIZED,
+            bnb_4bit_compute_dtype=dtype or torch.float32, llm_int8_skip_modules=skip,
         )
-    return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=NOT_QUANTIZED)
+    return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
 
 
-def quantization_kwargs(quantization: str | None, dtype: torch.dtype | None, device: torch.device | None) -> dict:
-    """`from_pretrained`'s arguments for `quantization`: the config, and the device bitsandbytes quantises on."""
+def quantization_kwargs(
+    quantization: str | None, dtype: torch.dtype | None, device: torch.device | None, unquantized: tuple[str, ...] = ()
+) -> dict:
+    """`from_pretrained`'s arguments for `quantization` (see `quantization_config`): the config, and the device
+    bitsandbytes quantises on."""
     if quantization is None:
         return {}
     device = torch.device(device or "cpu")
     where = (device.index or 0) if device.type == "cuda" else device.type
-    return {"quantization_config": quantization_config(quantization, dtype), "device_map": {"": where}}
+    return {"quantization_config": quantization_config(quantization, dtype, unquantized), "device_map": {"": where}}
 
 
 def is_quantized_linear(module: nn.Module) -> bool:
@@ -84,8 +90,9 @@ def cast_unquantized(model: nn.Module, dtype: torch.dtype) -> None:
                 module._buffers[name] = buffer.to(dtype)
 
 
-def check_quantized(model: nn.Module, quantization: str | None) -> None:
-    """Checks that exactly the language model's linear layers are quantised (all of them, nothing else), or none.
+def check_quantized(model: nn.Module, quantization: str | None, unquantized: tuple[str, ...] = ()) -> None:
+    """Checks that exactly the language model's linear layers are quantised (all of them but those named
+    `unquantized`, nothing else), or none.
 
     Raises:
         RuntimeError: naming the first layer that is not as it should be.
@@ -93,7 +100,8 @@ def check_quantized(model: nn.Module, quantization: str | None) -> None:
     for name, module in model.named_modules():
         if not (isinstance(module, nn.Linear) or is_quantized_linear(module)):
             continue
-        should = quantization is not None and f".{LANGUAGE_MODEL}." in f".{name}"
+        in_language_model = f".{LANGUAGE_MODEL}." in f".{name}"
+        should = quantization is not None and in_language_model and name.rpartition(".")[2] not in unquantized
         if is_quantized_linear(module) != should:
             state = "quantised" if is_quantized_linear(module) else "not quantised"
             raise RuntimeError(f"{name} came out {state} with quantisation {quantization}")

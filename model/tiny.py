@@ -12,6 +12,8 @@ an offline corpus, the widths) and the command. Of the families:
   tokens, dynamic-resolution image processor, chat template);
 * `qwen3_vl`: a Qwen3-VL folder (the same files; a vision transformer with learnt position embeddings and two
   DeepStack layers, a language model with query/key norms);
+* `qwen3_5`: a Qwen3.5 folder (the same files; Qwen3-VL's vision transformer without DeepStack, a language model of
+  three Gated DeltaNet layers and one gated full-attention layer);
 * `sam`: a `SamModel` folder; `sam2`: a `Sam2Model` folder (Hiera image encoder with its feature pyramid).
 The language models have more embedding rows than their tokenizers have tokens, as the real bases do.
 Tests, the toy training run and a first try use them in place of the 7B (or 3B) bases.
@@ -98,11 +100,12 @@ def build_tokenizer() -> LlamaTokenizer:
     return tokenizer
 
 
-def build_qwen_tokenizer() -> Qwen2Tokenizer:
-    """A Qwen-style byte-level BPE tokenizer (Qwen's pre-tokenizer and special tokens) trained on the offline corpus."""
+def build_qwen_tokenizer(tokenizer_class: type = Qwen2Tokenizer, pretokenize_regex: str = PRETOKENIZE_REGEX):
+    """A Qwen-style byte-level BPE tokenizer (Qwen's pre-tokenizer and special tokens) trained on the offline corpus,
+    of `tokenizer_class` with its pre-tokenizer's `pretokenize_regex` (Qwen2's by default)."""
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated"),
+        pre_tokenizers.Split(Regex(pretokenize_regex), behavior="isolated"),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
     ])
     trainer = trainers.BpeTrainer(
@@ -113,7 +116,7 @@ def build_qwen_tokenizer() -> Qwen2Tokenizer:
     state = json.loads(bpe.to_str())["model"]
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in state["merges"]]
     # As Qwen2.5-VL-Instruct's: "<|im_end|>" ends a turn, "<|endoftext|>" pads.
-    tokenizer = Qwen2Tokenizer(vocab=state["vocab"], merges=merges, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    tokenizer = tokenizer_class(vocab=state["vocab"], merges=merges, eos_token="<|im_end|>", pad_token="<|endoftext|>")
     tokenizer.add_special_tokens({"additional_special_tokens": QWEN_SPECIAL_TOKENS})
     return tokenizer
 

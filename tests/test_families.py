@@ -142,7 +142,7 @@ def test_an_unsupported_base_names_the_supported_families(tiny_dir, tmp_path):
     config = json.loads((tiny_dir / "llava" / "config.json").read_text())
     (tmp_path / "base").mkdir()
     (tmp_path / "base" / "config.json").write_text(json.dumps({**config, "model_type": "qwen2_vl"}))
-    message = r"holds a 'qwen2_vl' model, not a supported vision-language model; supported families: llava \(LLaVA-1.5\), qwen2_5_vl \(Qwen2.5-VL\), qwen3_vl \(Qwen3-VL\)"
+    message = r"holds a 'qwen2_vl' model, not a supported vision-language model; supported families: llava \(LLaVA-1.5\), qwen2_5_vl \(Qwen2.5-VL\), qwen3_vl \(Qwen3-VL\), qwen3_5 \(Qwen3.5\)"
     with pytest.raises(ValueError, match=message):
         build_lisa_from_base(str(tmp_path / "base"), str(tiny_dir / "sam"))
     with pytest.raises(ValueError, match="got a 'llama' model, not a supported vision-language model"):
@@ -497,3 +497,82 @@ def test_the_processor_config_names_its_families_and_must_agree_with_the_model(t
     with pytest.raises(ValueError, match="its processor is of a Qwen2.5-VL and a SAM model, its config of a Qwen2.5-VL "
                                          "and a SAM 2 one"):
         load_lisa(str(folder))
+
+
+@pytest.mark.parametrize("tiny_base", [("qwen3_5", "sam2")], indirect=True)
+def test_qwen3_5_linear_attention_layers_keep_left_padding_out_of_their_state(tiny_base, monkeypatch):
+    """Rows left-padded to one length give each row's states alone. The tiny base's padding embedding is not zero (as
+    a trained checkpoint's), so that a padding leak shows: with the DeltaNet layers' padding mask off, the padded row's
+    states differ (the check `test_model.py`'s left-padded generation test relies on)."""
+    from transformers.models.qwen3_5 import modeling_qwen3_5
+
+    from model.loading import load_lisa
+    from tests.test_model import random_image
+
+    model, processor = load_lisa(str(tiny_base.lisa_dir))
+    model.eval()
+    pad_id = processor.tokenizer.pad_token_id
+    assert model.vlm.get_input_embeddings().weight[pad_id].abs().sum() > 0
+    questions = ["<image>\nWhat is the red circle in this image? Please output segmentation mask.", "<image>\nIt?"]
+    image = processor.preprocess_image(random_image(0))
+    rows = [processor.encode_conversation([{"role": "user", "content": q}], add_generation_prompt=True,
+                                          image_tokens=image.token_counts[0])[0] for q in questions]
+    length = max(map(len, rows))
+    ids = torch.tensor([[pad_id] * (length - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (length - len(r)) + [1] * len(r) for r in rows])
+    vlm, family = model.vlm, model.vlm_family
+    index = torch.zeros(2, dtype=torch.long)
+
+    def states(input_ids, attention_mask, rows_index):
+        with torch.no_grad():
+            return vlm.model(
+                input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
+                position_ids=family.position_ids(vlm, input_ids, attention_mask, image, rows_index),
+                mm_encoder_outputs={"image": family.image_encoder_outputs(vlm, image, rows_index)},
+            ).last_hidden_state
+
+    short = len(rows[1])
+    alone = states(ids[1:, -short:], mask[1:, -short:], index[:1])[0]
+    torch.testing.assert_close(states(ids, mask, index)[1, -short:], alone, rtol=1e-4, atol=1e-5)
+    monkeypatch.setattr(modeling_qwen3_5, "apply_mask_to_padding_states", lambda hidden_states, attention_mask: hidden_states)
+    assert (states(ids, mask, index)[1, -short:] - alone).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("tiny_base", [("qwen3_5", "sam2")], indirect=True)
+def test_qwen3_5_prompts_are_its_non_thinking_format(tiny_base):
+    """No default system turn; the generation prompt and the last answer open with the empty reasoning block, which is
+    not trained; an earlier answer goes without it (as the hub template writes history)."""
+    from model.loading import load_lisa
+
+    _, processor = load_lisa(str(tiny_base.lisa_dir))
+    tokenizer = processor.tokenizer
+    messages = [{"role": "user", "content": "<image>\nq1"}, {"role": "assistant", "content": "a1 [SEG]."},
+                {"role": "user", "content": "q2"}, {"role": "assistant", "content": "a2 [SEG]."}]
+    prompt = tokenizer.apply_chat_template(messages[:1], add_generation_prompt=True, tokenize=False)
+    assert prompt == ("<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>\nq1<|im_end|>\n"
+                      "<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    assert text.endswith("<|im_start|>assistant\na1 [SEG].<|im_end|>\n<|im_start|>user\nq2<|im_end|>\n"
+                         "<|im_start|>assistant\n<think>\n\n</think>\n\na2 [SEG].<|im_end|>\n")
+    ids, labels = processor.encode_conversation(messages, image_tokens=4)
+    trained = tokenizer.decode([i for i, label in zip(ids, labels) if label != -100])
+    assert trained.replace(" ", "") == "a1[SEG].<|im_end|>a2[SEG].<|im_end|>"
+
+
+@pytest.mark.parametrize("tiny_base", [("qwen3_5", "sam2")], indirect=True)
+def test_qwen3_5_lora_reaches_every_layer_and_no_vision_linear(tiny_base):
+    """The family's default targets: q_proj and v_proj in its full-attention layers, in_proj_qkv (fused query, key and
+    value) in its linear-attention ones; LISA's q_proj and v_proj alone would miss 3 layers in 4."""
+    from model.loading import load_lisa
+    from model.peft_setup import setup_trainable
+
+    model, _ = load_lisa(str(tiny_base.lisa_dir))
+    layer_types = model.config.vlm_config.text_config.layer_types
+    peft_model = setup_trainable(model)
+    adapted = {name.split(".lora_A")[0] for name, _ in peft_model.named_parameters() if ".lora_A." in name}
+    expected = set()
+    for i, kind in enumerate(layer_types):
+        prefix = f"base_model.model.vlm.model.language_model.layers.{i}"
+        names = ("self_attn.q_proj", "self_attn.v_proj") if kind == "full_attention" else ("linear_attn.in_proj_qkv",)
+        expected |= {f"{prefix}.{name}" for name in names}
+    assert adapted == expected and layer_types == ["linear_attention"] * 3 + ["full_attention"]

@@ -49,19 +49,23 @@ def check_only_the_language_model_quantised(lisa_dir, quantization: str, device:
     """Loads the tiny LISA in `lisa_dir` quantised on `device` and checks that exactly the language model's linear
     layers came out quantised (Qwen's vision transformer and patch merger, `visual`, stay unquantised as CLIP and
     the projector do). Returns the model."""
-    full = linear_census(load_lisa(str(lisa_dir))[0])
+    unquantised = linear_census(load_lisa(str(lisa_dir))[0])
     lisa, _ = load_for_inference(str(lisa_dir), "bf16", quantization, device=device)
     quantised = linear_census(lisa)
-    # The tiny LLM: 2 layers x (q, k, v, o, gate, up, down).
-    assert quantised[("language_model", QUANTIZED_TYPES[quantization])] == full[("language_model", "Linear")] == 14
+    # The tiny LLMs: 2 layers x (q, k, v, o, gate, up, down); Qwen3.5's: 1 such layer and 3 linear-attention layers x
+    # (in_proj_qkv, in_proj_z, out_proj, gate, up, down), their one-output-per-head in_proj_a / in_proj_b unquantised.
+    expected, kept = {"qwen3_5": (25, 6)}.get(lisa.vlm_family.name, (14, 0))
+    assert quantised[("language_model", QUANTIZED_TYPES[quantization])] == expected
+    assert quantised[("language_model", "Linear")] == kept
+    assert unquantised[("language_model", "Linear")] == expected + kept
     assert {key: n for key, n in quantised.items() if key[0] != "language_model"} == {
-        key: n for key, n in full.items() if key[0] != "language_model"
+        key: n for key, n in unquantised.items() if key[0] != "language_model"
     }
     assert all(kind == "Linear" for part, kind in quantised if part != "language_model")
     # Every other weight in the asked precision (the saved tiny model is fp32), the quantised ones in int8 / uint8.
     dtypes = Counter(p.dtype for p in lisa.parameters())
     assert set(dtypes) == {torch.bfloat16, torch.int8 if quantization == "8bit" else torch.uint8}
-    assert dtypes[torch.int8 if quantization == "8bit" else torch.uint8] == 14
+    assert dtypes[torch.int8 if quantization == "8bit" else torch.uint8] == expected
     return lisa
 
 
@@ -142,3 +146,15 @@ def test_qlora_training_resumes_and_merges_to_full_precision(tiny_dir, toy_dir, 
     torch.testing.assert_close(got.logits, want.logits, atol=1e-3, rtol=1e-3)
     for w, g in zip(want.pred_masks, got.pred_masks):
         torch.testing.assert_close(g, w, atol=1e-3, rtol=1e-3)
+
+
+@pytest.mark.parametrize("tiny_base", [("qwen3_5", "sam2")], indirect=True)
+def test_a_4bit_qwen3_5_answers_on_the_cpu(tiny_base):
+    """Its in_proj_a / in_proj_b (one output per head: 4 here, 16 in Qwen3.5-0.8B) stay unquantised: bitsandbytes'
+    4-bit CPU kernel on AVX512-BF16 hosts fails on linears whose outputs are no multiple of 32."""
+    from tests.test_model import QUESTION, generate_inputs, random_image
+
+    lisa, processor = load_for_inference(str(tiny_base.lisa_dir), "fp32", "4bit", device=torch.device("cpu"))
+    inputs = generate_inputs(processor, [random_image(0)], [QUESTION])
+    (prediction,) = lisa.eval().generate(**inputs, max_new_tokens=4)
+    assert 1 <= len(prediction.token_ids) <= 4

@@ -39,9 +39,14 @@ def toy_dir(tmp_path_factory):
 
 
 # ------------------------------------------------------------------------------------- trainable parameters
-def expected_trainable(name: str, train_sam_encoder: bool) -> bool:
+# LoRA's targets by family: LISA's q_proj and v_proj; Qwen3.5's linear-attention layers have neither, and their fused
+# query/key/value projection takes LoRA in their place.
+LORA_TARGETS = {"qwen3_5": ("q_proj", "v_proj", "in_proj_qkv")}
+
+
+def expected_trainable(name: str, train_sam_encoder: bool, vlm: str = "llava") -> bool:
     if "lora_" in name:
-        return ".language_model." in name and (".q_proj." in name or ".v_proj." in name)
+        return ".language_model." in name and any(f".{t}." in name for t in LORA_TARGETS.get(vlm, ("q_proj", "v_proj")))
     return any(part in name for part in FULLY_TRAINED) or (train_sam_encoder and "sam.vision_encoder" in name)
 
 
@@ -67,11 +72,14 @@ def test_exactly_the_intended_parameters_train(tiny_base, train_sam_encoder):
     model = setup_trainable(model, train_sam_encoder=train_sam_encoder)
     params = dict(model.named_parameters())
     trainable = {n for n, p in params.items() if p.requires_grad}
-    assert trainable == {n for n in params if expected_trainable(n, train_sam_encoder)}
-    # LoRA on exactly q_proj and v_proj of every layer of the language model.
+    assert trainable == {n for n in params if expected_trainable(n, train_sam_encoder, tiny_base.vlm)}
+    # LoRA on exactly q_proj and v_proj of every layer of the language model (Qwen3.5's linear-attention layers:
+    # in_proj_qkv).
     lora_modules = {n.split(".lora_A")[0] for n in trainable if ".lora_A" in n}
-    layers = model.get_base_model().config.vlm_config.text_config.num_hidden_layers
-    assert len(lora_modules) == 2 * layers and all(".language_model.layers." in n for n in lora_modules)
+    text_config = model.get_base_model().config.vlm_config.text_config
+    kinds = getattr(text_config, "layer_types", None) or ["full_attention"] * text_config.num_hidden_layers
+    expected = sum(2 if kind == "full_attention" else 1 for kind in kinds)
+    assert len(lora_modules) == expected and all(".language_model.layers." in n for n in lora_modules)
     # Frozen: the vision tower (CLIP, Qwen's ViT), projector / patch merger, SAM prompt encoder (and the image encoder
     # in LISA's recipe), base LLM weights.
     for name in params:
@@ -381,9 +389,10 @@ def through_the_scripts(base, toy_dir, tmp_path, precision: str = "fp32", gradie
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("tiny_base", [("qwen2_5_vl", "sam2"), ("qwen3_vl", "sam2")], indirect=True, ids="+".join)
+@pytest.mark.parametrize("tiny_base", [("qwen2_5_vl", "sam2"), ("qwen3_vl", "sam2"), ("qwen3_5", "sam2")], indirect=True,
+                         ids="+".join)
 def test_qwen_sam2_through_the_scripts(tiny_base, tiny_dir, toy_dir, tmp_path):
-    """Qwen2.5-VL or Qwen3-VL + SAM 2 through the same scripts as LLaVA + SAM: DeepSpeed training with LoRA, resume,
+    """Qwen2.5-VL, Qwen3-VL or Qwen3.5 + SAM 2 through the same scripts as LLaVA + SAM: DeepSpeed training with LoRA, resume,
     merge (the merged model answers as the unmerged one, its images take the run's pixel budget), evaluation and chat."""
     ckpt_dir = through_the_scripts(tiny_base, toy_dir, tmp_path, model_flags=("--max_pixels", "2048", "--attn_implementation", "eager"))
     assert LisaProcessor.from_pretrained(str(tmp_path / "merged")).image_processor.size["longest_edge"] == 2048

@@ -118,6 +118,10 @@ class VlmFamily(Family):
     processor_class: type  # the class of its tokenizer + image processor (`load_processor`)
     chat_templates: dict[str, str]  # conversation formats its tokens fit, by name; the first is the default
     attn_implementations: tuple[str, ...]  # those of `ATTN_IMPLEMENTATIONS` its vision tower and language model support
+    # The language model's linears that get LoRA by default (`model.peft_setup`): LISA's query and value projections.
+    lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
+    # Names of language-model linears that stay unquantised (`model.quantization`): those bitsandbytes cannot take.
+    unquantized_linears: tuple[str, ...] = ()
 
     # ------------------------------------------------------------------------------------------ processor side
     def load_processor(self, path: str) -> Any:
