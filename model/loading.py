@@ -142,15 +142,16 @@ def build_lisa_from_base(
 
     Args:
         base_path: hub id or folder of a model of a family of `VLM_FAMILIES` (e.g. `llava-hf/llava-1.5-7b-hf`,
-            `Qwen/Qwen2.5-VL-3B-Instruct`, `Qwen/Qwen3-VL-2B-Instruct`).
+            `Qwen/Qwen2.5-VL-3B-Instruct`, `Qwen/Qwen3-VL-2B-Instruct`, `OpenGVLab/InternVL3-2B-hf`).
         sam_path: a folder or hub id of a model of a family of `MASK_HEAD_FAMILIES` (e.g. `facebook/sam-vit-huge`,
             `facebook/sam2.1-hiera-tiny`), or a `sam_vit_h_4b8939.pth`-style file in segment-anything's layout.
         conv_type: conversation format (`model.families.CHAT_TEMPLATES`); None: the base family's default.
         out_dim: output width of the new `[SEG]` projection; it must be the mask head's prompt width (the default;
             256 for the released SAM and SAM 2).
         quantization, device, attn_implementation: see `load_lisa`.
-        max_pixels: pixels of one image at most (Qwen families; an error for LLaVA); None: the default budget
-            (`model.families.base.IMAGE_TOKEN_BUDGET` tokens), or the base's own cap where lower.
+        max_pixels: pixels of one image at most (Qwen families; InternVL3: of its tile grid; an error for LLaVA);
+            None: the default budget (`model.families.base.IMAGE_TOKEN_BUDGET` tokens), or the base's own cap where
+            lower.
         config_kwargs: other `LisaConfig` fields (loss weights).
 
     Raises:

@@ -12,6 +12,8 @@ an offline corpus, the widths) and the command. Of the families:
   tokens, dynamic-resolution image processor, chat template);
 * `qwen3_vl`: a Qwen3-VL folder (the same files; a vision transformer with learnt position embeddings and two
   DeepStack layers, a language model with query/key norms);
+* `internvl`: an InternVL3 folder (the Qwen-style tokenizer with InternVL's `<img>`, `</img>`, `<IMG_CONTEXT>`, the PIL
+  tiling image processor, `processor_config.json` with the tokens of a tile; InternViT, pixel-shuffle projector, Qwen2);
 * `sam`: a `SamModel` folder; `sam2`: a `Sam2Model` folder (Hiera image encoder with its feature pyramid).
 The language models have more embedding rows than their tokenizers have tokens, as the real bases do.
 Tests, the toy training run and a first try use them in place of the 7B (or 3B) bases.

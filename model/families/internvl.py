@@ -205,9 +205,7 @@ class InternVLFamily(VlmFamily):
         from model.families.qwen2_5_vl import tiny_qwen_text
 
         torch.manual_seed(seed)
-        tokenizer = tiny.build_qwen_tokenizer()
-        tokenizer.add_special_tokens({"additional_special_tokens": [START_IMAGE, END_IMAGE, CONTEXT_IMAGE]},
-                                     replace_extra_special_tokens=False)
+        tokenizer = tiny_tokenizer()
         image_seq_length = (TINY_TILE_SIZE // TINY_PATCH_SIZE) ** 2 // 4  # pixel shuffle 0.5 halves each side
         config = InternVLConfig(
             vision_config=InternVLVisionConfig(
@@ -234,3 +232,13 @@ class InternVLFamily(VlmFamily):
         )
         tokenizer.chat_template = CHAT_TEMPLATES["internvl3"]
         return model, InternVLTextImageProcessor(tokenizer, image_processor, image_seq_length)
+
+
+def tiny_tokenizer() -> PreTrainedTokenizerBase:
+    """The tiny Qwen tokenizer (`model.tiny`) with InternVL's image tokens, as InternVL3's adds them to Qwen2.5's."""
+    from model import tiny
+
+    tokenizer = tiny.build_qwen_tokenizer()
+    tokenizer.add_special_tokens({"additional_special_tokens": [START_IMAGE, END_IMAGE, CONTEXT_IMAGE]},
+                                 replace_extra_special_tokens=False)
+    return tokenizer
