@@ -603,6 +603,10 @@ def test_a_photo_takes_at_most_1280_tokens_by_default_under_internvls_tile_cap(t
     with pytest.raises(ValueError, match=r"max_pixels 200703 is below one tile of InternVL3 \(448×448 = 200704 px, 256 tokens\)"):
         family.set_max_pixels(processor, 448**2 - 1)
 
+    (base / "processor_config.json").unlink()  # the tokens of a tile are read from it, not guessed
+    with pytest.raises(ValueError, match=r"no image_seq_length \(the image tokens of one tile\) in its processor_config.json"):
+        family.load_processor(str(base))
+
 
 @pytest.mark.parametrize("tiny_base", [("internvl", "sam")], indirect=True)
 def test_internvl_weights_are_not_taken_for_llavas(tiny_base, tiny_dir):

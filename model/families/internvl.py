@@ -34,6 +34,7 @@ from transformers import (
 from transformers.image_processing_utils import BaseImageProcessor
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+from transformers.utils import cached_file
 
 from model.families.base import (
     ATTN_IMPLEMENTATIONS,
@@ -116,18 +117,14 @@ class InternVLTextImageProcessor:
 
     @classmethod
     def from_pretrained(cls, path: str) -> "InternVLTextImageProcessor":
-        """Raises ValueError: a folder without `image_seq_length` in its `processor_config.json`."""
-        settings_file = os.path.join(path, PROCESSOR_SETTINGS)
-        if os.path.isfile(settings_file):
+        """Raises ValueError: a folder or hub id without `image_seq_length` in its `processor_config.json`."""
+        settings_file = cached_file(path, PROCESSOR_SETTINGS, _raise_exceptions_for_missing_entries=False)
+        settings = {}
+        if settings_file is not None:
             with open(settings_file) as f:
                 settings = json.load(f)
-        else:
-            from huggingface_hub import hf_hub_download  # a hub id
-
-            with open(hf_hub_download(path, PROCESSOR_SETTINGS)) as f:
-                settings = json.load(f)
         if "image_seq_length" not in settings:
-            raise ValueError(f"{settings_file}: no image_seq_length (the image tokens of one tile)")
+            raise ValueError(f"{path}: no image_seq_length (the image tokens of one tile) in its {PROCESSOR_SETTINGS}")
         return cls(AutoTokenizer.from_pretrained(path), load_image_processor(path), settings["image_seq_length"])
 
     def save_pretrained(self, path: str) -> None:
