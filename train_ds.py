@@ -101,7 +101,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_switch(model, "gradient_checkpointing", True, "recompute activations in the backward pass to save memory")
     add_image_and_attention_arguments(
         model, max_pixels_default="for a base 1280 tokens' worth, 1,003,520 px for Qwen2.5-VL and 1,310,720 for Qwen3-VL, "
-                                  "or the base's own cap where lower; for a LISA folder its own")
+                                  "4 tiles (802,816 px) + thumbnail for InternVL3, or the base's own cap where lower; "
+                                  "for a LISA folder its own")
 
     lora = parser.add_argument_group("trainable parameters (LoRA on the language model; lm_head, embed_tokens, "
                                       "SAM mask decoder and [SEG] projection in full)")

@@ -1,6 +1,6 @@
 """Per-answer latency and peak memory of LISA pairs at their real widths, random weights, side by side:
-LLaVA-1.5-7B + SAM ViT-H (the original's) against Qwen2.5-VL-3B, Qwen3-VL-4B and Qwen3.5-0.8B, each + SAM
-2.1-hiera-tiny.
+LLaVA-1.5-7B + SAM ViT-H (the original's) against Qwen2.5-VL-3B, Qwen3-VL-4B, Qwen3.5-0.8B and InternVL3-2B, each +
+SAM 2.1-hiera-tiny.
 
     python -m benchmarks.backbones [--fractions 0.25,0.5] [--image_size 480,640] [--new_tokens 16] [--threads 2]
                                    [--device cpu|cuda] [--pairs qwen3_5]
@@ -41,12 +41,16 @@ import torch
 from transformers import (
     CLIPImageProcessorPil,
     CLIPVisionConfig,
+    GotOcr2ImageProcessorPil,
+    InternVLConfig,
+    InternVLVisionConfig,
     LlamaConfig,
     LlavaConfig,
     LlavaProcessor,
     LogitsProcessor,
     LogitsProcessorList,
     Qwen2_5_VLConfig,
+    Qwen2Config,
     Qwen3VLConfig,
     Qwen3_5Config,
     Sam2Config,
@@ -58,6 +62,7 @@ from transformers.models.qwen3_5.tokenization_qwen3_5 import PRETOKENIZE_REGEX, 
 
 from benchmarks.devices import add_device_argument, check_device, synchronize
 from model.families import CHAT_TEMPLATES, MASK_HEAD_FAMILIES, VLM_FAMILIES
+from model.families.internvl import CONTEXT_IMAGE, InternVLTextImageProcessor, tiny_tokenizer
 from model.families.qwen2_5_vl import QwenVLTextImageProcessor, qwen_token_ids
 from model.inference import answer
 from model.lisa import LisaConfig, LisaForCausalLM
@@ -204,12 +209,47 @@ def qwen3_5_0_8b_sam2_tiny(fraction: float) -> tuple[LisaConfig, LisaProcessor]:
     return LisaConfig(vlm_config=vlm, sam_config=Sam2Config(), seg_token_id=seg_token_id, out_dim=256), processor
 
 
+def internvl3_2b_sam2_tiny(fraction: float) -> tuple[LisaConfig, LisaProcessor]:
+    """`OpenGVLab/InternVL3-2B-hf` + `facebook/sam2.1-hiera-tiny`, InternViT-300M and the Qwen2.5-1.5B-wide language
+    model cut to `fraction` of their depth; the image in the family's default tile cap (4 tiles + thumbnail)."""
+    tokenizer = tiny_tokenizer()
+    seg_token_id = add_seg_token(tokenizer)
+    tokenizer.chat_template = CHAT_TEMPLATES["internvl3"]
+    vlm = InternVLConfig(
+        vision_config=InternVLVisionConfig(
+            hidden_size=1024, num_hidden_layers=cut(24, fraction), num_attention_heads=16, intermediate_size=4096,
+            image_size=448, patch_size=14, attention_bias=True, use_qk_norm=False, norm_type="layer_norm",
+            layer_norm_eps=1e-6, layer_scale_init_value=0.1, use_mean_pooling=True,
+        ),
+        text_config=Qwen2Config(
+            # 151,674 rows, all the tokenizer's: [SEG] grows them to the next multiple of 64.
+            vocab_size=151680, hidden_size=1536, intermediate_size=8960, num_hidden_layers=cut(28, fraction),
+            num_attention_heads=12, num_key_value_heads=2, max_position_embeddings=32768, rms_norm_eps=1e-6,
+            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}, bos_token_id=None,
+            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        ),
+        image_token_id=tokenizer.convert_tokens_to_ids(CONTEXT_IMAGE), image_seq_length=256, downsample_ratio=0.5,
+        vision_feature_layer=-1, vision_feature_select_strategy="default", tie_word_embeddings=False,
+    )
+    # The hub's image processor (448-px tiles, at most 12), capped as training init caps it.
+    image_processor = GotOcr2ImageProcessorPil(
+        size={"height": 448, "width": 448}, image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225],
+        resample=3, max_patches=12,
+    )
+    family = VLM_FAMILIES["internvl"]
+    vlm_processor = InternVLTextImageProcessor(tokenizer, image_processor, image_seq_length=256)
+    family.set_max_pixels(vlm_processor, None)
+    processor = LisaProcessor(vlm_processor, sam_image_size=1024, vlm_family=family, sam_family=MASK_HEAD_FAMILIES["sam2"])
+    return LisaConfig(vlm_config=vlm, sam_config=Sam2Config(), seg_token_id=seg_token_id, out_dim=256), processor
+
+
 # By the VLM family's name (`--pairs`).
 PAIRS = {
     "llava": ("LLaVA-1.5-7B + SAM ViT-H", llava_7b_sam_vit_h),
     "qwen2_5_vl": ("Qwen2.5-VL-3B + SAM 2.1-hiera-tiny", qwen_3b_sam2_tiny),
     "qwen3_vl": ("Qwen3-VL-4B + SAM 2.1-hiera-tiny", qwen3_4b_sam2_tiny),
     "qwen3_5": ("Qwen3.5-0.8B + SAM 2.1-hiera-tiny", qwen3_5_0_8b_sam2_tiny),
+    "internvl": ("InternVL3-2B + SAM 2.1-hiera-tiny", internvl3_2b_sam2_tiny),
 }
 
 

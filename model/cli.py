@@ -40,7 +40,10 @@ def add_image_and_attention_arguments(parser: argparse._ActionsContainer, max_pi
              "tokens (784 px a token for Qwen2.5-VL, 1024 for Qwen3-VL) in every conversation row about it: memory and "
              "time grow with it (Qwen2.5-VL's hub config allows 12,845,056 px: 15,552 tokens for a 4032×3024 photo). Saved "
              "in the model folder's preprocessor_config.json; given here, it replaces the folder's. Less than one token "
-             "is an error, and so is any value for LLaVA-1.5, whose images all take one size (336 px square, 576 tokens) "
+             "is an error, and so is any value for LLaVA-1.5, whose images all take one size (336 px square, 576 tokens). "
+             "InternVL3: the pixels of an image's tile grid, N // 448² tiles of 256 tokens (plus a 256-token thumbnail "
+             "when there are several; the hub allows 12 tiles, 3,328 tokens with the thumbnail); below one tile "
+             "(200,704 px) is an error "
              f"(default: {max_pixels_default})")
     parser.add_argument(
         "--attn_implementation", default="sdpa", choices=list(ATTN_IMPLEMENTATIONS),

@@ -111,15 +111,16 @@ def fit_embeddings(vlm: PreTrainedModel, tokens: int, base_tokens: int, seg_toke
 
 def _load_vlm(family: VlmFamily, path: str, config: dict, **kwargs) -> PreTrainedModel:
     """The base's model (`load_pretrained`: refused when its checkpoint lacks weights), its output head tied to its
-    input embeddings when its config ties them in `text_config` only and its checkpoint holds no head of its own.
+    input embeddings when its config ties them in `text_config` only and its checkpoint holds no head of its own, and
+    its config's tie flag saying what the loaded weights are.
 
     transformers 5 ties from the outer config's flag and lifts the text config's for Qwen2.5-VL, not for Qwen3-VL: such
-    a Qwen3-VL base would get a random head. The flag is lifted here as there."""
-    if config.get("tie_word_embeddings") or not (config.get("text_config") or {}).get("tie_word_embeddings"):
-        return load_pretrained(family.model_class, path, **kwargs)
-    vlm = load_pretrained(family.model_class, path, tie_word_embeddings=True, **kwargs)
-    # A head the checkpoint holds, and that differs, stays untied (transformers checks); the config must say so, or a
-    # later `tie_weights` (resizing calls it) would replace it by the embeddings.
+    a Qwen3-VL base would get a random head. The flag is lifted here as there. A checkpoint head that differs from the
+    embeddings stays untied whatever the flag (transformers checks), but a flag left saying "tied" — `InternVLConfig`'s
+    default, for a config.json without the key — would let a later `tie_weights` (resizing for `[SEG]` calls it)
+    replace the head by the embeddings."""
+    lift = not config.get("tie_word_embeddings") and (config.get("text_config") or {}).get("tie_word_embeddings")
+    vlm = load_pretrained(family.model_class, path, **({"tie_word_embeddings": True} if lift else {}), **kwargs)
     vlm.config.tie_word_embeddings = vlm.get_output_embeddings().weight is vlm.get_input_embeddings().weight
     return vlm
 
@@ -141,15 +142,16 @@ def build_lisa_from_base(
 
     Args:
         base_path: hub id or folder of a model of a family of `VLM_FAMILIES` (e.g. `llava-hf/llava-1.5-7b-hf`,
-            `Qwen/Qwen2.5-VL-3B-Instruct`, `Qwen/Qwen3-VL-2B-Instruct`).
+            `Qwen/Qwen2.5-VL-3B-Instruct`, `Qwen/Qwen3-VL-2B-Instruct`, `OpenGVLab/InternVL3-2B-hf`).
         sam_path: a folder or hub id of a model of a family of `MASK_HEAD_FAMILIES` (e.g. `facebook/sam-vit-huge`,
             `facebook/sam2.1-hiera-tiny`), or a `sam_vit_h_4b8939.pth`-style file in segment-anything's layout.
         conv_type: conversation format (`model.families.CHAT_TEMPLATES`); None: the base family's default.
         out_dim: output width of the new `[SEG]` projection; it must be the mask head's prompt width (the default;
             256 for the released SAM and SAM 2).
         quantization, device, attn_implementation: see `load_lisa`.
-        max_pixels: pixels of one image at most (Qwen families; an error for LLaVA); None: the default budget
-            (`model.families.base.IMAGE_TOKEN_BUDGET` tokens), or the base's own cap where lower.
+        max_pixels: pixels of one image at most (Qwen families; InternVL3: of its tile grid; an error for LLaVA);
+            None: the default budget (`model.families.base.IMAGE_TOKEN_BUDGET` tokens), or the base's own cap where
+            lower.
         config_kwargs: other `LisaConfig` fields (loss weights).
 
     Raises:

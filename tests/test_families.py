@@ -576,3 +576,127 @@ def test_qwen3_5_lora_reaches_every_layer_and_no_vision_linear(tiny_base):
         names = ("self_attn.q_proj", "self_attn.v_proj") if kind == "full_attention" else ("linear_attn.in_proj_qkv",)
         expected |= {f"{prefix}.{name}" for name in names}
     assert adapted == expected and layer_types == ["linear_attention"] * 3 + ["full_attention"]
+
+# ------------------------------------------------------------------------------------------------- InternVL3
+@pytest.mark.parametrize("tiny_base", [("internvl", "sam")], indirect=True)
+def test_an_internvl_base_whose_config_omits_the_tie_flag_keeps_its_own_head(tiny_base, tmp_path):
+    """`InternVLConfig` ties the head by default; InternVL3's heads are their own (2.09B parameters for the 2B, 1.86B
+    tied). A config.json without the flag (as transformers 4 wrote one whose value equalled its default) loads with the
+    checkpoint's head, but `[SEG]`'s row would then tie it to the embeddings and lose it: InternVL3's vocabulary has
+    exactly its tokenizer's 151,674 rows, so `[SEG]` grows the matrices, and resizing ties what the config says."""
+    from transformers import AutoTokenizer
+
+    tokens = len(AutoTokenizer.from_pretrained(str(tiny_base.vlm_dir)))
+    base = copy_base(tiny_base.vlm_dir, tmp_path / "no_flag", {"tie_word_embeddings": None}, {"vocab_size": tokens})
+    weights = load_file(base / "model.safetensors")
+    for name in [n for n in weights if n.endswith(("embed_tokens.weight", "lm_head.weight"))]:
+        weights[name] = weights[name][:tokens].clone()  # no padded rows, as InternVL3's
+    save_file(weights, base / "model.safetensors", metadata={"format": "pt"})
+
+    model, processor = build_lisa_from_base(str(base), str(tiny_base.sam_dir))
+    head, embeddings = model.get_output_embeddings().weight, model.get_input_embeddings().weight
+    assert head.shape[0] > tokens  # grown for [SEG]
+    assert head is not embeddings and not model.config.vlm_config.tie_word_embeddings
+    torch.testing.assert_close(head[:tokens], saved_weight(base, "lm_head.weight")[1], rtol=0, atol=0)
+
+
+def internvl_tiles(image: np.ndarray, tile: int, max_tiles: int, mean, std) -> torch.Tensor:
+    """InternVL's own tiling (`dynamic_preprocess` + `build_transform` of its model card), written afresh: of the grids
+    of cols × rows ≤ `max_tiles` tiles, by area, the one whose aspect ratio is closest to the image's (on a tie the
+    larger, while the image has more than half its pixels); a bicubic resize to it, its tiles row-major, and a
+    thumbnail of the whole image when there is more than one; 0-1 pixels under the statistics `mean` / `std`."""
+    from PIL import Image
+
+    height, width = image.shape[:2]
+    grids = sorted({(c, r) for c in range(1, max_tiles + 1) for r in range(1, max_tiles + 1) if c * r <= max_tiles},
+                   key=lambda grid: grid[0] * grid[1])
+    best, best_diff = (1, 1), float("inf")
+    for cols, rows in grids:
+        diff = abs(width / height - cols / rows)
+        if diff < best_diff:
+            best, best_diff = (cols, rows), diff
+        elif diff == best_diff and width * height > 0.5 * tile * tile * cols * rows:
+            best = (cols, rows)
+    cols, rows = best
+    pil = Image.fromarray(image)
+    resized = pil.resize((cols * tile, rows * tile), Image.BICUBIC)
+    crops = [resized.crop((c * tile, r * tile, (c + 1) * tile, (r + 1) * tile)) for r in range(rows) for c in range(cols)]
+    if len(crops) > 1:
+        crops.append(pil.resize((tile, tile), Image.BICUBIC))
+    pixels = np.stack([np.asarray(crop, np.float32) / 255 for crop in crops])
+    return torch.from_numpy((pixels - np.float32(mean)) / np.float32(std)).permute(0, 3, 1, 2)
+
+
+# InternVL3-*-hf's preprocessor_config.json: 448-px tiles, at most 12, tiling off (only InternVLProcessor turns it on).
+HUB_INTERNVL_IMAGE_PROCESSOR = {
+    "size": {"height": 448, "width": 448}, "crop_to_patches": False, "min_patches": 1, "max_patches": 12,
+    "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225], "resample": 3, "do_rescale": True,
+    "rescale_factor": 1 / 255, "do_normalize": True, "do_resize": True, "do_convert_rgb": True,
+    "image_processor_type": "GotOcr2ImageProcessorFast", "processor_class": "InternVLProcessor",
+}
+
+
+@pytest.mark.parametrize("tiny_base", [("internvl", "sam")], indirect=True)
+def test_internvl_images_are_tiled_as_internvl_tiles_them(tiny_base):
+    """The tiny base's 32-px tiles, at most 4 + thumbnail: a landscape image takes a 2 × 2 grid, a portrait one
+    1 × 2 (InternVL's tie rule is not symmetric), a small square one tile; 4 tokens a tile."""
+    family = VLM_FAMILIES["internvl"]
+    processor = family.load_processor(str(tiny_base.vlm_dir))
+    image_processor = processor.image_processor
+    rng = np.random.default_rng(0)
+    for (height, width), tiles in {(64, 96): 5, (96, 64): 3, (80, 80): 5, (30, 30): 1, (40, 150): 5}.items():
+        image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        inputs = family.preprocess_image(processor, image)
+        expected = internvl_tiles(image, 32, 4, image_processor.image_mean, image_processor.image_std)
+        assert inputs.tiles.tolist() == [tiles] == [len(expected)], (height, width)
+        assert inputs.token_counts == (4 * tiles,)
+        torch.testing.assert_close(inputs.pixel_values, expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("tiny_base", [("internvl", "sam")], indirect=True)
+def test_a_photo_takes_at_most_1280_tokens_by_default_under_internvls_tile_cap(tiny_base, tmp_path):
+    """With the hub's 12 tiles a 640 × 480 photo takes a 4 × 3 grid and a thumbnail, 13 × 256 = 3,328 tokens; the
+    default cap is 4 tiles + thumbnail (1,280 tokens), which takes it to one tile (its 4:3 is as far from 1:1 as from
+    2:1, and it has less than half of 2 tiles' pixels). `max_pixels` caps the grid's pixels in whole tiles."""
+    family = VLM_FAMILIES["internvl"]
+    base = with_image_processor(tiny_base.vlm_dir, tmp_path / "hub", HUB_INTERNVL_IMAGE_PROCESSOR)
+    settings = {**json.loads((base / "processor_config.json").read_text()), "image_seq_length": 256}
+    (base / "processor_config.json").write_text(json.dumps(settings))
+    processor = family.load_processor(str(base))
+    photo, portrait = np.zeros((480, 640, 3), np.uint8), np.zeros((640, 480, 3), np.uint8)
+    mean, std = processor.image_processor.image_mean, processor.image_processor.image_std
+    assert len(internvl_tiles(photo, 448, 12, mean, std)) == 13
+    assert family.preprocess_image(processor, photo).token_counts == (13 * 256,)
+
+    family.set_max_pixels(processor, None)
+    assert processor.image_processor.max_patches == 4
+    for image in (photo, portrait, PHOTO):
+        tiles = len(internvl_tiles(image, 448, 4, mean, std))
+        assert family.preprocess_image(processor, image).token_counts == (tiles * 256,) and tiles * 256 <= 1280
+    assert family.preprocess_image(processor, portrait).token_counts == (3 * 256,)  # 1 × 2 + thumbnail
+
+    family.set_max_pixels(processor, 6 * 448**2 + 1)
+    assert processor.image_processor.max_patches == 6
+    assert family.preprocess_image(processor, photo).token_counts == (7 * 256,)  # 3 × 2 + thumbnail
+    with pytest.raises(ValueError, match=r"max_pixels 200703 is below one tile of InternVL3 \(448×448 = 200704 px, 256 tokens\)"):
+        family.set_max_pixels(processor, 448**2 - 1)
+
+    (base / "processor_config.json").unlink()  # the tokens of a tile are read from it, not guessed
+    with pytest.raises(ValueError, match=r"no image_seq_length \(the image tokens of one tile\) in its processor_config.json"):
+        family.load_processor(str(base))
+
+
+@pytest.mark.parametrize("tiny_base", [("internvl", "sam")], indirect=True)
+def test_internvl_weights_are_not_taken_for_llavas(tiny_base, tiny_dir):
+    """Both name their vision tower and projector `model.vision_tower` / `model.multi_modal_projector` (a prefix test
+    took InternVL's for LLaVA's); InternViT's CLS token and the projector's norm tell them apart."""
+    from model.loading import load_lisa
+
+    internvl, _ = load_lisa(str(tiny_base.lisa_dir))
+    llava, _ = load_lisa(str(tiny_dir / "lisa"))
+    names = list(internvl.state_dict())
+    assert any(n.startswith("vlm.model.vision_tower.") for n in names)
+    with pytest.raises(ValueError, match="ckpt holds the weights of a InternVL3 vision-language model, not of a LLaVA-1.5 one"):
+        check_weights_fit(llava, names, "ckpt")
+    with pytest.raises(ValueError, match="ckpt holds the weights of a LLaVA-1.5 vision-language model, not of a InternVL3 one"):
+        check_weights_fit(internvl, llava.state_dict(), "ckpt")

@@ -46,9 +46,12 @@ def lisa(tiny_base):
 def vlm_image_inputs(model, batch, rows=None):
     """The image inputs of the vision-language model's own forward / generate for the rows (default: row r about
     image r): Qwen2.5-VL also takes the patch grids and which tokens are image tokens, from which it computes its
-    3-D positions itself."""
+    3-D positions itself; InternVL3 takes each row's tiles, row after row."""
     rows = torch.arange(batch["input_ids"].shape[0]) if rows is None else rows
     images = batch["image_inputs"]
+    if hasattr(images, "tiles"):
+        tiles = images.pixel_values.split(images.tiles.tolist())
+        return {"pixel_values": torch.cat([tiles[i] for i in rows.tolist()])}
     if not hasattr(images, "image_grid_thw"):
         return {"pixel_values": images.pixel_values[rows]}
     patches = images.pixel_values.split(images.image_grid_thw.prod(-1).tolist())
@@ -75,14 +78,14 @@ def recorded_queries(model):
 
 @contextmanager
 def image_encoder_calls(model):
-    """Yields a list that fills with the output of each call of the VLM's image encoder (per image, its features in
-    `pooler_output`)."""
+    """Yields a list that fills with (pixel values, output) of each call of the VLM's image encoder (the output's
+    `pooler_output`: the features)."""
     outputs = []
     encode = model.vlm.model.get_image_features
 
     def recording(*args, **kwargs):
-        outputs.append(encode(*args, **kwargs))
-        return outputs[-1]
+        outputs.append((kwargs["pixel_values"] if "pixel_values" in kwargs else args[0], encode(*args, **kwargs)))
+        return outputs[-1][1]
 
     model.vlm.model.get_image_features = recording
     try:
@@ -635,7 +638,9 @@ def test_generation_encodes_each_image_once_and_refuses_several_answers_per_prom
     questions = [[user()], [user("<image>\nWhere is the blue square?")], [user("<image>\nAnd the circle?")]]
     with image_encoder_calls(model) as calls:
         replies = answer(model, processor, images, questions, image_index=[0, 1, 0], max_new_tokens=3)
-    assert [len(call.pooler_output) for call in calls] == [2] and len(replies) == 3
+    assert len(calls) == 1 and len(replies) == 3
+    encoded = type(processor.preprocess_image(images[0])).cat([processor.preprocess_image(image) for image in images])
+    torch.testing.assert_close(calls[0][0], encoded.pixel_values, rtol=0, atol=0)  # the two images, not three rows
     inputs = generate_inputs(processor, images[:1], [QUESTION])
     for kwargs in ({"num_beams": 2}, {"num_return_sequences": 2, "do_sample": True}):
         with pytest.raises(ValueError, match="num_beams and num_return_sequences must be 1"):
@@ -674,7 +679,7 @@ def test_the_frozen_vision_tower_runs_without_gradient_in_training(tiny_base, tr
     with image_encoder_calls(model) as calls:
         peft_model(**processor.collate([item])).loss.backward()
     assert len(calls) == 1
-    assert all(features.requires_grad == train_tower for features in calls[0].pooler_output)
+    assert all(features.requires_grad == train_tower for features in calls[0][1].pooler_output)
     if train_tower:
         patch_weights = [p for name, p in model.vlm.model.named_parameters() if "patch_embed" in name]
         assert patch_weights and all(p.grad is not None for p in patch_weights)

@@ -22,6 +22,7 @@ from typing import TypeVar
 from transformers import PretrainedConfig
 
 from model.families.base import Family, MaskHeadFamily, VlmFamily
+from model.families.internvl import InternVLFamily
 from model.families.llava import LlavaFamily
 from model.families.qwen2_5_vl import Qwen2_5_VLFamily
 from model.families.qwen3_5 import Qwen3_5Family
@@ -30,7 +31,7 @@ from model.families.sam import SamFamily
 from model.families.sam2 import Sam2Family
 
 VLM_FAMILIES: dict[str, VlmFamily] = {
-    f.name: f for f in (LlavaFamily(), Qwen2_5_VLFamily(), Qwen3VLFamily(), Qwen3_5Family())
+    f.name: f for f in (LlavaFamily(), Qwen2_5_VLFamily(), Qwen3VLFamily(), Qwen3_5Family(), InternVLFamily())
 }
 MASK_HEAD_FAMILIES: dict[str, MaskHeadFamily] = {f.name: f for f in (SamFamily(), Sam2Family())}
 CHAT_TEMPLATES: dict[str, str] = {name: t for f in VLM_FAMILIES.values() for name, t in f.chat_templates.items()}
