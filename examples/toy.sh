@@ -2,7 +2,7 @@
 # The whole LISA pipeline on CPU in about 10 minutes: a tiny random base, the toy corpus (coloured shapes in
 # every real data layout), DeepSpeed training on all four data families, merging, evaluation and a chat.
 #
-#     bash examples/toy.sh OUT [--vlm llava|qwen2_5_vl|qwen3_vl] [--sam sam|sam2]
+#     bash examples/toy.sh OUT [--vlm llava|qwen2_5_vl|qwen3_vl] [--sam sam|sam2|sam3_tracker]
 #
 # --vlm and --sam choose the families of the tiny base (default: LISA's LLaVA-1.5 + SAM; `--vlm qwen2_5_vl --sam sam2`
 # is the Qwen2.5-VL + SAM 2 pair). Writes OUT/tiny (the base), OUT/data (the corpus), OUT/runs/toy (TensorBoard + checkpoints), OUT/lisa-toy (the
@@ -16,7 +16,7 @@
 # colour, and the decoder learns to read it; an encoder trained from step 0 turns to shape alone, and queries that
 # name only a colour then stay at the query-blind baseline.
 set -euo pipefail
-USAGE="usage: bash examples/toy.sh OUT [--vlm llava|qwen2_5_vl|qwen3_vl] [--sam sam|sam2]"
+USAGE="usage: bash examples/toy.sh OUT [--vlm llava|qwen2_5_vl|qwen3_vl] [--sam sam|sam2|sam3_tracker]"
 OUT=${1:?$USAGE}
 shift
 VLM=llava

@@ -12,7 +12,8 @@ an offline corpus, the widths) and the command. Of the families:
   tokens, dynamic-resolution image processor, chat template);
 * `qwen3_vl`: a Qwen3-VL folder (the same files; a vision transformer with learnt position embeddings and two
   DeepStack layers, a language model with query/key norms);
-* `sam`: a `SamModel` folder; `sam2`: a `Sam2Model` folder (Hiera image encoder with its feature pyramid).
+* `sam`: a `SamModel` folder; `sam2`: a `Sam2Model` folder (Hiera image encoder with its feature pyramid);
+  `sam3_tracker`: a `Sam3TrackerModel` folder (SAM 3's ViT in 14-px patches under its feature pyramid).
 The language models have more embedding rows than their tokenizers have tokens, as the real bases do.
 Tests, the toy training run and a first try use them in place of the 7B (or 3B) bases.
 """

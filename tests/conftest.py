@@ -12,9 +12,10 @@ import torch
 from model.tiny import write_tiny
 
 # The (vision-language model, mask head) pairs of families the model tests run over: every pair of LLaVA-1.5 and
-# Qwen2.5-VL with SAM and SAM 2, and Qwen3-VL (which adds DeepStack to Qwen2.5-VL's inputs) with SAM 2; the first is
-# LISA's original.
-PAIRS = [("llava", "sam"), ("llava", "sam2"), ("qwen2_5_vl", "sam"), ("qwen2_5_vl", "sam2"), ("qwen3_vl", "sam2")]
+# Qwen2.5-VL with SAM and SAM 2, Qwen3-VL (which adds DeepStack to Qwen2.5-VL's inputs) with SAM 2, and Qwen2.5-VL with
+# the SAM 3 tracker; the first is LISA's original.
+PAIRS = [("llava", "sam"), ("llava", "sam2"), ("qwen2_5_vl", "sam"), ("qwen2_5_vl", "sam2"), ("qwen3_vl", "sam2"),
+         ("qwen2_5_vl", "sam3_tracker")]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
