@@ -1,6 +1,6 @@
 """Per-answer latency and peak memory of LISA pairs at their real widths, random weights, side by side:
 LLaVA-1.5-7B + SAM ViT-H (the original's) against Qwen2.5-VL-3B, Qwen3-VL-4B, Qwen3.5-0.8B and InternVL3-2B, each +
-SAM 2.1-hiera-tiny.
+SAM 2.1-hiera-tiny, and Qwen2.5-VL-3B + the SAM 3 tracker.
 
     python -m benchmarks.backbones [--fractions 0.25,0.5] [--image_size 480,640] [--new_tokens 16] [--threads 2]
                                    [--device cpu|cuda] [--pairs qwen3_5]
@@ -55,6 +55,9 @@ from transformers import (
     Qwen3_5Config,
     Sam2Config,
     SamConfig,
+    Sam3TrackerConfig,
+    Sam3ViTConfig,
+    Sam3VisionConfig,
     SamVisionConfig,
 )
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
@@ -64,6 +67,7 @@ from benchmarks.devices import add_device_argument, check_device, synchronize
 from model.families import CHAT_TEMPLATES, MASK_HEAD_FAMILIES, VLM_FAMILIES
 from model.families.internvl import CONTEXT_IMAGE, InternVLTextImageProcessor, tiny_tokenizer
 from model.families.qwen2_5_vl import QwenVLTextImageProcessor, qwen_token_ids
+from model.families.sam3_tracker import tracker_config
 from model.inference import answer
 from model.lisa import LisaConfig, LisaForCausalLM
 from model.loading import PRECISIONS, add_seg_token
@@ -243,13 +247,26 @@ def internvl3_2b_sam2_tiny(fraction: float) -> tuple[LisaConfig, LisaProcessor]:
     return LisaConfig(vlm_config=vlm, sam_config=Sam2Config(), seg_token_id=seg_token_id, out_dim=256), processor
 
 
-# By the VLM family's name (`--pairs`).
+def qwen_3b_sam3_tracker(fraction: float) -> tuple[LisaConfig, LisaProcessor]:
+    """`Qwen/Qwen2.5-VL-3B-Instruct` (as above) + `facebook/sam3`'s tracker (1008 px, its 1024-wide ViT of 32 layers,
+    every 8th global), the Qwen stacks and the ViT cut to `fraction` of their depth."""
+    config, processor = qwen_3b_sam2_tiny(fraction)
+    layers = cut(32, fraction)
+    vit = Sam3ViTConfig(num_hidden_layers=layers, global_attn_indexes=[i for i in range(layers) if i % 8 == 7])
+    sam = tracker_config(Sam3TrackerConfig(vision_config=Sam3VisionConfig(backbone_config=vit)))
+    processor = LisaProcessor(processor.vlm_processor, sam_image_size=1008, vlm_family=VLM_FAMILIES["qwen2_5_vl"],
+                              sam_family=MASK_HEAD_FAMILIES["sam3_tracker"])
+    return LisaConfig(vlm_config=config.vlm_config, sam_config=sam, seg_token_id=config.seg_token_id, out_dim=256), processor
+
+
+# By the name of the family that sets the pair apart (`--pairs`).
 PAIRS = {
     "llava": ("LLaVA-1.5-7B + SAM ViT-H", llava_7b_sam_vit_h),
     "qwen2_5_vl": ("Qwen2.5-VL-3B + SAM 2.1-hiera-tiny", qwen_3b_sam2_tiny),
     "qwen3_vl": ("Qwen3-VL-4B + SAM 2.1-hiera-tiny", qwen3_4b_sam2_tiny),
     "qwen3_5": ("Qwen3.5-0.8B + SAM 2.1-hiera-tiny", qwen3_5_0_8b_sam2_tiny),
     "internvl": ("InternVL3-2B + SAM 2.1-hiera-tiny", internvl3_2b_sam2_tiny),
+    "sam3_tracker": ("Qwen2.5-VL-3B + SAM 3 tracker", qwen_3b_sam3_tracker),
 }
 
 

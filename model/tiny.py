@@ -16,7 +16,8 @@ an offline corpus, the widths) and the command. Of the families:
   three Gated DeltaNet layers and one gated full-attention layer);
 * `internvl`: an InternVL3 folder (the Qwen-style tokenizer with InternVL's `<img>`, `</img>`, `<IMG_CONTEXT>`, the PIL
   tiling image processor, `processor_config.json` with the tokens of a tile; InternViT, pixel-shuffle projector, Qwen2);
-* `sam`: a `SamModel` folder; `sam2`: a `Sam2Model` folder (Hiera image encoder with its feature pyramid).
+* `sam`: a `SamModel` folder; `sam2`: a `Sam2Model` folder (Hiera image encoder with its feature pyramid);
+  `sam3_tracker`: a `Sam3TrackerModel` folder (SAM 3's ViT in 14-px patches under its feature pyramid).
 The language models have more embedding rows than their tokenizers have tokens, as the real bases do.
 Tests, the toy training run and a first try use them in place of the 7B (or 3B) bases.
 """

@@ -13,11 +13,11 @@ from model.tiny import write_tiny
 
 # The (vision-language model, mask head) pairs of families the model tests run over: every pair of LLaVA-1.5 and
 # Qwen2.5-VL with SAM and SAM 2, Qwen3-VL (which adds DeepStack to Qwen2.5-VL's inputs) and Qwen3.5 (Qwen3-VL's image
-# path before a hybrid linear/full-attention language model) with SAM 2, and InternVL3 (tiles) with SAM; the first is
-# LISA's original.
+# path before a hybrid linear/full-attention language model) with SAM 2, InternVL3 (tiles) with SAM, and
+# Qwen2.5-VL with the SAM 3 tracker; the first is LISA's original.
 PAIRS = [
     ("llava", "sam"), ("llava", "sam2"), ("qwen2_5_vl", "sam"), ("qwen2_5_vl", "sam2"), ("qwen3_vl", "sam2"),
-    ("qwen3_5", "sam2"), ("internvl", "sam"),
+    ("qwen3_5", "sam2"), ("internvl", "sam"), ("qwen2_5_vl", "sam3_tracker"),
 ]
 
 

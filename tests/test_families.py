@@ -9,11 +9,14 @@ import math
 import shutil
 from pathlib import Path
 
+from unittest import mock
+
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file, save_file
-from transformers import Sam2Model, SamModel
+from transformers import Sam2Model, Sam3TrackerModel, SamModel
 
 from model.families import CHAT_TEMPLATES, MASK_HEAD_FAMILIES, VLM_FAMILIES, mask_head_family_at, vlm_family
 from model.loading import build_lisa_from_base, check_weights_fit
@@ -28,6 +31,10 @@ def build_sam2(seed=0):
     return MASK_HEAD_FAMILIES["sam2"].build_tiny(seed)
 
 
+def build_sam3_tracker(seed=0):
+    return MASK_HEAD_FAMILIES["sam3_tracker"].build_tiny(seed)
+
+
 def load_mask_head(path):
     """A mask head loaded by the family its folder names, as `build_lisa_from_base` loads it."""
     return mask_head_family_at(path).load(path)
@@ -35,18 +42,19 @@ def load_mask_head(path):
 
 @pytest.fixture(scope="module")
 def sams():
-    """The tiny SAM and SAM 2, in eval mode, as LISA uses them."""
-    models = {"sam": build_sam().eval(), "sam2": build_sam2().eval()}
+    """The tiny SAM, SAM 2 and SAM 3 tracker, in eval mode, as LISA uses them."""
+    models = {"sam": build_sam().eval(), "sam2": build_sam2().eval(), "sam3_tracker": build_sam3_tracker().eval()}
     for name, model in models.items():
         MASK_HEAD_FAMILIES[name].prepare(model)
     return models
 
 
-@pytest.mark.parametrize("name", ["sam", "sam2"])
+@pytest.mark.parametrize("name", ["sam", "sam2", "sam3_tracker"])
 def test_decoding_one_image_equals_transformers_pipeline(sams, name):
     """Our split — image encoder once per image, then the decoder per image with one prompt token per [SEG] — gives
-    the masks and predicted IoUs of transformers' own: `get_image_embeddings` (for SAM 2: the decoder's projections of
-    the two high-resolution maps and the "no memory" embedding applied there), then the mask decoder."""
+    the masks and predicted IoUs of transformers' own: `get_image_embeddings` (for SAM 2 and the SAM 3 tracker: the
+    decoder's projections of the two high-resolution maps and the "no memory" embedding applied there), then the mask
+    decoder."""
     family, sam = MASK_HEAD_FAMILIES[name], sams[name]
     size = family.image_size(sam.config)
     pixels = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
@@ -55,8 +63,8 @@ def test_decoding_one_image_equals_transformers_pipeline(sams, name):
         ours, our_scores = family.decode(sam, family.embed(sam, pixels)[1], queries)
 
         embeddings = sam.get_image_embeddings(pixels[1:])
-        image_embedding = embeddings[-1] if name == "sam2" else embeddings
-        extra = {"high_resolution_features": embeddings[:-1]} if name == "sam2" else {}
+        image_embedding = embeddings if name == "sam" else embeddings[-1]
+        extra = {} if name == "sam" else {"high_resolution_features": embeddings[:-1]}
         dense = sam.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(1, -1, *image_embedding.shape[-2:])
         expected, expected_scores = sam.mask_decoder(
             image_embeddings=image_embedding,
@@ -111,6 +119,110 @@ def test_mask_head_inputs_and_masks_back_to_the_image():
     half = torch.full((1, 32, 32), -10.0)
     half[..., :16] = 10.0
     assert torch.equal(sam2.postprocess(half, 128, (128, 128), (30, 60))[0] > 0, torch.arange(60).expand(30, 60) < 30)
+
+
+def test_sam3_tracker_decoding_equals_its_own_forward(sams):
+    """The SAM 3 tracker's `embed` + `decode` of N prompt tokens give the masks and IoUs of
+    `Sam3TrackerModel.forward` on the pixels, its prompt encoder answering with the same N tokens (one per point-batch
+    entry) and "no mask": the neck's levels, the "no memory" embedding and the high-resolution projections are the
+    model's own, not a copy of SAM 2's."""
+    family, sam = MASK_HEAD_FAMILIES["sam3_tracker"], sams["sam3_tracker"]
+    size = family.image_size(sam.config)
+    pixels = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(4))
+    queries = torch.randn(3, 64, generator=torch.Generator().manual_seed(5))
+
+    def prompt_encoder(input_points=None, input_labels=None, input_boxes=None, input_masks=None):
+        dense = sam.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
+        return queries[None, :, None, :], dense.expand(1, -1, *sam.prompt_encoder.image_embedding_size)
+
+    with torch.no_grad(), mock.patch.object(sam.prompt_encoder, "forward", prompt_encoder):
+        ours, our_scores = family.decode(sam, family.embed(sam, pixels)[0], queries)
+        theirs = sam(pixel_values=pixels, multimask_output=False)
+    assert ours.shape == (3, size // 14 * 4, size // 14 * 4)  # 14-px patches, upscaled 4 x: 288² at 1008 px
+    torch.testing.assert_close(ours, theirs.pred_masks[0, :, 0])
+    torch.testing.assert_close(our_scores, theirs.iou_scores[0, :, 0])
+
+
+def test_sam3_tracker_input_and_masks_back_to_the_image():
+    """The SAM 3 tracker's input: the square resize of SAM 2, 0-1 values with mean = std = 0.5, within one uint8
+    level of the processor's antialiased bilinear resize (here torch's, for the torchvision one it needs); its
+    288²-style low-resolution masks come back at the original size."""
+    family = MASK_HEAD_FAMILIES["sam3_tracker"]
+    rng = np.random.default_rng(0)
+    image = np.array(Image.fromarray(rng.integers(0, 256, (45, 75, 3), dtype=np.uint8)).resize((150, 90), Image.BICUBIC))
+    pixels, resized = family.preprocess(image, 112)
+    assert resized == (112, 112) and pixels.shape == (3, 112, 112)
+    expected = torch.nn.functional.interpolate(
+        torch.from_numpy(image).permute(2, 0, 1)[None].float(), (112, 112), mode="bilinear", antialias=True
+    ).round().clamp(0, 255)[0] / 255 * 2 - 1
+    torch.testing.assert_close(pixels, expected, rtol=0, atol=1.01 * 2 / 255)
+    assert pixels.min() >= -1 and pixels.max() <= 1
+
+    half = torch.full((1, 32, 32), -10.0)
+    half[..., 16:] = 10.0
+    masks = family.postprocess(half, 112, resized, (90, 150))
+    assert masks.shape == (1, 90, 150) and torch.equal(masks[0] > 0, torch.arange(150).expand(90, 150) >= 75)
+
+
+def write_facebook_sam3(folder, tracker):
+    """A tiny folder in `facebook/sam3`'s layout (a `Sam3VideoModel`: the detector with the ViT, `tracker_model.*`,
+    the tracker's own neck `tracker_neck.*`, the neck at its 4 levels), with `tracker`'s sizes."""
+    from transformers import CLIPTextConfig, Sam3Config, Sam3TrackerVideoConfig, Sam3VideoConfig, Sam3VideoModel
+
+    vision = {**tracker.config.vision_config.to_dict(), "scale_factors": [4.0, 2.0, 1.0, 0.5]}
+    width, size = tracker.config.mask_decoder_config.hidden_size, MASK_HEAD_FAMILIES["sam3_tracker"].image_size(tracker.config)
+    part = dict(hidden_size=width, num_attention_heads=2)
+    layers = dict(part, num_layers=1, intermediate_size=2 * width)
+    detector = Sam3Config(
+        vision_config=vision,
+        text_config=CLIPTextConfig(hidden_size=32, intermediate_size=64, projection_dim=32, num_hidden_layers=1,
+                                   num_attention_heads=2, max_position_embeddings=32).to_dict(),
+        geometry_encoder_config=layers, detr_encoder_config=layers, detr_decoder_config=dict(layers, num_queries=8),
+        mask_decoder_config=part,
+    )
+    video_tracker = Sam3TrackerVideoConfig(
+        vision_config=vision, prompt_encoder_config=tracker.config.prompt_encoder_config.to_dict(),
+        mask_decoder_config=tracker.config.mask_decoder_config.to_dict(), image_size=size,
+        memory_attention_hidden_size=width, memory_attention_num_layers=1, memory_attention_feed_forward_hidden_size=2 * width,
+        memory_attention_rope_feat_sizes=[size // 14] * 2, memory_encoder_hidden_size=width, memory_encoder_output_channels=16,
+        mask_downsampler_embed_dim=width, memory_fuser_embed_dim=width, memory_fuser_intermediate_dim=2 * width,
+        memory_fuser_num_layers=1,
+    )
+    config = Sam3VideoConfig(detector_config=detector, tracker_config=video_tracker)
+    torch.manual_seed(3)
+    video = Sam3VideoModel(config).eval()
+    config.save_pretrained(folder)
+    save_file({k: v.contiguous() for k, v in video.state_dict().items()}, folder / "model.safetensors", metadata={"format": "pt"})
+    return video
+
+
+def test_the_sam3_tracker_loads_from_the_facebook_sam3_layout(tmp_path):
+    """`facebook/sam3` is a `Sam3VideoModel` folder ("sam3_video"): the tracker family claims it, loads the detector's
+    ViT, the tracker's neck and decoder into a plain tracker config (its own `model_type`, the 3 neck levels it reads),
+    and gives the image features SAM 3's own video model gives its tracker. A lost tensor is refused."""
+    folder = tmp_path / "sam3"
+    video = write_facebook_sam3(folder, build_sam3_tracker())
+    family = mask_head_family_at(str(folder))
+    assert family is MASK_HEAD_FAMILIES["sam3_tracker"]
+    sam = family.load(str(folder))
+    assert type(sam) is Sam3TrackerModel and sam.config.model_type == "sam3_tracker"
+    assert len(sam.vision_encoder.neck.fpn_layers) == 3
+
+    pixels = torch.randn(1, 3, 112, 112, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        s0, _, embedding = family.embed(sam, pixels)[0]
+        maps, _ = video.get_vision_features_for_tracker(video.detector_model.get_vision_features(pixel_values=pixels))
+        # (h·w, N, C) maps, high to low resolution
+        expected_s0 = maps[0].permute(1, 2, 0).reshape(1, -1, 32, 32)
+        expected = maps[2].permute(1, 2, 0).reshape(1, -1, 8, 8) + video.tracker_model.no_memory_embedding.view(1, -1, 1, 1)
+        torch.testing.assert_close(sam.mask_decoder.conv_s0(s0[None]), expected_s0)
+    torch.testing.assert_close(embedding[None], expected)
+
+    weights = load_file(folder / "model.safetensors")
+    del weights["tracker_model.mask_decoder.iou_token.weight"]
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"lacks 1 weight.*mask_decoder\.iou_token\.weight"):
+        family.load(str(folder))
 
 
 # ------------------------------------------------------------------------------------------ wrong families

@@ -29,11 +29,12 @@ from model.families.qwen3_5 import Qwen3_5Family
 from model.families.qwen3_vl import Qwen3VLFamily
 from model.families.sam import SamFamily
 from model.families.sam2 import Sam2Family
+from model.families.sam3_tracker import Sam3TrackerFamily
 
 VLM_FAMILIES: dict[str, VlmFamily] = {
     f.name: f for f in (LlavaFamily(), Qwen2_5_VLFamily(), Qwen3VLFamily(), Qwen3_5Family(), InternVLFamily())
 }
-MASK_HEAD_FAMILIES: dict[str, MaskHeadFamily] = {f.name: f for f in (SamFamily(), Sam2Family())}
+MASK_HEAD_FAMILIES: dict[str, MaskHeadFamily] = {f.name: f for f in (SamFamily(), Sam2Family(), Sam3TrackerFamily())}
 CHAT_TEMPLATES: dict[str, str] = {name: t for f in VLM_FAMILIES.values() for name, t in f.chat_templates.items()}
 
 F = TypeVar("F", bound=Family)
@@ -45,8 +46,8 @@ def describe(families: Mapping[str, Family]) -> str:
 
 
 def family_of(families: Mapping[str, F], model: PretrainedConfig | dict | str, what: str, source: str = "") -> F:
-    """The family of a config, config dict or `model_type`; `what` names the part ("mask head"), `source` where the
-    config came from, for the error.
+    """The family of a config, config dict or `model_type` (its name or one of its `aliases`); `what` names the part
+    ("mask head"), `source` where the config came from, for the error.
 
     Raises:
         ValueError: a model of no family of `families`, naming them.
@@ -55,6 +56,9 @@ def family_of(families: Mapping[str, F], model: PretrainedConfig | dict | str, w
         model_type = model
     else:
         model_type = model.get("model_type") if isinstance(model, dict) else model.model_type
+    aliased = [family for family in families.values() if model_type in family.aliases]
+    if aliased:
+        return aliased[0]
     if model_type not in families:
         where = f"{source} holds" if source else "got"
         raise ValueError(

@@ -65,6 +65,7 @@ class Family:
     """One family of models LISA can use for a part; its registry (`model.families`) looks it up by `name`."""
 
     name: str  # the `model_type` of the family's configs
+    aliases: tuple[str, ...] = ()  # other `model_type`s of folders that hold the family's weights (a larger model's)
     title: str  # for messages: "Qwen2.5-VL"
     model_class: type[PreTrainedModel]
 
