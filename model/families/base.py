@@ -32,9 +32,10 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from transformers import AutoImageProcessor, PretrainedConfig, PreTrainedModel
+from transformers import AutoImageProcessor, AutoTokenizer, PretrainedConfig, PreTrainedModel
 from transformers.image_processing_utils import BaseImageProcessor
 from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from model.pretrained import load_pretrained
 
@@ -53,6 +54,36 @@ def load_image_processor(path: str) -> BaseImageProcessor:
     otherwise; their resize kernels differ, so a model trained on one host would see other pixels on another. The PIL
     one is the one this project tests (and the one a host without torchvision runs)."""
     return AutoImageProcessor.from_pretrained(path, backend="pil")
+
+
+class TextImageProcessor:
+    """A tokenizer (with its chat template) and a PIL image processor: the part of a vision-language processor LISA
+    uses, for families whose own transformers processor cannot be built without torchvision (it holds a video
+    processor that needs it). Loads and saves the same files, so a hub folder of the family loads as it is.
+
+    image_token: the token an image's features replace (one per feature), set by each family."""
+
+    image_token: str
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, image_processor: BaseImageProcessor):
+        self.tokenizer, self.image_processor = tokenizer, image_processor
+        self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
+
+    @property
+    def chat_template(self) -> str | None:
+        return self.tokenizer.chat_template
+
+    @chat_template.setter
+    def chat_template(self, template: str) -> None:
+        self.tokenizer.chat_template = template
+
+    @classmethod
+    def from_pretrained(cls, path: str) -> "TextImageProcessor":
+        return cls(AutoTokenizer.from_pretrained(path), load_image_processor(path))
+
+    def save_pretrained(self, path: str) -> None:
+        self.tokenizer.save_pretrained(path)
+        self.image_processor.save_pretrained(path)
 
 
 def holds_all(weight_names: Iterable[str], *patterns: str) -> bool:

@@ -40,6 +40,7 @@ from model.families.base import (
     ATTN_IMPLEMENTATIONS,
     IMAGE_TOKEN_BUDGET,
     ImageInputs,
+    TextImageProcessor,
     VlmFamily,
     holds_all,
     load_image_processor,
@@ -92,7 +93,7 @@ class InternVLImageInputs(ImageInputs):
     tiles: torch.Tensor
 
 
-class InternVLTextImageProcessor:
+class InternVLTextImageProcessor(TextImageProcessor):
     """An InternVL3 tokenizer and image processor (`GotOcr2ImageProcessorPil`), the part of `InternVLProcessor` LISA
     uses, and the image tokens of a tile.
 
@@ -104,16 +105,8 @@ class InternVLTextImageProcessor:
     image_token = CONTEXT_IMAGE
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, image_processor: BaseImageProcessor, image_seq_length: int):
-        self.tokenizer, self.image_processor, self.image_seq_length = tokenizer, image_processor, image_seq_length
-        self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
-
-    @property
-    def chat_template(self) -> str | None:
-        return self.tokenizer.chat_template
-
-    @chat_template.setter
-    def chat_template(self, template: str) -> None:
-        self.tokenizer.chat_template = template
+        super().__init__(tokenizer, image_processor)
+        self.image_seq_length = image_seq_length
 
     @classmethod
     def from_pretrained(cls, path: str) -> "InternVLTextImageProcessor":
@@ -128,8 +121,7 @@ class InternVLTextImageProcessor:
         return cls(AutoTokenizer.from_pretrained(path), load_image_processor(path), settings["image_seq_length"])
 
     def save_pretrained(self, path: str) -> None:
-        self.tokenizer.save_pretrained(path)
-        self.image_processor.save_pretrained(path)
+        super().save_pretrained(path)
         with open(os.path.join(path, PROCESSOR_SETTINGS), "w") as f:
             json.dump({"image_seq_length": self.image_seq_length, "processor_class": "InternVLProcessor"}, f, indent=2)
 

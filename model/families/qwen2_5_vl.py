@@ -15,8 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from transformers import AutoTokenizer, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, PreTrainedModel
-from transformers.image_processing_utils import BaseImageProcessor
+from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, PreTrainedModel
 from transformers.image_utils import SizeDict
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
@@ -26,9 +25,9 @@ from model.families.base import (
     ATTN_IMPLEMENTATIONS,
     IMAGE_TOKEN_BUDGET,
     ImageInputs,
+    TextImageProcessor,
     VlmFamily,
     holds_all,
-    load_image_processor,
 )
 
 # Qwen2.5-VL-Instruct's and Qwen3-VL-Instruct's own formats for string contents; their templates write an image as the
@@ -72,37 +71,12 @@ class QwenImageInputs(ImageInputs):
     image_grid_thw: torch.Tensor
 
 
-class QwenVLTextImageProcessor:
-    """A Qwen2.5-VL or Qwen3-VL tokenizer and image processor, the part of `Qwen2_5_VLProcessor` / `Qwen3VLProcessor`
-    LISA uses.
-
-    transformers' Qwen processors cannot be built, nor loaded, without their video processor, which needs
-    torchvision — which this project does not install (it breaks CPU-only installs). This holds the same files
-    (tokenizer with its chat template, `preprocessor_config.json`), so a `Qwen/Qwen2.5-VL-*` or `Qwen/Qwen3-VL-*`
-    folder loads as it is.
-    """
+class QwenVLTextImageProcessor(TextImageProcessor):
+    """A Qwen2.5-VL, Qwen3-VL or Qwen3.5 tokenizer and image processor, the part of `Qwen2_5_VLProcessor` /
+    `Qwen3VLProcessor` LISA uses (those cannot be built, nor loaded, without their torchvision video processor), so a
+    `Qwen/Qwen2.5-VL-*` or `Qwen/Qwen3-VL-*` folder loads as it is."""
 
     image_token = "<|image_pad|>"
-
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, image_processor: BaseImageProcessor):
-        self.tokenizer, self.image_processor = tokenizer, image_processor
-        self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
-
-    @property
-    def chat_template(self) -> str | None:
-        return self.tokenizer.chat_template
-
-    @chat_template.setter
-    def chat_template(self, template: str) -> None:
-        self.tokenizer.chat_template = template
-
-    @classmethod
-    def from_pretrained(cls, path: str) -> "QwenVLTextImageProcessor":
-        return cls(AutoTokenizer.from_pretrained(path), load_image_processor(path))
-
-    def save_pretrained(self, path: str) -> None:
-        self.tokenizer.save_pretrained(path)
-        self.image_processor.save_pretrained(path)
 
 
 class Qwen2_5_VLFamily(VlmFamily):

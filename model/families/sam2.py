@@ -51,9 +51,13 @@ class Sam2Family(MaskHeadFamily):
         resized = np.array(Image.fromarray(image).resize((image_size, image_size), Image.BILINEAR))
         return self._normalise(resized, 255.0), (image_size, image_size)
 
+    def feature_maps(self, sam: Sam2Model, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The image encoder's maps the decoder reads, high to low resolution: (N, C, 4s, 4s), (N, C, 2s, 2s),
+        (N, C, s, s); s = 64 for a 1024 input."""
+        return sam.vision_encoder(pixel_values.to(sam.dtype)).fpn_hidden_states
+
     def embed(self, sam: Sam2Model, pixel_values: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        # High to low resolution: (N, C, 4s, 4s), (N, C, 2s, 2s), (N, C, s, s); s = 64 for a 1024 input.
-        s0, s1, embedding = sam.vision_encoder(pixel_values.to(sam.dtype)).fpn_hidden_states
+        s0, s1, embedding = self.feature_maps(sam, pixel_values)
         embedding = embedding + sam.no_memory_embedding.view(1, -1, 1, 1)
         return list(zip(s0, s1, embedding))
 

@@ -16,10 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image
 from transformers import (
     PretrainedConfig,
     Sam3TrackerConfig,
@@ -30,7 +27,8 @@ from transformers import (
     Sam3VisionConfig,
 )
 
-from model.families.base import MaskHeadFamily, holds_all
+from model.families.base import holds_all
+from model.families.sam2 import Sam2Family
 from model.pretrained import load_pretrained
 
 # The neck's levels the tracker reads. SAM 3's neck is built for four (scale factors 4, 2, 1, 0.5) and the tracker
@@ -70,7 +68,10 @@ def tracker_config(config: PretrainedConfig | dict) -> Sam3TrackerConfig:
     )
 
 
-class Sam3TrackerFamily(MaskHeadFamily):
+class Sam3TrackerFamily(Sam2Family):
+    """SAM 2's input (a square resize; PIL bilinear, antialiased when shrinking, is within one uint8 level of the
+    torchvision processor's antialiased resize), decoding and masks back, on SAM 3's encoder and neck."""
+
     name = "sam3_tracker"
     title = "SAM 3 tracker"
     model_class = Sam3TrackerModel
@@ -86,43 +87,15 @@ class Sam3TrackerFamily(MaskHeadFamily):
                          r"vision_encoder\.backbone\.embeddings\.position_embeddings",
                          r"vision_encoder\.neck\.fpn_layers\.\d+\.proj1\.weight")
 
-    def prepare(self, sam: Sam3TrackerModel) -> None:
-        # As SAM 2's: the single-mask output is never swapped for a multimask one that "looks more stable".
-        sam.mask_decoder.dynamic_multimask_via_stability = False
-
     def load(self, path_or_id: str, dtype: torch.dtype | None = None) -> Sam3TrackerModel:
         config_dict, _ = PretrainedConfig.get_config_dict(str(path_or_id))
         # The checkpoint's 4th neck level (36²), if it has one, is left unread (reported as unexpected, not missing).
         return load_pretrained(self.model_class, path_or_id, config=tracker_config(config_dict), dtype=dtype).eval()
 
-    def preprocess(self, image: np.ndarray, image_size: int) -> tuple[torch.Tensor, tuple[int, int]]:
-        # PIL bilinear (antialiased when shrinking), as the torchvision processor's antialiased resize: within one
-        # uint8 level of it.
-        resized = np.array(Image.fromarray(image).resize((image_size, image_size), Image.BILINEAR))
-        return self._normalise(resized, 255.0), (image_size, image_size)
-
-    def embed(self, sam: Sam3TrackerModel, pixel_values: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        # High to low resolution: (N, C, 4g, 4g), (N, C, 2g, 2g), (N, C, g, g); g = 72 for a 1008 input. `[:3]`: a model
-        # built from a 4-level config (a plain Sam3TrackerConfig) also returns the 36² level, which the tracker drops.
-        s0, s1, embedding = sam.vision_encoder(pixel_values.to(sam.dtype)).fpn_hidden_states[:3]
-        embedding = embedding + sam.no_memory_embedding.view(1, -1, 1, 1)
-        return list(zip(s0, s1, embedding))
-
-    def decode(
-        self, sam: Sam3TrackerModel, features: tuple[torch.Tensor, ...], queries: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        s0, s1, embedding = features
-        decoder = sam.mask_decoder
-        # The decoder's projections of the high-resolution maps run here (trained with the decoder), as for SAM 2.
-        high_resolution = [decoder.conv_s0(s0[None]), decoder.conv_s1(s1[None])]
-        low_res, iou, *_ = decoder(**self._decoder_prompts(sam, embedding, queries), high_resolution_features=high_resolution)
-        return low_res[0, :, 0], iou[0, :, 0]
-
-    def postprocess(
-        self, low_res_logits: torch.Tensor, image_size: int, resized_size: tuple[int, int], original_size: tuple[int, int]
-    ) -> torch.Tensor:
-        masks = low_res_logits.float().unsqueeze(1)
-        return F.interpolate(masks, tuple(original_size), mode="bilinear", align_corners=False).squeeze(1)
+    def feature_maps(self, sam: Sam3TrackerModel, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(N, C, 4g, 4g), (N, C, 2g, 2g), (N, C, g, g); g = 72 for a 1008 input. `[:3]`: a model built from a 4-level
+        config (a plain Sam3TrackerConfig) also returns the 36² level, which the tracker drops."""
+        return sam.vision_encoder(pixel_values.to(sam.dtype)).fpn_hidden_states[:3]
 
     def build_tiny(self, seed: int = 0) -> Sam3TrackerModel:
         from model.tiny import SAM_WIDTH  # the shared tiny-base parts; `model.tiny` itself builds on the families
