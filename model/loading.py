@@ -36,6 +36,7 @@ from model.lisa import LisaConfig, LisaForCausalLM
 from model.pretrained import load_pretrained
 from model.processing import SEG_TOKEN, LisaProcessor
 from model.quantization import cast_unquantized, check_quantized, quantization_kwargs
+from utils.distributed import use_local_device
 from utils.log_filters import dropping_log_message
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -343,13 +344,6 @@ def load_for_training(
     return model, processor
 
 
-def pick_device() -> torch.device:
-    """This process's GPU (`LOCAL_RANK` under a launcher) when CUDA is available, else the CPU."""
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device("cpu")
-
-
 def load_for_inference(
     version: str,
     precision: str = "bf16",
@@ -359,7 +353,7 @@ def load_for_inference(
     max_pixels: int | None = None,
     attn_implementation: str = "sdpa",
 ) -> tuple[LisaForCausalLM, LisaProcessor]:
-    """A LISA folder ready to answer: weights in `precision` on `device` (default `pick_device()`), eval mode.
+    """A LISA folder ready to answer: weights in `precision` on `device` (default `use_local_device()`: GPU `LOCAL_RANK`, else the CPU), eval mode.
 
     Args:
         precision: "fp32", "bf16" or "fp16"; with quantisation, the dtype of the unquantised parts and of
@@ -370,7 +364,7 @@ def load_for_inference(
     """
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
-    device = device or pick_device()
+    device = device or use_local_device()
     model, processor = load_lisa(
         version, dtype=PRECISIONS[precision], quantization=quantization, device=device, max_pixels=max_pixels,
         attn_implementation=attn_implementation,

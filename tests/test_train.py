@@ -18,7 +18,7 @@ import time
 import pytest
 import torch
 
-from model.loading import PRECISIONS, load_for_training, load_lisa, pick_device
+from model.loading import PRECISIONS, load_for_training, load_lisa
 from model.peft_setup import FULLY_TRAINED, lora_target_regex, setup_trainable
 from datasets.collate import LisaCollator
 from datasets.hybrid import HybridDataset
@@ -26,6 +26,7 @@ from model.processing import LisaProcessor
 from tests.lisa_fixtures import BIN, REPO, env, final_weights, free_port, run, toy_batch, train_command
 from train_ds import parse_args
 from utils.checkpoint import read_pointer, save_checkpoint, step_tag
+from utils.distributed import use_local_device
 from utils.run_folder import lock_run_folder
 
 
@@ -363,7 +364,7 @@ def through_the_scripts(base, toy_dir, tmp_path, precision: str = "fp32", gradie
     merged_dir = tmp_path / "merged"
     run([sys.executable, "merge_lora_weights.py", "--weight", str(ckpt_dir), "--precision", precision,
          "--save_path", str(merged_dir)])
-    dtype, device = PRECISIONS[precision], pick_device()
+    dtype, device = PRECISIONS[precision], use_local_device()
     peft_model, _ = unmerged_model(ckpt_dir.parent)
     merged, processor = load_lisa(str(merged_dir), dtype=dtype)
     assert (merged.vlm_family.name, merged.sam_family.name) == (base.vlm, base.sam)
