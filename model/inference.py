@@ -16,13 +16,15 @@ from model.processing import LisaBatch, LisaProcessor
 
 @dataclass
 class Answer:
-    """The model's reply: its text (with `[SEG]` kept), the generated ids, one (H, W) bool mask per `[SEG]` and the
-    mask decoder's predicted IoU of each mask."""
+    """The model's reply: its text (with `[SEG]` kept), the generated ids, one bool mask per `[SEG]` ((H, W) on a
+    picture, (T, H, W) on a video's T frames), the mask decoder's predicted IoU of each mask and the (n, C) mask
+    queries (to decode on other frames of a video)."""
 
     text: str
     token_ids: list[int]
     masks: list[torch.Tensor]
     scores: list[float]
+    queries: torch.Tensor
 
 
 def image_key(image: np.ndarray) -> bytes:
@@ -143,6 +145,7 @@ def answer_batch(
             token_ids=prediction.token_ids,
             masks=[m.cpu() for m in prediction.masks],
             scores=prediction.scores,
+            queries=prediction.queries,
         )
         for prediction in predictions
     ]

@@ -41,6 +41,9 @@ class LisaConfig(PreTrainedConfig):
     sam_config: the segmentation model: the config of a family of `model.families.MASK_HEAD_FAMILIES` (a
         `SamConfig`, `Sam2Config`, ...).
     seg_token_id: id of `[SEG]` in the tokenizer saved beside the model.
+    mask_head_source: the folder or hub id the mask head was loaded from at training init; on videos, the memory
+        modules of its video model (SAM 2's, the SAM 3 tracker's: their released checkpoints hold them) are read
+        from it (`model.video`).
     out_dim: width of SAM's prompt embeddings, the output of `text_hidden_fcs`.
     ce_loss_weight, bce_loss_weight, dice_loss_weight: LISA's loss weights (1.0, 2.0, 0.5).
     """
@@ -55,6 +58,7 @@ class LisaConfig(PreTrainedConfig):
     vlm_config: dict | PreTrainedConfig | None = None
     sam_config: dict | PreTrainedConfig | None = None
     seg_token_id: int | None = None
+    mask_head_source: str | None = None
     out_dim: int = 256
     ce_loss_weight: float = 1.0
     bce_loss_weight: float = 2.0
@@ -85,7 +89,8 @@ class LisaOutput(ModelOutput):
     loss: `ce_loss_weight * ce_loss + mask_loss`, present when labels or masks are given.
     mask_loss: `bce_loss_weight * mask_bce_loss + dice_loss_weight * mask_dice_loss`.
     logits: (R, L, vocab) language-model logits, only when asked for (`return_logits`).
-    pred_masks: per image, (n_i, H_i, W_i) float32 mask logits at the original resolution, one per `[SEG]`.
+    pred_masks: per frame (per image, for pictures), (n_i, H, W) float32 mask logits at the original resolution, one
+        per `[SEG]` of its image's rows.
     """
 
     loss: torch.Tensor | None = None
@@ -99,12 +104,15 @@ class LisaOutput(ModelOutput):
 
 @dataclass
 class LisaPrediction:
-    """What the model generated for one prompt: the new ids and one boolean (H, W) mask per `[SEG]`, in order, with
-    the mask decoder's prediction of each mask's IoU (its confidence score)."""
+    """What the model generated for one prompt: the new ids and one boolean mask per `[SEG]`, in order — (H, W) on a
+    picture, (T, H, W) on the T frames of a video —, with the mask decoder's prediction of each mask's IoU (its
+    confidence score; on a video the mean over its frames), and the (n, out_dim) mask queries themselves, to decode on
+    other frames of a video."""
 
     token_ids: list[int]
     masks: list[torch.Tensor]
     scores: list[float]
+    queries: torch.Tensor
 
 
 class LisaForCausalLM(PreTrainedModel):
@@ -207,9 +215,18 @@ class LisaForCausalLM(PreTrainedModel):
         positions[:, :-1] = is_seg[:, 1:]
         return positions
 
+    @staticmethod
+    def row_frames(image_index: torch.Tensor, frame_image: torch.Tensor | None) -> torch.Tensor:
+        """The frames R rows show, row after row: (sum over the rows of their image's frame count,). A row about a
+        picture shows its one frame, a row about a video all its frames in order; this is the image of each image of
+        the rows, as the family's methods take it."""
+        if frame_image is None:
+            return image_index
+        return torch.cat([torch.nonzero(frame_image == i).flatten() for i in image_index.tolist()])
+
     def _image_features(self, image_inputs: ImageInputs, image_index: torch.Tensor) -> dict[str, ModelOutput]:
-        """The VLM's `mm_encoder_outputs` for rows about images `image_index` (R,). The vision tower runs once per
-        image, not once per row, and without gradient unless it has been made trainable (frozen in LISA's recipe):
+        """The VLM's `mm_encoder_outputs` for the images `image_index` of the rows (`row_frames`). The vision tower
+        runs once per image, not once per row, and without gradient unless it has been made trainable (frozen in LISA's recipe):
         transformers' `enable_input_require_grads`, which gradient checkpointing needs, makes the tower's patch
         embeddings require grad too, and the frozen tower would be recomputed and back-propagated every step."""
         trainable = torch.is_grad_enabled() and any(p.requires_grad for p in self.vlm_family.image_encoder_parameters(self.vlm))
@@ -223,7 +240,8 @@ class LisaForCausalLM(PreTrainedModel):
         image_inputs: ImageInputs,
         image_index: torch.Tensor,
     ) -> torch.Tensor:
-        """Last-layer, post-norm hidden states (R, L, h)."""
+        """Last-layer, post-norm hidden states (R, L, h); `image_index`: the image of each image the rows show, row
+        after row (`row_frames`)."""
         outputs = self.vlm.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -243,6 +261,7 @@ class LisaForCausalLM(PreTrainedModel):
         image_index: torch.LongTensor,
         resized_sizes: torch.LongTensor,
         original_sizes: torch.LongTensor,
+        frame_image: torch.LongTensor | None = None,
         labels: torch.LongTensor | None = None,
         masks: list[torch.Tensor] | None = None,
         return_logits: bool = False,
@@ -252,14 +271,16 @@ class LisaForCausalLM(PreTrainedModel):
         Args:
             input_ids: (R, L) token ids of R conversations, image tokens expanded.
             attention_mask: (R, L) 1 on tokens, 0 on padding.
-            image_inputs: the N images as the vision-language model's family takes them (its `ImageInputs`: LLaVA's
-                pixels, Qwen's patches and patch grids).
-            sam_pixel_values: (N, 3, S, S) the mask head's pixel values of the same images.
+            image_inputs: the F frames of the N images as the vision-language model's family takes them (its
+                `ImageInputs`: LLaVA's pixels, Qwen's patches and patch grids). A picture is one frame; a video's
+                conversations show all its frames, and its `[SEG]` are decoded on each.
+            sam_pixel_values: (F, 3, S, S) the mask head's pixel values of the same frames.
             image_index: (R,) the image of each conversation.
-            resized_sizes, original_sizes: (N, 2) image sizes inside SAM's input and originally.
+            resized_sizes, original_sizes: (F, 2) frame sizes inside SAM's input and originally.
+            frame_image: (F,) the image of each frame; None: every image is one frame (F = N).
             labels: (R, L) next-token targets, `IGNORE_LABEL` (-100) where no loss is taken; adds `ce_loss`.
-            masks: per image, (n_i, H_i, W_i) ground truth, one per `[SEG]` of its conversations in row
-                order; adds the mask losses.
+            masks: per frame, (n_i, H, W) ground truth, one per `[SEG]` of its image's conversations in row
+                order; adds the mask losses (per mask and frame).
             return_logits: also return the logits at every position. The text loss reads them at the labelled
                 positions only; at every position they are R·L·vocab values (Qwen's 151,936-row head: 0.9 GB in
                 bf16 for 6 rows of 500 tokens).
@@ -269,16 +290,18 @@ class LisaForCausalLM(PreTrainedModel):
                 f"conversations of {input_ids.shape[1]} tokens (image tokens included) are longer than the model's "
                 f"context of {self.context_length} positions: shorten them"
             )
-        hidden_states = self._language_forward(input_ids, attention_mask, image_inputs, image_index)
+        hidden_states = self._language_forward(input_ids, attention_mask, image_inputs, self.row_frames(image_index, frame_image))
 
         query_mask = self.query_positions(input_ids, attention_mask)
         queries = self.text_hidden_fcs(hidden_states[query_mask])  # (total [SEG], out_dim), row-major order
         query_images = image_index[query_mask.nonzero()[:, 0]]
 
+        if frame_image is None:
+            frame_image = torch.arange(sam_pixel_values.shape[0], device=image_index.device)
         image_embeddings = self.embed_images(sam_pixel_values)
         pred_masks = [
-            self.decode_masks(image_embeddings[i], queries[query_images == i], resized_sizes[i].tolist(), original_sizes[i].tolist())[0]
-            for i in range(sam_pixel_values.shape[0])
+            self.decode_masks(image_embeddings[f], queries[query_images == i], resized_sizes[f].tolist(), original_sizes[f].tolist())[0]
+            for f, i in enumerate(frame_image.tolist())
         ]
 
         output = LisaOutput(logits=self.vlm.lm_head(hidden_states) if return_logits else None, pred_masks=pred_masks)
@@ -334,6 +357,7 @@ class LisaForCausalLM(PreTrainedModel):
         resized_sizes: torch.LongTensor,
         original_sizes: torch.LongTensor,
         image_index: torch.LongTensor | None = None,
+        frame_image: torch.LongTensor | None = None,
         max_new_tokens: int = 512,
         image_embeddings: list[tuple[torch.Tensor, ...]] | None = None,
         **generate_kwargs,
@@ -346,17 +370,18 @@ class LisaForCausalLM(PreTrainedModel):
 
         Args:
             input_ids: (B, L) prompts ending with the assistant prefix, left padded.
-            image_inputs, sam_pixel_values, resized_sizes, original_sizes: the N images (see `forward`).
+            image_inputs, sam_pixel_values, resized_sizes, original_sizes, frame_image: the F frames of the N images
+                (see `forward`).
             image_index: (B,) the image of each prompt; None means prompt b is about image b.
-            image_embeddings: the N images' `embed_images`, when already computed (a server's cache); None: computed
+            image_embeddings: the F frames' `embed_images`, when already computed (a server's cache); None: computed
                 here from `sam_pixel_values`.
             generate_kwargs: passed to the vision-language model's `generate`, over LISA's decoding (`DECODING`:
                 greedy, no repetition penalty, whatever the base's generation config says). The end-of-answer ids
                 are the VLM's generation config's.
 
         Returns:
-            per prompt: the generated ids (cut after the end-of-turn token), one (H, W) bool mask per `[SEG]` and its
-            predicted IoU.
+            per prompt: the generated ids (cut after the end-of-turn token), one bool mask per `[SEG]` ((H, W), or
+            (T, H, W) on a video's frames), its predicted IoU and its query.
 
         Raises:
             ValueError: beam search or several answers per prompt were asked for, or the prompt fills the context.
@@ -382,12 +407,13 @@ class LisaForCausalLM(PreTrainedModel):
                 room, prompt_length, self.context_length,
             )
             max_new_tokens = room
+        shown = self.row_frames(image_index, frame_image)
         with self._next_token_states() as states:
             sequences = self.vlm.generate(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
-                mm_encoder_outputs=self._image_features(image_inputs, image_index),
-                **self.vlm_family.generation_inputs(self.vlm, input_ids, image_inputs, image_index),
+                mm_encoder_outputs=self._image_features(image_inputs, shown),
+                **self.vlm_family.generation_inputs(self.vlm, input_ids, image_inputs, shown),
                 max_new_tokens=max_new_tokens,
                 use_cache=True,
                 **decoding,
@@ -400,11 +426,19 @@ class LisaForCausalLM(PreTrainedModel):
         eos_ids = self.vlm.generation_config.eos_token_id
         eos_ids = set(eos_ids if isinstance(eos_ids, list) else [eos_ids])
 
+        if frame_image is None:
+            frame_image = torch.arange(sam_pixel_values.shape[0], device=image_index.device)
         results = []
         for b, (tokens, i) in enumerate(zip(new_tokens.tolist(), image_index.tolist())):
             end = next((j + 1 for j, t in enumerate(tokens) if t in eos_ids), len(tokens))
             tokens = tokens[:end]
             queries = self.text_hidden_fcs(next_token_states[b, [j for j, t in enumerate(tokens) if t == self.config.seg_token_id]])
-            logits, scores = self.decode_masks(image_embeddings[i], queries, resized_sizes[i].tolist(), original_sizes[i].tolist())
-            results.append(LisaPrediction(token_ids=tokens, masks=list(logits > 0), scores=scores.float().tolist()))
+            decoded = [
+                self.decode_masks(image_embeddings[f], queries, resized_sizes[f].tolist(), original_sizes[f].tolist())
+                for f in torch.nonzero(frame_image == i).flatten().tolist()
+            ]
+            logits = torch.stack([frame_logits for frame_logits, _ in decoded], dim=1)  # (n, T, H, W)
+            scores = torch.stack([frame_scores for _, frame_scores in decoded], dim=1).float().mean(dim=1)
+            masks = logits > 0 if len(decoded) > 1 else logits[:, 0] > 0
+            results.append(LisaPrediction(token_ids=tokens, masks=list(masks), scores=scores.tolist(), queries=queries))
         return results

@@ -179,7 +179,8 @@ def build_lisa_from_base(
         raise ValueError(f"out_dim {out_dim} must equal the prompt width {prompt_width} of the SAM in {sam_path}")
 
     config = LisaConfig(
-        vlm_config=vlm.config, sam_config=sam.config, seg_token_id=seg_token_id, out_dim=prompt_width, **config_kwargs
+        vlm_config=vlm.config, sam_config=sam.config, seg_token_id=seg_token_id, out_dim=prompt_width,
+        mask_head_source=str(sam_path), **config_kwargs,
     )
     model = LisaForCausalLM(config, vlm=vlm, sam=sam)
     # Wrapping the loaded parts' configs in LisaConfig clears their resolved attention implementation, and a

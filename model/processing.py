@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -64,11 +64,14 @@ class LisaBatch(Mapping):
     `truncated_rows` and `dropped_rows` are attributes only, for messages and the training log.
 
     input_ids, attention_mask: (R, L); labels: (R, L), `IGNORE_LABEL` where no loss is taken.
-    image_inputs: the vision-language model's input of the N images, its family's `ImageInputs`.
-    sam_pixel_values: (N, 3, S, S) the mask head's input.
-    image_index: (R,) the image of each row; resized_sizes, original_sizes: (N, 2) sizes inside SAM's input
-        and originally.
-    masks: per image, (n_i, H_i, W_i) bool ground truth, one per `[SEG]` of its rows in order.
+    An image is a picture or a video; a video is the F_i frames sampled of it, and its rows show every frame (one
+    `<image>` each). Frames are what the two image paths take: F = N for pictures only.
+
+    image_inputs: the vision-language model's input of the F frames, its family's `ImageInputs`.
+    sam_pixel_values: (F, 3, S, S) the mask head's input.
+    image_index: (R,) the image of each row; frame_image: (F,) the image of each frame;
+    resized_sizes, original_sizes: (F, 2) sizes inside SAM's input and originally.
+    masks: per frame, (n_i, H, W) bool ground truth, one per `[SEG]` of its image's rows in order.
     truncated_rows: rows cut to the length limit; dropped_rows: "sample_id conversation k: why" of the conversations
         left out (`LisaProcessor.fit_to_length`).
     """
@@ -78,6 +81,7 @@ class LisaBatch(Mapping):
     image_inputs: ImageInputs
     sam_pixel_values: torch.Tensor
     image_index: torch.Tensor
+    frame_image: torch.Tensor
     resized_sizes: torch.Tensor
     original_sizes: torch.Tensor
     labels: torch.Tensor | None = None
@@ -204,7 +208,10 @@ class LisaProcessor:
         return self.vlm_family.image_seq_length(self.vlm_processor)
 
     def encode_conversation(
-        self, messages: list[dict[str, str]], add_generation_prompt: bool = False, image_tokens: int | None = None
+        self,
+        messages: list[dict[str, str]],
+        add_generation_prompt: bool = False,
+        image_tokens: int | Sequence[int] | None = None,
     ) -> tuple[list[int], list[int]]:
         """Tokenizes one conversation.
 
@@ -212,12 +219,16 @@ class LisaProcessor:
             messages: chat messages `{"role": "user"|"assistant"|"system", "content": str}`; the image is the
                 literal `<image>` in a user message.
             add_generation_prompt: end with the assistant prefix, for generation.
-            image_tokens: image tokens the conversation's image takes (its `ImageInputs.token_counts`); None:
-                `image_seq_length`, for families where every image takes the same number.
+            image_tokens: image tokens the conversation's image takes (its `ImageInputs.token_counts`), or per
+                image token of the template in order (a video's frames); None: `image_seq_length`, for families where
+                every image takes the same number.
 
         Returns:
-            `input_ids` with each image token of the template repeated `image_tokens` times, and `labels`: the
+            `input_ids` with each image token of the template repeated its `image_tokens` times, and `labels`: the
             same ids on assistant answers and their end-of-turn token, `IGNORE_LABEL` everywhere else.
+
+        Raises:
+            ValueError: the template holds another number of images than `image_tokens` has counts.
         """
         if image_tokens is None:
             image_tokens = self.image_seq_length
@@ -229,11 +240,17 @@ class LisaProcessor:
             return_dict=True,
             return_assistant_tokens_mask=True,
         )
+        images = encoded["input_ids"].count(self.image_token_id)
+        counts = [image_tokens] * images if isinstance(image_tokens, int) else list(image_tokens)
+        if len(counts) != images:
+            raise ValueError(f"a conversation showing {images} images, for {len(counts)} images given")
+        counts.reverse()
         input_ids, labels = [], []
         for token, is_answer in zip(encoded["input_ids"], encoded["assistant_masks"]):
             if token == self.image_token_id:
-                input_ids += [token] * image_tokens
-                labels += [IGNORE_LABEL] * image_tokens
+                count = counts.pop()
+                input_ids += [token] * count
+                labels += [IGNORE_LABEL] * count
             else:
                 input_ids.append(token)
                 labels.append(token if is_answer else IGNORE_LABEL)
@@ -345,9 +362,10 @@ class LisaProcessor:
         """Model inputs for N images and the conversations about each.
 
         Args:
-            images: N (H_i, W_i, 3) uint8 RGB.
+            images: N (H_i, W_i, 3) uint8 RGB pictures or (T_i, H_i, W_i, 3) video frames.
             conversations: per image, its chat message lists (see `process_sample`).
-            masks: per image, (n_i, H_i, W_i) bool ground truth, one per `[SEG]`; None at inference.
+            masks: per image, (n_i, H_i, W_i) (or (n_i, T_i, H_i, W_i)) bool ground truth, one per `[SEG]`; None at
+                inference.
             sample_ids: per image, a name for error messages.
             add_generation_prompt: prompts for generation: each conversation ends with the assistant prefix, rows
                 are left-padded and carry no labels. Otherwise whole conversations, right-padded, with labels.
@@ -370,13 +388,15 @@ class LisaProcessor:
         add_generation_prompt: bool = False,
         max_text_tokens: int | None = None,
     ) -> dict[str, Any]:
-        """One image with the conversations about it.
+        """One image (a picture, or a video's sampled frames) with the conversations about it.
 
         Args:
-            image: (H, W, 3) uint8 RGB.
-            conversations: chat message lists, each mentioning `<image>` once.
-            masks: (n, H, W) bool, one per `[SEG]` in the conversations, in order; None when there is no ground
-                truth (inference). A training sample without targets (VQA) passes an empty (0, H, W) array.
+            image: (H, W, 3) uint8 RGB, or (T, H, W, 3) for T frames of a video.
+            conversations: chat message lists, each mentioning `<image>` once; for a video it stands for all its
+                frames, in order (`<image>` repeated T times before the template writes the family's image tokens).
+            masks: (n, H, W) bool, or (n, T, H, W) for a video, one per `[SEG]` in the conversations, in order; None
+                when there is no ground truth (inference). A training sample without targets (VQA) passes an empty
+                (0, H, W) array.
             sample_id: a name for error messages (usually the image path).
             add_generation_prompt: end each conversation with the assistant prefix; the item then has no labels.
             max_text_tokens: training only: each conversation cut to this many text tokens (`fit_to_length`); one
@@ -388,13 +408,22 @@ class LisaProcessor:
         Raises:
             NothingFits: `max_text_tokens` leaves no conversation.
         """
-        height, width = image.shape[:2]
-        image_input = self.preprocess_image(image)
-        (image_tokens,) = image_input.token_counts
-        encoded = [self.encode_conversation(c, add_generation_prompt, image_tokens) for c in conversations]
+        frames = image if image.ndim == 4 else image[None]
+        if masks is not None and image.ndim == 3:
+            masks = masks[:, None]
+        height, width = frames.shape[1:3]
+        frame_inputs = [self.preprocess_image(frame) for frame in frames]
+        image_input = type(frame_inputs[0]).cat(frame_inputs)
+        if len(frames) > 1:
+            video = IMAGE_PLACEHOLDER * len(frames)
+            conversations = [
+                [{**m, "content": m["content"].replace(IMAGE_PLACEHOLDER, video)} for m in conversation]
+                for conversation in conversations
+            ]
+        encoded = [self.encode_conversation(c, add_generation_prompt, image_input.token_counts) for c in conversations]
         if masks is not None:
-            if masks.shape[1:] != (height, width):
-                raise ValueError(f"{sample_id}: masks of shape {masks.shape} for an image of size {(height, width)}")
+            if masks.shape[1:] != frames.shape[:3]:
+                raise ValueError(f"{sample_id}: masks of shape {masks.shape} for frames of shape {frames.shape[:3]}")
             seg_count = sum(ids.count(self.seg_token_id) for ids, _ in encoded)
             if seg_count != len(masks):
                 raise ValueError(
@@ -414,23 +443,27 @@ class LisaProcessor:
                 # Conversation k owns the masks of its [SEG] tokens, which follow those of conversations 0 .. k-1.
                 starts = np.cumsum([0, *seg_counts])
                 masks = masks[np.concatenate([np.arange(starts[k], starts[k + 1]) for k in fitted.kept])]
-        sam_pixel_values, resized_size = self.preprocess_sam(image)
+        sam_inputs = [self.preprocess_sam(frame) for frame in frames]
         return {
             "sample_id": sample_id,
             "image": image_input,
-            "sam_pixel_values": sam_pixel_values,
-            "resized_size": resized_size,
+            "sam_pixel_values": torch.stack([pixels for pixels, _ in sam_inputs]),
+            "resized_sizes": [size for _, size in sam_inputs],
             "original_size": (height, width),
             "input_ids": [ids for ids, _ in encoded],
             "labels": None if add_generation_prompt else [labels for _, labels in encoded],
-            "masks": None if masks is None else torch.from_numpy(np.ascontiguousarray(masks, dtype=bool)),
+            # Per frame, the masks of every [SEG] on it.
+            "masks": None if masks is None else [
+                torch.from_numpy(np.ascontiguousarray(masks[:, t], dtype=bool)) for t in range(len(frames))
+            ],
             "fitted": fitted,
         }
 
     def collate(self, items: list[dict[str, Any]], padding_side: str = "right") -> LisaBatch:
         """Batches `process_sample` items.
 
-        Rows are the conversations of all items, item by item; `image_index[r]` is the item of row r.
+        Rows are the conversations of all items, item by item; `image_index[r]` is the item of row r. Frames are the
+        items' frames, item by item; `frame_image[f]` is the item of frame f.
         Use left padding for generation, right padding for training. `masks` is None when no item has any, and
         `labels` when the items are generation prompts.
         """
@@ -451,16 +484,18 @@ class LisaProcessor:
             if row_labels is not None:
                 labels[r, span] = torch.tensor(row_labels[r])
         images = [item["image"] for item in items]
+        frame_image = [i for i, item in enumerate(items) for _ in item["resized_sizes"]]
         return LisaBatch(
             input_ids=input_ids,
             attention_mask=attention_mask,
             image_inputs=type(images[0]).cat(images),
-            sam_pixel_values=torch.stack([item["sam_pixel_values"] for item in items]),
+            sam_pixel_values=torch.cat([item["sam_pixel_values"] for item in items]),
             image_index=torch.tensor([i for _, i in rows], dtype=torch.long),
-            resized_sizes=torch.tensor([item["resized_size"] for item in items], dtype=torch.long),
-            original_sizes=torch.tensor([item["original_size"] for item in items], dtype=torch.long),
+            frame_image=torch.tensor(frame_image, dtype=torch.long),
+            resized_sizes=torch.tensor([size for item in items for size in item["resized_sizes"]], dtype=torch.long),
+            original_sizes=torch.tensor([items[i]["original_size"] for i in frame_image], dtype=torch.long),
             labels=None if row_labels is None else labels,
-            masks=None if items[0]["masks"] is None else [item["masks"] for item in items],
+            masks=None if items[0]["masks"] is None else [m for item in items for m in item["masks"]],
             sample_ids=[item["sample_id"] for item in items],
             truncated_rows=sum(item["fitted"].truncated for item in items),
             dropped_rows=[f"{item['sample_id']} {reason}" for item in items for reason in item["fitted"].dropped],

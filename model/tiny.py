@@ -17,7 +17,9 @@ an offline corpus, the widths) and the command. Of the families:
 * `internvl`: an InternVL3 folder (the Qwen-style tokenizer with InternVL's `<img>`, `</img>`, `<IMG_CONTEXT>`, the PIL
   tiling image processor, `processor_config.json` with the tokens of a tile; InternViT, pixel-shuffle projector, Qwen2);
 * `sam`: a `SamModel` folder; `sam2`: a `Sam2Model` folder (Hiera image encoder with its feature pyramid);
-  `sam3_tracker`: a `Sam3TrackerModel` folder (SAM 3's ViT in 14-px patches under its feature pyramid).
+  `sam3_tracker`: a `Sam3TrackerModel` folder (SAM 3's ViT in 14-px patches under its feature pyramid). Beside the
+  last two, `DIR/<sam>_video`: the same weights with random memory modules in a `Sam2VideoModel` /
+  `Sam3TrackerVideoModel` folder, as the released checkpoints hold them (the video model of `model.video`).
 The language models have more embedding rows than their tokenizers have tokens, as the real bases do.
 Tests, the toy training run and a first try use them in place of the 7B (or 3B) bases.
 """
@@ -130,11 +132,16 @@ def set_generation_tokens(model: torch.nn.Module, tokenizer) -> None:
 
 
 def write_tiny(out: str, seed: int = 0, vlm: str = "llava", sam: str = "sam") -> None:
-    """Writes `out/<vlm>`, `out/<sam>` and `out/lisa` (see the module docstring)."""
+    """Writes `out/<vlm>`, `out/<sam>`, `out/<sam>_video` (for mask heads with a video model) and `out/lisa` (see the
+    module docstring)."""
     base, base_processor = vlm_family(vlm).build_tiny(seed)
     base.save_pretrained(os.path.join(out, vlm))
     base_processor.save_pretrained(os.path.join(out, vlm))
-    mask_head_family(sam).build_tiny(seed).save_pretrained(os.path.join(out, sam))
+    sam_family = mask_head_family(sam)
+    mask_head = sam_family.build_tiny(seed)
+    mask_head.save_pretrained(os.path.join(out, sam))
+    if sam_family.video_model_class is not None:
+        sam_family.build_tiny_video(mask_head, seed).save_pretrained(os.path.join(out, f"{sam}_video"))
     torch.manual_seed(seed)
     model, processor = build_lisa_from_base(os.path.join(out, vlm), os.path.join(out, sam))
     save_lisa(model, processor, os.path.join(out, "lisa"))

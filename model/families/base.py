@@ -195,9 +195,10 @@ class VlmFamily(Family):
     def image_encoder_outputs(
         self, vlm: PreTrainedModel, images: ImageInputs, image_index: torch.Tensor
     ) -> BaseModelOutputWithPooling:
-        """What the image encoder gives the language model for R rows about images `image_index` (R,): per row, its
-        image's (n_i, h) features in `pooler_output` (the VLM's `mm_encoder_outputs["image"]`). The encoder runs once
-        per image, however many rows are about it."""
+        """What the image encoder gives the language model for the images `image_index` that R rows show, row after
+        row (one per row about a picture, a video's frames in order): per image shown, its (n_i, h) features in
+        `pooler_output` (the VLM's `mm_encoder_outputs["image"]`). The encoder runs once per image, however many rows
+        show it."""
         features = self.encode_images(vlm, images).pooler_output
         return BaseModelOutputWithPooling(pooler_output=[features[i] for i in image_index.tolist()])
 
@@ -209,14 +210,15 @@ class VlmFamily(Family):
         images: ImageInputs,
         image_index: torch.Tensor,
     ) -> torch.Tensor | None:
-        """Position ids of (R, L) rows about images `image_index` (R,); None: the model counts tokens."""
+        """Position ids of (R, L) rows showing the images `image_index`, row after row; None: the model counts
+        tokens."""
         return None
 
     def generation_inputs(
         self, vlm: PreTrainedModel, input_ids: torch.Tensor, images: ImageInputs, image_index: torch.Tensor
     ) -> dict[str, torch.Tensor]:
         """What the VLM's own `generate` needs besides the image features (given it as `mm_encoder_outputs`) for
-        (B, L) prompts about images `image_index` (B,)."""
+        (B, L) prompts showing the images `image_index`, prompt after prompt."""
         return {}
 
 
@@ -225,6 +227,48 @@ class MaskHeadFamily(Family):
 
     pixel_mean: tuple[float, float, float]
     pixel_std: tuple[float, float, float]
+    # Its video model (image model + memory modules that carry a mask through a video), None if it has none; the
+    # session holding a video's frames, prompts and outputs for it.
+    video_model_class: type[PreTrainedModel] | None = None
+    video_session_class: type | None = None
+
+    def load_video_model(self, sam: PreTrainedModel, source: str) -> PreTrainedModel:
+        """The family's video model with the memory modules of `source` (a folder or hub id of the video model, such
+        as the checkpoint the mask head came from) and every weight `sam` has taken from `sam` (LISA's trained mask
+        decoder), in `sam`'s dtype and on its device, in eval mode.
+
+        Raises:
+            ValueError: a family without a video model, a checkpoint lacking weights, or one whose image model does
+                not fit `sam` (naming `source` and the weights).
+        """
+        if self.video_model_class is None:
+            raise ValueError(f"{self.title} has no video model: decode on every frame instead (per_frame)")
+        video = load_pretrained(self.video_model_class, source, dtype=sam.dtype)
+        try:
+            result = video.load_state_dict(sam.state_dict(), strict=False)
+        except RuntimeError as error:  # shape mismatches
+            raise ValueError(f"{source}: its {self.title} video model does not fit this mask head: {error}") from None
+        if result.unexpected_keys:
+            raise ValueError(
+                f"{source}: its {self.title} video model lacks {len(result.unexpected_keys)} weight(s) of this mask "
+                f"head: {sorted(result.unexpected_keys)[:5]}"
+            )
+        if video.mem_dim == video.hidden_dim:
+            # transformers 5.23 stacks the object pointers, (B, 1, C) each, into a 4-D tensor it cannot attend to when
+            # the memories are as wide as the model (the released models' are narrower, 64 of 256, and get split into
+            # 3-D): such a model (the tiny bases) gets them as (pointers, B, C).
+            process = video._process_object_pointers
+
+            def three_d_pointers(*args, **kwargs):
+                pointers, positions = process(*args, **kwargs)
+                return (pointers.flatten(1, 2) if pointers is not None and pointers.dim() == 4 else pointers), positions
+
+            video._process_object_pointers = three_d_pointers
+        return video.to(sam.device).eval()
+
+    def build_tiny_video(self, sam: PreTrainedModel, seed: int = 0) -> PreTrainedModel:
+        """The tiny base's video model (`model.tiny`), for families that have one."""
+        raise ValueError(f"{self.title} has no video model")
 
     def image_size(self, config: PretrainedConfig) -> int:
         """The square input size (1024 for the released models)."""

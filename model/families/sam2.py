@@ -20,6 +20,9 @@ from transformers import (
     Sam2MaskDecoderConfig,
     Sam2Model,
     Sam2PromptEncoderConfig,
+    Sam2VideoConfig,
+    Sam2VideoInferenceSession,
+    Sam2VideoModel,
     Sam2VisionConfig,
 )
 
@@ -36,6 +39,9 @@ class Sam2Family(MaskHeadFamily):
     model_class = Sam2Model
     pixel_mean = (0.485, 0.456, 0.406)  # ImageNet's, on the 0-1 scale
     pixel_std = (0.229, 0.224, 0.225)
+    video_model_class = Sam2VideoModel
+    video_session_class = Sam2VideoInferenceSession
+    video_config_class = Sam2VideoConfig
 
     def owns(self, weight_names: Iterable[str]) -> bool:
         # A Hiera backbone (blocks with windowed position embeddings) under a feature pyramid neck.
@@ -102,3 +108,32 @@ class Sam2Family(MaskHeadFamily):
             ),
         )
         return Sam2Model(config)
+
+    def video_vision_config(self, config: Sam2Config) -> dict:
+        """The vision config of the family's video model around the image model of `config`."""
+        return config.vision_config.to_dict()
+
+    def build_tiny_video(self, sam: Sam2Model, seed: int = 0) -> Sam2VideoModel:
+        """The tiny base's video model, as the released checkpoints hold one: `sam`'s weights and random memory
+        modules as narrow as its features."""
+        torch.manual_seed(seed)
+        config = sam.config
+        video = self.video_model_class(self.video_config_class(
+            vision_config=self.video_vision_config(config), prompt_encoder_config=config.prompt_encoder_config.to_dict(),
+            mask_decoder_config=config.mask_decoder_config.to_dict(), image_size=config.prompt_encoder_config.image_size,
+            **tiny_memory_config(config.vision_config.fpn_hidden_size, config.prompt_encoder_config.image_size // 16),
+        ))
+        video.load_state_dict(sam.state_dict(), strict=False)
+        return video
+
+
+def tiny_memory_config(width: int, embedding_size: int) -> dict:
+    """Memory settings of the tiny video models: attention `width` wide over the `embedding_size`² image embedding, one
+    memory-attention layer. The memories stay 64 wide, as the released models' (transformers' memory attention reads
+    64-wide memories whatever the config says)."""
+    return dict(
+        memory_attention_rope_feat_sizes=[embedding_size, embedding_size],
+        memory_attention_hidden_size=width, memory_attention_num_layers=1, memory_attention_feed_forward_hidden_size=2 * width,
+        memory_encoder_hidden_size=width, memory_encoder_output_channels=64, mask_downsampler_embed_dim=width,
+        memory_fuser_embed_dim=width, memory_fuser_intermediate_dim=2 * width,
+    )

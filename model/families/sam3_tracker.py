@@ -23,6 +23,9 @@ from transformers import (
     Sam3TrackerMaskDecoderConfig,
     Sam3TrackerModel,
     Sam3TrackerPromptEncoderConfig,
+    Sam3TrackerVideoConfig,
+    Sam3TrackerVideoInferenceSession,
+    Sam3TrackerVideoModel,
     Sam3ViTConfig,
     Sam3VisionConfig,
 )
@@ -79,6 +82,9 @@ class Sam3TrackerFamily(Sam2Family):
     aliases = ("sam3_tracker_video", "sam3_video")
     pixel_mean = (0.5, 0.5, 0.5)  # on the 0-1 scale
     pixel_std = (0.5, 0.5, 0.5)
+    video_model_class = Sam3TrackerVideoModel
+    video_session_class = Sam3TrackerVideoInferenceSession
+    video_config_class = Sam3TrackerVideoConfig
 
     def owns(self, weight_names: Iterable[str]) -> bool:
         # A plain ViT (`layers.N.attention.q_proj`, learnt position embeddings tiled over the grid) under the SAM 3
@@ -96,6 +102,10 @@ class Sam3TrackerFamily(Sam2Family):
         """(N, C, 4g, 4g), (N, C, 2g, 2g), (N, C, g, g); g = 72 for a 1008 input. `[:3]`: a model built from a 4-level
         config (a plain Sam3TrackerConfig) also returns the 36² level, which the tracker drops."""
         return sam.vision_encoder(pixel_values.to(sam.dtype)).fpn_hidden_states[:3]
+
+    def video_vision_config(self, config: Sam3TrackerConfig) -> dict:
+        # The video tracker builds SAM 3's four neck levels and drops the last itself.
+        return {**config.vision_config.to_dict(), "scale_factors": [*TRACKER_SCALE_FACTORS, 0.5]}
 
     def build_tiny(self, seed: int = 0) -> Sam3TrackerModel:
         from model.tiny import SAM_WIDTH  # the shared tiny-base parts; `model.tiny` itself builds on the families
