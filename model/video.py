@@ -129,7 +129,6 @@ def ask_video(
 @torch.no_grad()
 def segment_video(
     model: LisaForCausalLM,
-    processor: LisaProcessor,
     frames: Frames,
     reply: VideoAnswer,
     propagate: str = "per_frame",
@@ -153,7 +152,7 @@ def segment_video(
     if not reply.answer.masks:
         return
     if propagate == "per_frame":
-        yield from decode_every_frame(model, processor, frames, reply.answer.queries, batch_size)
+        yield from decode_every_frame(model, frames, reply.answer.queries, batch_size)
         return
     if video_model is None:
         raise ValueError("memory propagation needs the mask head's video model (load_video_model)")
@@ -178,14 +177,14 @@ def load_video_model(model: LisaForCausalLM, source: str | None = None) -> PreTr
 
 
 def decode_every_frame(
-    model: LisaForCausalLM, processor: LisaProcessor, frames: Frames, queries: torch.Tensor, batch_size: int = 4
+    model: LisaForCausalLM, frames: Frames, queries: torch.Tensor, batch_size: int = 4
 ) -> Iterator[tuple[int, np.ndarray]]:
     """(frame index, (n, H, W) bool) for every frame in order: the (n, C) `queries` decoded on each frame's own
     image-mask-head encoding, `batch_size` frames encoded at a time."""
     for start in range(0, len(frames), batch_size):
         indices = range(start, min(start + batch_size, len(frames)))
         images = [frames.read(i) for i in indices]
-        inputs = [processor.preprocess_sam(image) for image in images]
+        inputs = [model.sam_family.preprocess(image, model.sam_image_size) for image in images]
         pixels = torch.stack([p for p, _ in inputs]).to(model.device, model.dtype)
         for i, image, (_, resized), features in zip(indices, images, inputs, model.embed_images(pixels)):
             logits, _ = model.decode_masks(features, queries, resized, image.shape[:2])
