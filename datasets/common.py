@@ -33,13 +33,14 @@ class SampleError(ValueError):
 
 @dataclass
 class Sample:
-    """One training image with the conversations about it.
+    """One training image, or video, with the conversations about it.
 
-    sample_id: `"{dataset}/{image name}"`.
-    image: (H, W, 3) uint8 RGB.
+    sample_id: `"{dataset}/{image name}"` (`"{dataset}/{video}"` for a video).
+    image: (H, W, 3) uint8 RGB; for a video, (T, H, W, 3): its T sampled frames in order.
     conversations: lists of chat messages `{"role": "user"|"assistant", "content": str}`; the first user
-        message of each contains `<image>` once.
-    masks: (n, H, W) bool, one per `[SEG]` across the conversations in order; n = 0 for text-only answers.
+        message of each contains `<image>` once (for a video, it stands for all T frames).
+    masks: (n, H, W) bool, one per `[SEG]` across the conversations in order; n = 0 for text-only answers. For a
+        video (n, T, H, W): each `[SEG]`'s object on every sampled frame (empty on frames without it).
     queries: what each conversation asks about (class name, referring sentence, ReasonSeg text, VQA question).
     skipped: files of bad samples skipped before this one was drawn (training resamples on bad input).
     """

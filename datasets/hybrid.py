@@ -14,13 +14,15 @@ from datasets.custom import CustomDataset, CustomValDataset
 from datasets.reason_seg import REASON_SEG_DATA, ReasonSegDataset, ReasonSegValDataset
 from datasets.refer_seg import REFER_SEG_DATA, REFER_SEG_SETS, ReferSegDataset, ReferSegValDataset
 from datasets.sem_seg import SEM_SEG_DATA, SemSegDataset
+from datasets.vos import VOS_DATA, VideoSegDataset
 from datasets.vqa import VQA_DATA, VQADataset
 
 logger = logging.getLogger(__name__)
 
 # Default relative rate of each family: LISA's 9,3,3,1 for its four; custom data weighs as ReasonSeg, the other
-# small set one fine-tunes on (give --sample_rates when mixing it in).
-DEFAULT_RATES = {"sem_seg": 9, "refer_seg": 3, "vqa": 3, "reason_seg": 1, "custom": 1}
+# small set one fine-tunes on (give --sample_rates when mixing it in); videos ("vos": Ref-YouTube-VOS, MeViS, ReVOS)
+# too, when asked for.
+DEFAULT_RATES = {"sem_seg": 9, "refer_seg": 3, "vqa": 3, "reason_seg": 1, "custom": 1, "vos": 1}
 FAMILIES = tuple(DEFAULT_RATES)
 DATASET = "sem_seg||refer_seg||vqa||reason_seg"  # LISA's four; custom data only when asked for
 
@@ -36,7 +38,8 @@ def parse_rates(sample_rates: str | Sequence[float], count: int) -> np.ndarray:
 
 class HybridDataset(torch.utils.data.Dataset):
     """LISA's training data: each item draws a family by `sample_rates` (default: `DEFAULT_RATES` of the families in
-    `dataset`), then a sample of that family. The family "custom" reads the folders of `custom_data`.
+    `dataset`), then a sample of that family. The family "custom" reads the folders of `custom_data`; the family "vos"
+    the video sets of `vos_data` (its samples hold `num_frames` frames: see `VideoSegDataset`).
 
     `__len__` is `samples_per_epoch`. Item `index` is a pure function of (seed, epoch, index): the random
     generator is derived from them, not from global state, so workers, ranks and resumed runs see the same
@@ -64,6 +67,8 @@ class HybridDataset(torch.utils.data.Dataset):
         reason_seg_data: str = REASON_SEG_DATA,
         explanatory: float = 0.1,
         custom_data: str = "",
+        vos_data: str = VOS_DATA,
+        num_frames: int = 8,
         seed: int = 0,
         check: Callable[[Sample], None] | None = None,
     ):
@@ -73,6 +78,7 @@ class HybridDataset(torch.utils.data.Dataset):
             "vqa": lambda: VQADataset(dataset_dir, vqa_data),
             "reason_seg": lambda: ReasonSegDataset(dataset_dir, reason_seg_data, num_classes_per_sample, explanatory),
             "custom": lambda: CustomDataset(custom_data, num_classes_per_sample),
+            "vos": lambda: VideoSegDataset(dataset_dir, vos_data, num_frames, num_classes_per_sample),
         }
         self.family_names = split_names(dataset)
         unknown = [n for n in self.family_names if n not in builders]

@@ -32,6 +32,26 @@ ANSWER_LIST = [
     f"{SEG_TOKEN}.",
 ]
 
+# Videos: the question asks about the frames given as the image input; an expression is a noun phrase ("the dog
+# that jumps") or, for reasoning sets, a sentence. An object absent from every frame shown is answered without [SEG].
+VIDEO_SHORT_QUESTION_LIST = [
+    IMAGE_PLACEHOLDER + "\n" + "Can you segment {exp} in this video?",
+    IMAGE_PLACEHOLDER + "\n" + "Please segment {exp} in this video.",
+    IMAGE_PLACEHOLDER + "\n" + "What is {exp} in this video? Please respond with segmentation mask.",
+    IMAGE_PLACEHOLDER + "\n" + "Where is {exp} in this video? Please output segmentation mask.",
+]
+
+VIDEO_LONG_QUESTION_LIST = [
+    IMAGE_PLACEHOLDER + "\n" + "{sent} Please respond with segmentation mask.",
+    IMAGE_PLACEHOLDER + "\n" + "{sent} Please output segmentation mask.",
+]
+
+VIDEO_NO_TARGET_ANSWER_LIST = [
+    "There is no such object in the video.",
+    "I cannot find it in this video.",
+    "It does not appear in this video.",
+]
+
 # Validation is teacher-forced with these exact prompts (the leading space is the original's).
 VAL_SHORT_QUESTION = IMAGE_PLACEHOLDER + "\n What is {text} in this image? Please output segmentation mask."
 VAL_LONG_QUESTION = IMAGE_PLACEHOLDER + "\n {text} Please output segmentation mask."
@@ -62,3 +82,20 @@ def val_conversation(text: str, is_sentence: bool) -> list[dict[str, str]]:
     """The original's teacher-forced validation conversation for one query."""
     question = (VAL_LONG_QUESTION if is_sentence else VAL_SHORT_QUESTION).format(text=text)
     return turn(question, VAL_ANSWER)
+
+
+def video_short_question(rng: np.random.Generator, expression: str) -> str:
+    """A random question about a referring expression in a video, lower-cased as the image questions are (a final
+    full stop dropped: the expression sits inside the question)."""
+    text = expression.strip().rstrip(".").strip().lower()
+    return VIDEO_SHORT_QUESTION_LIST[rng.integers(len(VIDEO_SHORT_QUESTION_LIST))].format(exp=text)
+
+
+def video_long_question(rng: np.random.Generator, sentence: str) -> str:
+    """A random question around a sentence (a reasoning query) about a video, inserted as-is."""
+    return VIDEO_LONG_QUESTION_LIST[rng.integers(len(VIDEO_LONG_QUESTION_LIST))].format(sent=sentence.strip())
+
+
+def no_target_answer(rng: np.random.Generator) -> str:
+    """A random answer without `[SEG]`: the object asked about is not in the frames shown."""
+    return VIDEO_NO_TARGET_ANSWER_LIST[rng.integers(len(VIDEO_NO_TARGET_ANSWER_LIST))]

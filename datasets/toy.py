@@ -9,9 +9,14 @@ coordinates, explanatory answers), refCLEF / refCOCO / refCOCO+ / refCOCOg pickl
 polygon and RLE segmentations (multi-object and no-target expressions), ADE20K, COCO-Stuff, Mapillary v2.0,
 PACO-LVIS, PASCAL-Part and LLaVA-Instruct, so `--dataset_dir DIR` works unchanged for every loader; and as
 custom data (`DIR/custom`: train/val JSONL with PNG, RLE and polygon masks, several-`[SEG]` and no-target answers).
+Short videos of 2-3 shapes, each moving left, right, up or down or staying still (6-12 frames named 00000, 00005, ...),
+are written as MeViS (`DIR/mevis/{train,valid_u,valid}`), Ref-YouTube-VOS (`DIR/refytvos`: train with palette PNG
+annotations, valid/test without masks) and ReVOS (`DIR/revos`: train/valid, with type_ids), with expressions about
+appearance, reasoning about it and motion, several-object and no-target expressions (MeViS, ReVOS); MeViS valid_u's
+videos also as mp4 files (`DIR/videos/mevis/valid_u/<video>.mp4`).
 
 `generate` also returns the generator's own ground truth (`ToyTruth`): for every sample id the loaders
-produce, the mask of every query, computed while drawing and independently of the loaders.
+produce, the mask of every query, computed while drawing and independently of the loaders (for videos, `ToyVideo`s).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
 from datasets.class_names import ADE20K_CLASSES, COCOSTUFF_CLASSES
+from datasets.video import write_video
 from utils.cli import HelpFormatter
 from utils.masks import compressed_rle
 
@@ -58,6 +64,17 @@ MAPILLARY_LABELS = [*(k.capitalize() for k in KINDS), "Unlabeled"]
 MAPILLARY_COLOURS = [(220, 20, 60), (0, 170, 30), (0, 60, 100), (250, 170, 30), (0, 0, 0)]
 PACO_OBJECTS = {"circle": "circle", "square": "square_(shape)", "triangle": "triangle", "star": "star_(shape)"}
 PARTS = ("top", "bottom")
+# Videos: each shape moves in a straight line, or stays; a phrase names a motion only where one shape has it.
+MOTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1), "still": (0, 0)}
+MOTION_PHRASES = {
+    "left": "the shape that moves left", "right": "the shape that moves right", "up": "the shape that moves up",
+    "down": "the shape that moves down", "still": "the shape that stays still",
+}
+GROUP_PHRASES = {"moving": "the shapes that move", "still": "the shapes that stay still"}  # several objects
+FRAME_STEP = 5  # frame names 00000, 00005, 00010, ...: Ref-YouTube-VOS keeps every 5th frame
+# Ref-YouTube-VOS annotations are palette PNGs: index 0 background, index k object k.
+OBJECT_PALETTE = [0, 0, 0, 236, 95, 103, 249, 145, 87, 250, 200, 99]
+VIDEO_JPEG_QUALITY = 85  # video frames are many: smaller files keep the corpus small
 
 
 @dataclass
@@ -98,14 +115,48 @@ class Scene:
 
 
 @dataclass
+class ToyVideo:
+    """The generator's truth of one toy video: its frames, its shapes (kind, colour, motion, the frames they are on)
+    and its expressions, each naming the shapes it means (none: a target that is not in the video)."""
+
+    dataset: str
+    split: str
+    video: str
+    frames: list[str]  # frame names, in order
+    height: int
+    width: int
+    kinds: list[str]
+    colours: list[str]
+    motions: list[str]  # a key of MOTIONS per shape
+    present: np.ndarray  # (shapes, frames) bool
+    packed: np.ndarray = field(repr=False)  # (shapes, frames, H, ceil(W / 8)): the masks, bit-packed
+    expressions: dict[str, tuple[int, ...]] = field(default_factory=dict)  # text -> shape indices
+    type_ids: dict[str, int] = field(default_factory=dict)  # ReVOS: text -> type_id
+    has_masks: bool = True  # whether the split's masks are written
+    frame_dir: str = ""  # the frames' folder, relative to the corpus root
+    video_file: str | None = None  # the same frames as an mp4, relative to the corpus root (MeViS valid_u only)
+
+    def shape_masks(self) -> np.ndarray:
+        """(shapes, frames, H, W) bool."""
+        return np.unpackbits(self.packed, axis=-1, count=self.width).astype(bool)
+
+    def mask(self, text: str) -> np.ndarray:
+        """(frames, H, W) bool: the union of the shapes an expression means."""
+        shapes = self.shape_masks()
+        return shapes[list(self.expressions[text])].any(axis=0) if self.expressions[text] else np.zeros(shapes.shape[1:], bool)
+
+
+@dataclass
 class ToyTruth:
     """The generator's ground truth: `masks[sample_id][query]` is the (H, W) mask of a query (bool, or uint8
     {0,1,255} for ReasonSeg; for custom data a (k, H, W) bool stack, one per `[SEG]`, k = 0 for no target),
-    `vqa[sample_id]` the expected chat messages, `explanations[image file]`."""
+    `vqa[sample_id]` the expected chat messages, `explanations[image file]`, `videos["{dataset}/{video}"]` each
+    toy video (`ToyVideo`: the id of `VideoSegDataset`'s samples)."""
 
     masks: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     vqa: dict[str, list[dict[str, str]]] = field(default_factory=dict)
     explanations: dict[str, str] = field(default_factory=dict)
+    videos: dict[str, ToyVideo] = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------------------------- drawing
@@ -139,6 +190,65 @@ def _random_scene(rng: np.random.Generator, count: int | None = None) -> Scene:
             return Scene(height, width, (grey, grey, grey), shapes)
 
 
+def random_video(rng: np.random.Generator) -> tuple[Scene, list[str], list[float], np.ndarray]:
+    """A scene of 2-3 shapes of distinct kinds and colours on the first frame, each shape's motion and speed (px per
+    frame), and which of the 6-12 frames each is on, (shapes, frames) bool. Every shape stays wholly inside the frame
+    and 3 px from the others on every frame; in one video of three, one shape is missing from a few first or last
+    frames."""
+    height, width = (int(v) for v in rng.integers(64, 97, size=2))
+    count, length = int(rng.integers(2, 4)), int(rng.integers(6, 13))
+    while True:
+        kinds = rng.permutation(KINDS)[:count]
+        colours = rng.permutation(list(COLOURS))[:count]
+        shapes, motions, speeds = [], [], []
+        for kind, colour in zip(kinds, colours):
+            motion = str(rng.choice(list(MOTIONS)))
+            (dx, dy), r = MOTIONS[motion], float(rng.uniform(7, 11))
+            speed = 0.0 if motion == "still" else float(rng.uniform(2, 3.5))
+            travel = speed * (length - 1)
+            x_lo, x_hi = r + 1 + max(0, -dx * travel), width - r - 1 - max(0, dx * travel)
+            y_lo, y_hi = r + 1 + max(0, -dy * travel), height - r - 1 - max(0, dy * travel)
+            if x_lo >= x_hi or y_lo >= y_hi:
+                break
+            for _ in range(50):
+                cx, cy = float(rng.uniform(x_lo, x_hi)), float(rng.uniform(y_lo, y_hi))
+                if _apart(cx, cy, dx * speed, dy * speed, r, shapes, motions, speeds, length):
+                    shapes.append(Shape(str(kind), str(colour), cx, cy, r))
+                    motions.append(motion)
+                    speeds.append(speed)
+                    break
+            else:
+                break
+        if len(shapes) == count:
+            break
+    present = np.ones((count, length), dtype=bool)
+    if rng.random() < 1 / 3:
+        gone, hidden = int(rng.integers(1, length // 3 + 1)), int(rng.integers(count))
+        if rng.random() < 0.5:
+            present[hidden, :gone] = False  # comes into view late
+        else:
+            present[hidden, length - gone:] = False  # leaves early
+    grey = int(rng.integers(150, 200))
+    return Scene(height, width, (grey, grey, grey), shapes), motions, speeds, present
+
+
+def _apart(cx: float, cy: float, vx: float, vy: float, r: float, shapes: list[Shape], motions: list[str], speeds: list[float], length: int) -> bool:
+    """Whether a shape starting at (cx, cy) with velocity (vx, vy) keeps 3 px from each placed shape on every frame."""
+    steps = np.arange(length)
+    for shape, motion, speed in zip(shapes, motions, speeds):
+        ox, oy = MOTIONS[motion]
+        gap = np.hypot(cx + (vx - ox * speed) * steps - shape.cx, cy + (vy - oy * speed) * steps - shape.cy)
+        if (gap <= r + shape.r + 3).any():
+            return False
+    return True
+
+
+def moved(shape: Shape, motion: str, speed: float, frame: int) -> Shape:
+    """The shape on frame `frame` (0: where it starts)."""
+    dx, dy = MOTIONS[motion]
+    return Shape(shape.kind, shape.colour, shape.cx + dx * speed * frame, shape.cy + dy * speed * frame, shape.r)
+
+
 def cv2_mask(height: int, width: int, polygon: np.ndarray) -> np.ndarray:
     """The ReasonSeg rasterization: coordinates truncated, 1-px outline plus fill."""
     mask = np.zeros((height, width), dtype=np.uint8)
@@ -163,9 +273,9 @@ def paint(scene: Scene, masks: list[np.ndarray], rng: np.random.Generator, colou
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
-def save_jpg(path: str, image: np.ndarray) -> None:
+def save_jpg(path: str, image: np.ndarray, quality: int = 95) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    Image.fromarray(image).save(path, quality=95)
+    Image.fromarray(image).save(path, quality=quality)
 
 
 def save_png(path: str, label: np.ndarray, palette: list[int] | None = None) -> None:
@@ -214,6 +324,36 @@ def descriptions(scene: Scene, shape: Shape, positional: bool = True) -> list[tu
 
 def explanation(shape: Shape) -> str:
     return f"The {shape.colour} {shape.kind} is {KIND_REASONS[shape.kind][0][4:]} and is {COLOUR_REASONS[shape.colour][0][10:]}."
+
+
+def video_expressions(
+    rng: np.random.Generator, video: ToyVideo, groups: bool, absent: bool, sentences: bool = False
+) -> list[tuple[str, tuple[int, ...], int]]:
+    """(text, shapes meant, ReVOS type_id) of a toy video: per shape two of its appearance phrases (those reasoning
+    about kind or colour are type 1, as sentences with `sentences`) and its motion where no other shape shares it;
+    with `groups`, "the shapes that move" / "the shapes that stay still" where two or more do; with `absent`, in half
+    the videos a colour or kind that is not in the video (no shape). Texts are distinct within a video."""
+    out = []
+    for j, (kind, colour, motion) in enumerate(zip(video.kinds, video.colours, video.motions)):
+        reasons = [KIND_REASONS[kind], COLOUR_REASONS[colour]]
+        if sentences:
+            reasons = [(long.replace("in this picture", "in this video"),) for _, long in reasons]
+        appearance = [(f"the {colour} {kind}", 0), (f"the {kind}", 0), (f"the {colour} shape", 0), *((r[0], 1) for r in reasons)]
+        for i in rng.permutation(len(appearance))[:2]:
+            out.append((appearance[i][0], (j,), appearance[i][1]))
+        if video.motions.count(motion) == 1:
+            out.append((MOTION_PHRASES[motion], (j,), 0))
+    if groups:
+        moving = tuple(j for j, m in enumerate(video.motions) if m != "still")
+        still = tuple(j for j, m in enumerate(video.motions) if m == "still")
+        if len(moving) >= 2:
+            out.append((GROUP_PHRASES["moving"], moving, 0))
+        if len(still) >= 2:
+            out.append((GROUP_PHRASES["still"], still, 0))
+    if absent and rng.random() < 0.5:
+        missing = [f"the {c} shape" for c in COLOURS if c not in video.colours] + [f"the {k}" for k in KINDS if k not in video.kinds]
+        out.append((missing[int(rng.integers(len(missing)))], (), 0))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- writers
@@ -495,6 +635,114 @@ class ToyWriter:
             with open(self.path("custom", f"{split}.jsonl"), "w") as f:
                 f.writelines(json.dumps(record) + "\n" for record in records)
 
+    # Videos ---------------------------------------------------------------------------------------------
+    def video(self, rng: np.random.Generator, dataset: str, split: str, vid: str, frame_dir: str, video_file: str | None = None) -> ToyVideo:
+        """Draws a video of moving shapes, writes its frames `frame_dir/<frame>.jpg` (and, given `video_file`, as an
+        mp4 too) and records its truth."""
+        scene, motions, speeds, present = random_video(rng)
+        h, w = scene.height, scene.width
+        count, length = present.shape
+        names = [f"{FRAME_STEP * f:05d}" for f in range(length)]
+        masks = np.zeros((count, length, h, w), dtype=bool)
+        colours = [COLOURS[s.colour] for s in scene.shapes]
+        images = []
+        for f in range(length):
+            for j, (shape, motion, speed) in enumerate(zip(scene.shapes, motions, speeds)):
+                if present[j, f]:
+                    masks[j, f] = cv2_mask(h, w, moved(shape, motion, speed, f).polygon())
+            images.append(paint(scene, list(masks[:, f]), rng, colours))
+            save_jpg(os.path.join(frame_dir, f"{names[f]}.jpg"), images[-1], quality=VIDEO_JPEG_QUALITY)
+        if video_file is not None:
+            write_video(video_file, images, fps=6)
+        video = ToyVideo(
+            dataset, split, vid, names, h, w, [s.kind for s in scene.shapes], [s.colour for s in scene.shapes], motions,
+            present, np.packbits(masks, axis=-1), frame_dir=os.path.relpath(frame_dir, self.out),
+            video_file=None if video_file is None else os.path.relpath(video_file, self.out),
+        )
+        self.truth.videos[f"{dataset}/{vid}"] = video
+        return video
+
+    def mevis_like(self, name: str, counts: dict[str, int]) -> None:
+        """MeViS (`mevis/<split>/{JPEGImages, meta_expressions.json, mask_dict.json}`; `valid` without masks) or ReVOS
+        (`revos/{JPEGImages, mask_dict.json, meta_expressions_<split>_.json}`, with type_ids) of toy videos: RLE masks
+        (null where a shape is out of view, some uncompressed), several-object and no-target expressions."""
+        rng = self.rng(name)
+        revos = name == "revos"
+        anno_id, shared_masks = 0, {}
+        for split, count in counts.items():
+            with_masks = revos or split != "valid"
+            base = self.path(name) if revos else self.path(name, split)
+            mask_dict = shared_masks if revos else {}
+            videos = {}
+            for i in range(count):
+                vid = f"toy_{split}_{i:04d}"
+                video_file = self.path("videos", name, split, f"{vid}.mp4") if (name, split) == ("mevis", "valid_u") else None
+                video = self.video(rng, name, split, vid, os.path.join(base, "JPEGImages", vid), video_file)
+                video.has_masks = with_masks
+                shape_masks = video.shape_masks()
+                ids = list(range(anno_id, anno_id + len(video.kinds)))
+                anno_id += len(ids)
+                if with_masks:
+                    for j, a in enumerate(ids):
+                        encode = uncompressed_rle if rng.random() < 0.1 else compressed_rle
+                        mask_dict[str(a)] = [encode(m) if video.present[j, f] else None for f, m in enumerate(shape_masks[j])]
+                expressions = {}
+                for e, (text, shapes, type_id) in enumerate(video_expressions(rng, video, groups=True, absent=True, sentences=revos)):
+                    video.expressions[text] = shapes
+                    entry = {"exp": text}
+                    if with_masks:
+                        entry.update(obj_id=list(shapes), anno_id=[ids[j] for j in shapes])
+                    if revos:
+                        entry["type_id"] = video.type_ids[text] = 2 if rng.random() < 0.1 else type_id
+                    expressions[str(e)] = entry
+                videos[vid] = {"expressions": expressions, "frames": video.frames}
+            if revos:
+                write_json(os.path.join(base, f"meta_expressions_{split}_.json"), {"videos": videos})
+            else:
+                write_json(os.path.join(base, "meta_expressions.json"), {"videos": videos})
+                if with_masks:
+                    write_json(os.path.join(base, "mask_dict.json"), mask_dict)
+        if revos:
+            write_json(self.path(name, "mask_dict.json"), shared_masks)
+
+    def refytvos(self, counts: dict[str, int]) -> None:
+        """Ref-YouTube-VOS of toy videos: `refytvos/train/{JPEGImages, Annotations (palette PNGs), meta.json}`,
+        `refytvos/valid/JPEGImages` (the valid and test videos) and `refytvos/meta_expressions/{train,valid,test}`
+        (valid lists the test videos too; neither has masks)."""
+        rng = self.rng("refytvos")
+        listed = {"train": {}, "valid": {}, "test": {}}
+        objects = {}
+        for split, count in counts.items():
+            for i in range(count):
+                vid = f"toy_{split}_{i:04d}"
+                frame_dir = self.path("refytvos", "train" if split == "train" else "valid", "JPEGImages", vid)
+                video = self.video(rng, "refytvos", split, vid, frame_dir)
+                video.has_masks = split == "train"
+                expressions = {}
+                for e, (text, shapes, _) in enumerate(video_expressions(rng, video, groups=False, absent=False)):
+                    video.expressions[text] = shapes
+                    expressions[str(e)] = {"exp": text, "obj_id": str(shapes[0] + 1)} if video.has_masks else {"exp": text}
+                entry = {"expressions": expressions, "frames": video.frames}
+                if split == "train":
+                    shape_masks = video.shape_masks()
+                    for f, frame in enumerate(video.frames):
+                        label = np.zeros((video.height, video.width), dtype=np.uint8)
+                        for j in range(len(video.kinds)):
+                            label[shape_masks[j, f]] = j + 1
+                        save_png(self.path("refytvos", "train", "Annotations", vid, f"{frame}.png"), label, OBJECT_PALETTE)
+                    objects[vid] = {"objects": {
+                        str(j + 1): {"category": kind, "frames": [frame for f, frame in enumerate(video.frames) if video.present[j, f]]}
+                        for j, kind in enumerate(video.kinds)
+                    }}
+                    listed["train"][vid] = entry
+                else:
+                    listed["valid"][vid] = entry  # the valid file lists the test videos too
+                    if split == "test":
+                        listed["test"][vid] = entry
+        for split, videos in listed.items():
+            write_json(self.path("refytvos", "meta_expressions", split, "meta_expressions.json"), {"videos": videos})
+        write_json(self.path("refytvos", "train", "meta.json"), {"videos": objects})
+
     # VQA ------------------------------------------------------------------------------------------------
     def vqa(self, count: int) -> None:
         rng = self.rng("vqa")
@@ -547,6 +795,9 @@ def generate(out: str, seed: int = 0, progress: bool = False, scale: float = 1.0
         lambda: writer.parts("pascal_part", 20 * k),
         lambda: writer.vqa(30 * k),
         lambda: writer.custom({"train": 20 * k, "val": 20}),
+        lambda: writer.mevis_like("mevis", {"train": 10 * k, "valid_u": 12, "valid": 3}),
+        lambda: writer.refytvos({"train": 10 * k, "valid": 6, "test": 4}),
+        lambda: writer.mevis_like("revos", {"train": 6 * k, "valid": 8}),
     ]
     for job in tqdm(jobs, desc="toy corpus", disable=not progress):
         job()
