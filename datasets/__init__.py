@@ -12,7 +12,7 @@ from datasets.hybrid import HybridDataset, build_val_dataset
 from datasets.reason_seg import ReasonSegDataset, ReasonSegValDataset, get_mask_from_json
 from datasets.refer_seg import ReferSegDataset, ReferSegValDataset
 from datasets.sem_seg import SemSegDataset
-from datasets.video import VideoError, VideoReader
+from utils.video import VideoError, VideoReader
 from datasets.vos import VideoExpression, VideoSegDataset, VideoValDataset, load_video_expressions
 from datasets.vqa import VQADataset
 

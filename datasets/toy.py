@@ -34,7 +34,7 @@ from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
 from datasets.class_names import ADE20K_CLASSES, COCOSTUFF_CLASSES
-from datasets.video import write_video
+from utils.video import write_video
 from utils.cli import HelpFormatter
 from utils.masks import compressed_rle
 

@@ -35,7 +35,7 @@ from PIL import Image, UnidentifiedImageError
 
 from datasets.common import Sample, SampleError, choose_up_to, decode_segmentation, read_image, read_json, split_names
 from datasets.templates import no_target_answer, seg_answer, turn, video_long_question, video_short_question
-from datasets.video import random_indices
+from utils.video import random_indices
 from utils.images import displayed_size
 
 logger = logging.getLogger(__name__)

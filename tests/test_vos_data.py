@@ -19,7 +19,7 @@ from datasets.common import SampleError, read_image
 from datasets.hybrid import DATASET, DEFAULT_RATES, FAMILIES, HybridDataset
 from datasets.templates import ANSWER_LIST, VIDEO_NO_TARGET_ANSWER_LIST
 from datasets.toy import COLOURS, MOTIONS, generate, uncompressed_rle
-from datasets.video import VideoError, VideoReader, random_indices, uniform_indices, write_video
+from utils.video import VideoError, VideoReader, random_indices, uniform_indices, write_video
 from datasets.vos import (
     VOS_DATA,
     VOS_SETS,
