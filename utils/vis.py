@@ -1,8 +1,10 @@
-"""Writing predicted masks as image files: the mask itself (8-bit, 0/255) and the image with it overlaid."""
+"""Writing predicted masks as image files: the mask itself (8-bit, 0/255) and the image with it overlaid; for a video,
+one mask file per frame and the frames with their masks overlaid."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 from PIL import Image
@@ -71,3 +73,41 @@ def save_masks(image: np.ndarray, masks: list[np.ndarray], out_dir: str, stem: s
         Image.fromarray(overlay(image, mask, mask_colour(k))).save(overlay_path)
         paths.append((mask_path, overlay_path))
     return paths
+
+
+def save_video_masks(
+    masks: Iterable[tuple[int, np.ndarray]], frame_names: list[str], out_dir: str, start: int = 0
+) -> list[str]:
+    """Writes a video's masks as they come, one 8-bit (0/255) PNG per `[SEG]` and frame:
+    `{out_dir}/{start + k}/{frame name}.png` for the k-th `[SEG]` (the layout the video benchmarks' submissions use).
+
+    Args:
+        masks: (frame index, (n, H, W) bool), each frame once, in any order (`model.video.segment_video`).
+        frame_names: the video's frame names, by index.
+
+    Returns:
+        the n folders, in `[SEG]` order.
+    """
+    folders: list[str] = []
+    for index, frame_masks in masks:
+        if not folders:
+            folders = [os.path.join(out_dir, str(start + k)) for k in range(len(frame_masks))]
+            for folder in folders:
+                os.makedirs(folder, exist_ok=True)
+        for folder, mask in zip(folders, frame_masks):
+            Image.fromarray(mask.astype(np.uint8) * 255).save(os.path.join(folder, f"{frame_names[index]}.png"))
+    return folders
+
+
+def overlay_video_frames(
+    read_frame: Callable[[int], np.ndarray], frame_names: list[str], folders: list[str], start: int = 0
+) -> Iterator[np.ndarray]:
+    """The frames of a video with the masks `save_video_masks` wrote in `folders` overlaid, each `[SEG]` in its
+    colour (numbered from `start`), in frame order; a frame without a mask file shows none."""
+    for index, name in enumerate(frame_names):
+        frame = read_frame(index)
+        for k, folder in enumerate(folders):
+            path = os.path.join(folder, f"{name}.png")
+            if os.path.exists(path):
+                frame = overlay(frame, np.array(Image.open(path)) > 0, mask_colour(start + k))
+        yield frame
