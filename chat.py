@@ -7,6 +7,14 @@ continues the conversation; a path starts a new conversation on that image. `exi
 
 One-shot (scriptable):
     python chat.py --version DIR --image PATH --prompt "Where can the driver see the speed? Please output segmentation mask."
+    python chat.py --version DIR --video clip.mp4 --prompt "Which player scores? Please output segmentation mask."
+
+A video (an .mp4/.avi/.webm/.mov/.mkv file or a folder of frames; in the interactive loop, give its path where an image
+path is asked for): --num_frames frames spread over the whole video are shown to the model, each [SEG] of the answer
+becomes a mask on every frame (--propagate: memory, SAM 2's or the SAM 3 tracker's memory modules carrying the key
+frames' masks through the video, read from --video_memory; per_frame: the [SEG] decoded on each frame), written as
+{vis_save_path}/{stem}/{k}/{frame}.png, with {vis_save_path}/{stem}/overlay_{first k}.mp4 showing the video with the
+answer's masks overlaid.
 
 For the [SEG] number k of a conversation, writes {vis_save_path}/{stem}_mask_{k}.png (0/255, image size) and
 {stem}_masked_img_{k}.png (the image with that mask overlaid) and prints their paths, with the mask decoder's
@@ -23,11 +31,13 @@ import argparse
 import os
 import sys
 
-from model.cli import add_model_arguments, load_model
-from model.session import ChatSession
+from model.cli import add_model_arguments, add_video_arguments, load_model, load_video_model_for
+from model.session import ChatSession, VideoChatSession
 from utils.cli import HelpFormatter
 from utils.images import ImageError, load_image
-from utils.vis import FileStems, save_masks
+from utils.video import VideoError, VideoReader, is_video
+from utils.vis import FileStems, overlay_video_frames, save_masks, save_video_masks
+from utils.video import write_video
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -35,10 +45,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_model_arguments(parser)
     parser.add_argument("--vis_save_path", default="./vis_output", help="folder for the mask and overlay PNGs")
     parser.add_argument("--image", help="one-shot: the image to ask about (with --prompt)")
-    parser.add_argument("--prompt", help="one-shot: the question (with --image)")
+    parser.add_argument("--video", help="one-shot: the video (file or folder of frames) to ask about (with --prompt)")
+    parser.add_argument("--prompt", help="one-shot: the question (with --image or --video)")
+    add_video_arguments(parser)
     args = parser.parse_args(argv)
-    if (args.image is None) != (args.prompt is None):
-        parser.error("--image and --prompt go together (one-shot); give neither for the interactive loop")
+    if args.image is not None and args.video is not None:
+        parser.error("--image and --video: ask about one of them")
+    if ((args.image or args.video) is None) != (args.prompt is None):
+        parser.error("--image (or --video) and --prompt go together (one-shot); give neither for the interactive loop")
     return args
 
 
@@ -54,6 +68,22 @@ def respond(session: ChatSession, prompt: str, stem: str, vis_save_path: str) ->
         print("(no [SEG] in the answer: no mask)")
 
 
+def respond_video(session: VideoChatSession, video: VideoReader, prompt: str, stem: str, vis_save_path: str) -> None:
+    """Answers one prompt about a video, prints the answer, writes every frame's masks and the overlay video."""
+    turn = session.ask(prompt)
+    print(f"Answer: {turn.answer.text} (key frames {turn.answer.key_frames})")
+    if not turn.answer.answer.masks:
+        print("(no [SEG] in the answer: no mask)")
+        return
+    out_dir = os.path.join(vis_save_path, stem)
+    folders = save_video_masks(session.masks(turn), video.frame_names, out_dir, turn.first_mask_index)
+    for folder, score in zip(folders, turn.answer.answer.scores):
+        print(f"Saved masks: {folder}/ ({len(video)} frames; predicted IoU on the key frames {score:.3f})")
+    path = os.path.join(out_dir, f"overlay_{turn.first_mask_index}.mp4")
+    write_video(path, overlay_video_frames(video.read, video.frame_names, folders, turn.first_mask_index), video.fps or 10.0)
+    print(f"Saved overlay video: {path}")
+
+
 def read(prompt: str) -> str | None:
     """A line typed by the user, stripped; None at end of input or on `exit`."""
     try:
@@ -64,8 +94,8 @@ def read(prompt: str) -> str | None:
     return None if line == "exit" else line
 
 
-def interact(session: ChatSession, vis_save_path: str) -> None:
-    stems, stem = FileStems(), None
+def interact(session: ChatSession, videos: VideoChatSession, vis_save_path: str) -> None:
+    stems, stem, video = FileStems(), None, None
     while True:
         prompt = read("Please input your prompt: ")
         if prompt is None:
@@ -73,21 +103,29 @@ def interact(session: ChatSession, vis_save_path: str) -> None:
         if not prompt:
             print("Empty prompt: please type a question.")
             continue
-        path = read("Please input the image path (Enter: keep the current image): ")
+        path = read("Please input the image or video path (Enter: keep the current one): ")
         if path is None:
             return
         if path:
             try:
-                session.set_image(load_image(path))
-            except ImageError as error:
+                if is_video(path):
+                    video = VideoReader(path)
+                    videos.set_video(video)
+                else:
+                    session.set_image(load_image(path))
+                    video = None
+            except (ImageError, VideoError) as error:
                 print(error)
                 continue
             stem = stems(path)
-        elif session.image is None:
-            print("No image yet: please give an image path.")
+        elif session.image is None and video is None:
+            print("No image or video yet: please give a path.")
             continue
         try:
-            respond(session, prompt, stem, vis_save_path)
+            if video is not None:
+                respond_video(videos, video, prompt, stem, vis_save_path)
+            else:
+                respond(session, prompt, stem, vis_save_path)
         except ValueError as error:  # a prompt that is empty once the image placeholder is removed
             print(error)
 
@@ -99,17 +137,24 @@ def main(argv: list[str] | None = None) -> None:
         if not args.prompt.strip():
             sys.exit("Empty prompt: please give a question with --prompt.")
         try:
-            image = load_image(args.image)
-        except ImageError as error:
+            source = VideoReader(args.video) if args.video else load_image(args.image)
+        except (ImageError, VideoError) as error:
             sys.exit(str(error))
     model, processor = load_model(args)
     session = ChatSession(model, processor, args.max_new_tokens)
+    videos = VideoChatSession(model, processor, args.max_new_tokens, num_frames=args.num_frames,
+                              propagate=args.propagate, video_model=lambda: load_video_model_for(model, args))
     if args.prompt is None:
-        interact(session, args.vis_save_path)
+        interact(session, videos, args.vis_save_path)
         return
-    session.set_image(image)
+    stem = os.path.splitext(os.path.basename(os.path.normpath(args.video or args.image)))[0]
     try:
-        respond(session, args.prompt, os.path.splitext(os.path.basename(args.image))[0], args.vis_save_path)
+        if args.video:
+            videos.set_video(source)
+            respond_video(videos, source, args.prompt, stem, args.vis_save_path)
+        else:
+            session.set_image(source)
+            respond(session, args.prompt, stem, args.vis_save_path)
     except ValueError as error:
         sys.exit(str(error))
 

@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from datasets.collate import LisaCollator
 from datasets.hybrid import DATASET, HybridDataset, build_val_dataset
+from datasets.vos import VOS_DATA
 from datasets.reason_seg import REASON_SEG_DATA, REASON_SEG_VAL
 from datasets.refer_seg import REFER_SEG_DATA
 from datasets.sem_seg import SEM_SEG_DATA
@@ -46,6 +47,7 @@ from model.peft_setup import (
     LORA_ALPHA, LORA_DROPOUT, LORA_R, count_parameters, lora_targets_by_family, parameter_groups, setup_trainable,
 )
 from model.processing import LisaBatch
+from model.video import TRAIN_FRAMES
 from utils.checkpoint import TRAIN_ARGS_FILE, read_best, read_pointer, save_checkpoint, tag_step
 from utils.cli import HelpFormatter, non_negative_int, positive_int
 from utils.deepspeed_config import deepspeed_config, delayed_start_scale
@@ -124,10 +126,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data = parser.add_argument_group("data")
     data.add_argument("--dataset_dir", default="./dataset", help="root of all data sets")
     data.add_argument("--dataset", default=DATASET,
-                      help="data families, '||'-separated: sem_seg, refer_seg, vqa, reason_seg and custom (--custom_data)")
+                      help="data families, '||'-separated: sem_seg, refer_seg, vqa, reason_seg, custom (--custom_data) and "
+                           "vos (videos, --vos_data)")
     data.add_argument("--sample_rates", default=None,
                       help="relative sampling rate of each family in --dataset, comma-separated (default: LISA's 9,3,3,1 "
-                           "for sem_seg, refer_seg, vqa, reason_seg, and 1 for custom)")
+                           "for sem_seg, refer_seg, vqa, reason_seg, and 1 for custom and for vos)")
     data.add_argument("--sem_seg_data", default=SEM_SEG_DATA,
                       help="semantic segmentation data sets")
     data.add_argument("--refer_seg_data", default=REFER_SEG_DATA, help="referring data sets")
@@ -136,6 +139,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data.add_argument("--custom_data", default="",
                       help="custom data folders for the family 'custom', '||'-separated; each one's train.jsonl is read "
                            "(format: docs/custom_data.md)")
+    data.add_argument("--vos_data", default=VOS_DATA,
+                      help="video segmentation sets of the family 'vos', '||'-separated, each 'name' (its train split) "
+                           "or 'name|split', read from DATASET_DIR/<name>/ in its own layout: mevis (MeViS), refytvos "
+                           "(Ref-YouTube-VOS), revos (ReVOS), reasonvos (ReasonVOS)")
+    data.add_argument("--num_frames", type=positive_int, default=TRAIN_FRAMES,
+                      help="frames of a training video the model sees, one spread over each equal part of the video; "
+                           "the answer's [SEG] is decoded and supervised on each")
     data.add_argument("--val_dataset", default=REASON_SEG_VAL,
                       help="validation set: 'ReasonSeg|val', a referring split such as 'refcoco|unc|val', or a custom "
                            "folder's split 'custom|DIR|val'")
@@ -332,8 +342,8 @@ def build_train_dataset(args: argparse.Namespace, world: int, collator: LisaColl
         args.dataset_dir, samples_per_epoch=micro_batches_per_epoch * args.batch_size * world,
         num_classes_per_sample=args.num_classes_per_sample, dataset=args.dataset, sample_rates=args.sample_rates,
         sem_seg_data=args.sem_seg_data, refer_seg_data=args.refer_seg_data, vqa_data=args.vqa_data,
-        reason_seg_data=args.reason_seg_data, explanatory=args.explanatory, custom_data=args.custom_data, seed=args.seed,
-        check=collator.check,
+        reason_seg_data=args.reason_seg_data, explanatory=args.explanatory, custom_data=args.custom_data,
+        vos_data=args.vos_data, num_frames=args.num_frames, seed=args.seed, check=collator.check,
     )
 
 

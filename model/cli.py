@@ -11,6 +11,7 @@ from model.families.base import ATTN_IMPLEMENTATIONS
 from model.lisa import LisaForCausalLM
 from model.loading import PRECISIONS, load_for_inference
 from model.processing import LisaProcessor
+from model.video import ANSWER_FRAMES, PROPAGATIONS, default_propagation, load_video_model
 from utils.cli import positive_int
 from utils.locations import location_problem
 
@@ -65,3 +66,36 @@ def load_model(args: argparse.Namespace) -> tuple[LisaForCausalLM, LisaProcessor
         )
     except (OSError, RuntimeError, ValueError) as error:
         sys.exit(f"cannot load {args.version}: {error}")
+
+
+def add_video_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of answering about a video: how many frames the model sees, and how masks reach every frame."""
+    parser.add_argument("--num_frames", type=positive_int, default=ANSWER_FRAMES,
+                        help="frames of a video shown to the model, spread uniformly over the whole video (fewer, with "
+                             "a warning, where their image tokens would not leave 512 positions of the language "
+                             "model's context: LLaVA-1.5's 4,096 hold 6) (default: %(default)s)")
+    parser.add_argument("--propagate", choices=list(PROPAGATIONS), default=None,
+                        help="how the answer's masks reach every frame: memory (the key frames' masks carried forward "
+                             "and backward by the memory modules of the mask head's video model: SAM 2, SAM 3 tracker) "
+                             "or per_frame (each [SEG] decoded on every frame; the only way for the original SAM) "
+                             "(default: memory where the mask head has a video model, else per_frame)")
+    parser.add_argument("--video_memory", default=None,
+                        help="folder or hub id of the video model whose memory modules carry masks through a video "
+                             "(e.g. facebook/sam2.1-hiera-large, the checkpoint the mask head came from; its mask "
+                             "decoder is replaced by the model's) (default: the checkpoint recorded at training, the "
+                             "model folder's mask_head_source)")
+
+
+def load_video_model_for(model: LisaForCausalLM, args: argparse.Namespace):
+    """The video model `--propagate memory` uses (None for per_frame); a checkpoint that cannot serve exits with why.
+
+    Args:
+        args: with `add_video_arguments`' flags; `args.propagate` None is resolved to the model's default here.
+    """
+    args.propagate = args.propagate or default_propagation(model)
+    if args.propagate != "memory":
+        return None
+    try:
+        return load_video_model(model, args.video_memory)
+    except (ValueError, OSError) as error:
+        sys.exit(f"cannot load the video model for --propagate memory (--video_memory): {error}")

@@ -20,6 +20,11 @@ from utils.images import ImageError, load_image
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mov", ".mkv")
 FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png")
+
+
+def is_video(path: str | os.PathLike) -> bool:
+    """Whether a path names a video: a folder (of frames) or a file with a video extension."""
+    return os.path.isdir(path) or os.path.splitext(os.fspath(path))[1].lower() in VIDEO_EXTENSIONS
 # A forward jump of at most this many frames is decoded through instead of seeking (a seek lands on the key frame
 # before the target and decodes forward from there anyway).
 MAX_DECODE_AHEAD = 32
