@@ -1,10 +1,18 @@
-"""gIoU / cIoU of a LISA model (or of saved masks) on ReasonSeg val/test or a referring split.
+"""gIoU / cIoU of a LISA model (or of saved masks) on ReasonSeg val/test or a referring split; J&F on a video split.
 
     python eval_reasonseg.py --version DIR --dataset_dir ./dataset --split val
     torchrun --nproc_per_node 2 eval_reasonseg.py --version DIR --split test --batch_size 8 --output test.json
     python eval_reasonseg.py --pred_dir MASKS --split val          # saved masks, no model
     python eval_reasonseg.py --version DIR --dataset_dir ./dataset --val_dataset "refcoco|unc|val"
     python eval_reasonseg.py --version DIR --val_dataset "custom|MY_DATA|val"   # your own data (docs/custom_data.md)
+
+Videos (ROOT: the data set's own folder; J, F and J&F as the MeViS / ReVOS scripts; ReVOS by referring / reasoning):
+
+    python eval_reasonseg.py --version DIR --val_dataset "mevis|ROOT|valid_u" --output mevis.json
+    python eval_reasonseg.py --version DIR --val_dataset "revos|ROOT|valid" --propagate per_frame --num_frames 8
+    python eval_reasonseg.py --version DIR --val_dataset "reasonvos|ROOT|test" --save_masks PRED
+    python eval_reasonseg.py --version DIR --val_dataset "refytvos|ROOT|valid" --save_masks PRED  # no public masks: PRED.zip to upload
+    python eval_reasonseg.py --pred_dir PRED --val_dataset "mevis|ROOT|valid_u"   # saved PRED/<video>/<exp_id>/<frame>.png
 
 Metrics as the original's `validate` in `train_ds.py` (see utils/metrics.py); results do not depend on --batch_size or the process count.
 --load_in_8bit / --load_in_4bit quantise the language model.
@@ -15,15 +23,23 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import sys
 
 from model.cli import add_model_arguments, load_model
 from datasets.hybrid import build_val_dataset
+from datasets.vos import VOS_SETS, VideoValDataset, eval_question, parse_video_set, split_has_masks
 from model.evaluation import MODES, evaluate
+from model.video import ANSWER_FRAMES, PROPAGATIONS, default_propagation, load_video_model
+from model.video_evaluation import evaluate_video
 from utils.cli import HelpFormatter, non_negative_int, positive_int
-from utils.distributed import finish_distributed, gather_lists, init_distributed
+from utils.distributed import finish_distributed, gather_lists, init_distributed, rank_and_world
 from utils.scoring import PredictionFiles, run_evaluation
 from utils.locations import location_problem
 from utils.metrics import format_table
+from utils.video_metrics import format_video_table, score_prediction_folder, write_submission_zip
+
+VIDEO_FLAGS = ("propagate", "video_memory", "save_masks")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -35,7 +51,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--val_dataset",
         help='score another split instead: "ReasonSeg|val", a referring split "refcoco|unc|val", '
         '"refcocog|umd|test", gRefCOCO "grefcoco|unc|val", or a custom folder\'s split "custom|DIR|val" '
-        '(no-target accuracy is added where some targets are empty)',
+        '(no-target accuracy is added where some targets are empty); or a video split scored by J&F, ROOT being the '
+        'data set\'s own folder: "mevis|ROOT|valid_u", "revos|ROOT|valid", "reasonvos|ROOT|test", "refytvos|ROOT|valid" '
+        'or "mevis|ROOT|valid" (these two without public masks: see --save_masks). --split, --dataset_dir, '
+        '--all_texts, --batch_size and --workers do not apply to videos',
     )
     parser.add_argument(
         "--mode", default="generate", choices=MODES,
@@ -52,6 +71,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="write the figures (fractions), per-sample IoUs, the skipped samples and records ('skipped': 'name: "
         "reason') and, with --pred_dir, the unusable prediction files ('prediction_problems') to this JSON file",
     )
+    video = parser.add_argument_group("video splits")
+    video.add_argument("--num_frames", type=positive_int, default=ANSWER_FRAMES,
+                       help="key frames, spread uniformly over the video, that the model sees when it answers "
+                       "(fewer where they would not fit its context) (default: %(default)s)")
+    video.add_argument("--propagate", choices=PROPAGATIONS,
+                       help="how the answer's masks reach every frame: memory (the key-frame masks prompt the mask "
+                       "head's video model, whose memory carries them through the video) or per_frame (the [SEG] "
+                       "queries decoded on every frame by the image mask head) (default: memory where the mask head "
+                       "has a video model (SAM 2, SAM 3 tracker), else per_frame)")
+    video.add_argument("--video_memory", metavar="PATH_OR_ID",
+                       help="--propagate memory: the checkpoint (folder or hub id, e.g. facebook/sam2.1-hiera-large) "
+                       "whose memory modules the video model takes, with the model's own mask head in it (default: "
+                       "the checkpoint the mask head was trained from, recorded in the model folder)")
+    video.add_argument("--save_masks", metavar="DIR",
+                       help="also write the predicted masks as DIR/<video>/<exp_id>/<frame>.png (0/255, the "
+                       "benchmarks' submission layout). Required for a split without public masks (Ref-YouTube-VOS "
+                       "valid, MeViS valid), which is not scored: DIR.zip is then written for the benchmark's server")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=0, help="set by the deepspeed launcher; unused")
     args = parser.parse_args(argv)
     if args.pred_dir is None and args.version is None:
@@ -59,13 +95,46 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for flag in ("version", "pred_dir"):
         if getattr(args, flag) is not None and (problem := location_problem(getattr(args, flag))) is not None:
             parser.error(f"--{flag} {problem}")
+    args.video = check_video_arguments(parser, args)
     return args
+
+
+def check_video_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple | None:
+    """(name, root, split) of a video `--val_dataset`, else None; refuses the flags that do not fit."""
+    spec = args.val_dataset
+    if spec is None or spec.split("|")[0] not in VOS_SETS:
+        given = [f"--{flag}" for flag in VIDEO_FLAGS if getattr(args, flag) is not None]
+        if given:
+            parser.error(f"{', '.join(given)}: only for a video split (--val_dataset \"mevis|ROOT|valid_u\", ...)")
+        return None
+    try:
+        name, root, split = parse_video_set(spec)
+    except ValueError as error:
+        parser.error(f"--val_dataset: {error}")
+    if not os.path.isdir(root):
+        parser.error(f"--val_dataset {spec!r}: no such folder {root}")
+    if args.mode == "teacher":
+        parser.error("--mode teacher does not apply to videos: the model answers each question itself")
+    if args.propagate == "per_frame" and args.video_memory is not None:
+        parser.error("--video_memory is for --propagate memory, not per_frame")
+    if args.pred_dir is not None and args.save_masks is not None:
+        parser.error("--save_masks writes a model's masks: not with --pred_dir")
+    if not split_has_masks(name, root, split):
+        if args.pred_dir is not None:
+            parser.error(f"{name} {split} has no public masks: there is nothing to score --pred_dir against")
+        if args.save_masks is None:
+            parser.error(f"{name} {split} has no public masks and is not scored: give --save_masks DIR to write the "
+                         "predicted masks and the submission zip DIR.zip")
+    return name, root, split
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     rank, _ = init_distributed()
+    if args.video is not None:
+        evaluate_video_split(args, rank)
+        return
     name = args.val_dataset or f"ReasonSeg|{args.split}"
     dataset = build_val_dataset(args.dataset_dir, name, all_texts=args.all_texts)
 
@@ -94,6 +163,59 @@ def main(argv: list[str] | None = None) -> None:
     if args.output:
         with open(args.output, "w") as f:
             json.dump({**report.summary, "skipped": report.skipped, "prediction_problems": problems}, f, indent=2)
+        print(f"wrote {args.output}")
+
+
+def evaluate_video_split(args: argparse.Namespace, rank: int) -> None:
+    """J&F of the model (or of --pred_dir's masks) on the video split `args.video`; the split's masks and zip
+    where it has no public masks."""
+    name, root, split = args.video
+    expressions = VideoValDataset(name, root, split).expressions
+    has_masks = split_has_masks(name, root, split)
+    if args.pred_dir is not None:
+        _, world = rank_and_world()
+        scores = score_prediction_folder(expressions[rank::world], args.pred_dir)
+        scores.gather()
+        source = args.pred_dir
+    else:
+        model, processor = load_model(args)
+        propagate = args.propagate or default_propagation(model)
+        video_model = None
+        if propagate == "memory":
+            try:
+                video_model = load_video_model(model, args.video_memory)
+            except (OSError, ValueError) as error:
+                sys.exit(f"cannot load the mask head's video model for --propagate memory: {error} "
+                         "(give --video_memory, or --propagate per_frame)")
+        scores = evaluate_video(
+            model, processor, expressions, eval_question, num_frames=args.num_frames,
+            max_new_tokens=args.max_new_tokens, propagate=propagate, video_model=video_model,
+            save_dir=args.save_masks,
+        )
+        source = f"{args.version} ({propagate}, {args.num_frames} frames)"
+    finish_distributed()
+
+    if rank != 0:
+        return
+    title = f"{name}|{split}: {source}"
+    if not has_masks:
+        zip_path = args.save_masks.rstrip("/" + os.sep) + ".zip"
+        count = write_submission_zip(args.save_masks, zip_path)
+        print(f"{title}\n{name} {split} has no public masks: not scored. Wrote {count} predicted masks under "
+              f"{args.save_masks} and the submission zip {zip_path} (upload it to the benchmark's server)")
+        if args.output:
+            with open(args.output, "w") as f:
+                json.dump({"n": 0, "scored": False, "masks": count, "save_masks": args.save_masks,
+                           "submission": zip_path}, f, indent=2)
+            print(f"wrote {args.output}")
+        return
+    summary = scores.summary(groups=name == "revos")
+    print(format_video_table(summary, title=title))
+    if args.save_masks:
+        print(f"wrote the predicted masks under {args.save_masks}")
+    if args.output:
+        with open(args.output, "w") as f:
+            json.dump(summary, f, indent=2)
         print(f"wrote {args.output}")
 
 

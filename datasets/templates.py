@@ -87,13 +87,20 @@ def val_conversation(text: str, is_sentence: bool) -> list[dict[str, str]]:
 def video_short_question(rng: np.random.Generator, expression: str) -> str:
     """A random question about a referring expression in a video, lower-cased as the image questions are (a final
     full stop dropped: the expression sits inside the question)."""
-    text = expression.strip().rstrip(".").strip().lower()
-    return VIDEO_SHORT_QUESTION_LIST[rng.integers(len(VIDEO_SHORT_QUESTION_LIST))].format(exp=text)
+    return video_question(expression, False, int(rng.integers(len(VIDEO_SHORT_QUESTION_LIST))))
 
 
 def video_long_question(rng: np.random.Generator, sentence: str) -> str:
     """A random question around a sentence (a reasoning query) about a video, inserted as-is."""
-    return VIDEO_LONG_QUESTION_LIST[rng.integers(len(VIDEO_LONG_QUESTION_LIST))].format(sent=sentence.strip())
+    return video_question(sentence, True, int(rng.integers(len(VIDEO_LONG_QUESTION_LIST))))
+
+
+def video_question(text: str, is_sentence: bool, template: int = 0) -> str:
+    """The question about an expression in a video, from template `template` of the short list (a phrase, lower-cased,
+    a final full stop dropped) or the long one (a sentence, as-is). Evaluation asks with the first template of each."""
+    if is_sentence:
+        return VIDEO_LONG_QUESTION_LIST[template].format(sent=text.strip())
+    return VIDEO_SHORT_QUESTION_LIST[template].format(exp=text.strip().rstrip(".").strip().lower())
 
 
 def no_target_answer(rng: np.random.Generator) -> str:

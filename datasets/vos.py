@@ -34,9 +34,9 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from datasets.common import Sample, SampleError, choose_up_to, decode_segmentation, read_image, read_json, split_names
-from datasets.templates import no_target_answer, seg_answer, turn, video_long_question, video_short_question
+from datasets.templates import no_target_answer, seg_answer, turn, video_long_question, video_question, video_short_question
 from utils.video import random_indices
-from utils.images import displayed_size
+from utils.images import displayed_size, load_image
 
 logger = logging.getLogger(__name__)
 
@@ -168,6 +168,24 @@ class RleMasks:
 
 
 # ------------------------------------------------------------------------------------------- expressions
+class ExpressionFrames:
+    """The frames of an expression's video read one at a time, as `model.video.Frames` asks (`len`, `read(k)`)."""
+
+    def __init__(self, paths: list[str]):
+        self.paths = paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def read(self, index: int) -> np.ndarray:
+        """Frame `index`, (H, W, 3) uint8 RGB."""
+        return load_image(self.paths[index])
+
+    def size(self, index: int) -> tuple[int, int]:
+        """(H, W) of frame `index`, from its header."""
+        return frame_size(self.paths[index])
+
+
 @dataclass
 class VideoExpression:
     """One expression about one video.
@@ -197,6 +215,10 @@ class VideoExpression:
 
     def frame_path(self, k: int) -> str:
         return os.path.join(self.frame_dir, self.frames[k] + FRAME_EXTENSION)
+
+    def frames_reader(self) -> ExpressionFrames:
+        """The video's frames, read when asked for (`model.video.ask_video`, `segment_video`)."""
+        return ExpressionFrames([self.frame_path(k) for k in range(len(self.frames))])
 
     def mask(self, k: int) -> np.ndarray:
         """(H, W) bool ground truth on frame k: the union of the expression's objects, empty where none is there.
@@ -275,7 +297,7 @@ def _as_int(value: object) -> int | None:
 def _load_refytvos(root: str, split: str) -> tuple[list[VideoExpression], str]:
     meta_path = os.path.join(root, "meta_expressions", split, "meta_expressions.json")
     videos = _videos(meta_path)
-    has_masks = split == "train"
+    has_masks = split_has_masks("refytvos", root, split)
     excluded: set[str] = set()
     if split == "valid":  # the public valid split: valid's videos that are not test's
         excluded = set(_videos(os.path.join(root, "meta_expressions", "test", "meta_expressions.json")))
@@ -337,13 +359,11 @@ def _load_mevis_like(name: str, root: str, split: str) -> tuple[list[VideoExpres
         meta_path = os.path.join(root, split, "meta_expressions.json")
         mask_path = os.path.join(root, split, "mask_dict.json")
         frames_root = os.path.join(root, split, "JPEGImages")
-        # MeViS's valid split has no public masks; read them where someone has them.
-        has_masks = split != "valid" or os.path.isfile(mask_path)
     else:
         meta_path = os.path.join(root, f"meta_expressions_{split}_.json")
         mask_path = os.path.join(root, "mask_dict.json")
         frames_root = os.path.join(root, "JPEGImages")
-        has_masks = True
+    has_masks = split_has_masks(name, root, split)
     videos = _videos(meta_path)
     mask_dict = MaskDict.get(mask_path) if has_masks else None
     entries = mask_dict.data if mask_dict is not None else {}
@@ -432,6 +452,16 @@ def _load_reasonvos(root: str, split: str) -> tuple[list[VideoExpression], str]:
     return expressions, meta_path
 
 
+def split_has_masks(name: str, root: str, split: str) -> bool:
+    """Whether split `split` of data set `name` (root folder `root`) has ground-truth masks to score against: not
+    Ref-YouTube-VOS's valid and test, nor MeViS's valid (unless its mask_dict.json is there)."""
+    if name == "refytvos":
+        return split == "train"
+    if name == "mevis" and split == "valid":
+        return os.path.isfile(os.path.join(root, split, "mask_dict.json"))
+    return True
+
+
 def load_video_expressions(name: str, root: str, split: str) -> list[VideoExpression]:
     """Every usable expression of split `split` of the data set `name` (one of `VOS_SETS`) whose own root folder is
     `root`, in file order.
@@ -470,6 +500,12 @@ def parse_video_set(spec: str) -> tuple[str, str, str]:
 # ---------------------------------------------------------------------------------------------- data sets
 def _is_sentence(expression: VideoExpression) -> bool:
     return bool(expression.is_sentence) or expression.type_id == REVOS_REASONING
+
+
+def eval_question(expression: VideoExpression) -> str:
+    """The question evaluation asks about an expression: the first template of the kind training asks with (a long
+    question for a sentence: ReVOS reasoning, ReasonVOS `is_sent`; a short one for a phrase)."""
+    return video_question(expression.text, _is_sentence(expression))
 
 
 class VideoSegDataset:
