@@ -24,13 +24,11 @@ import argparse
 import json
 import logging
 import os
-import sys
 
-from model.cli import add_model_arguments, load_model
+from model.cli import add_model_arguments, add_video_arguments, load_model, load_video_model_for
 from datasets.hybrid import build_val_dataset
 from datasets.vos import VOS_SETS, VideoValDataset, eval_question, parse_video_set, split_has_masks
 from model.evaluation import MODES, evaluate
-from model.video import ANSWER_FRAMES, PROPAGATIONS, default_propagation, load_video_model
 from model.video_evaluation import evaluate_video
 from utils.cli import HelpFormatter, non_negative_int, positive_int
 from utils.distributed import finish_distributed, gather_lists, init_distributed, rank_and_world
@@ -72,18 +70,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "reason') and, with --pred_dir, the unusable prediction files ('prediction_problems') to this JSON file",
     )
     video = parser.add_argument_group("video splits")
-    video.add_argument("--num_frames", type=positive_int, default=ANSWER_FRAMES,
-                       help="key frames, spread uniformly over the video, that the model sees when it answers "
-                       "(fewer where they would not fit its context) (default: %(default)s)")
-    video.add_argument("--propagate", choices=PROPAGATIONS,
-                       help="how the answer's masks reach every frame: memory (the key-frame masks prompt the mask "
-                       "head's video model, whose memory carries them through the video) or per_frame (the [SEG] "
-                       "queries decoded on every frame by the image mask head) (default: memory where the mask head "
-                       "has a video model (SAM 2, SAM 3 tracker), else per_frame)")
-    video.add_argument("--video_memory", metavar="PATH_OR_ID",
-                       help="--propagate memory: the checkpoint (folder or hub id, e.g. facebook/sam2.1-hiera-large) "
-                       "whose memory modules the video model takes, with the model's own mask head in it (default: "
-                       "the checkpoint the mask head was trained from, recorded in the model folder)")
+    add_video_arguments(video)
     video.add_argument("--save_masks", metavar="DIR",
                        help="also write the predicted masks as DIR/<video>/<exp_id>/<frame>.png (0/255, the "
                        "benchmarks' submission layout). Required for a split without public masks (Ref-YouTube-VOS "
@@ -179,14 +166,8 @@ def evaluate_video_split(args: argparse.Namespace, rank: int) -> None:
         source = args.pred_dir
     else:
         model, processor = load_model(args)
-        propagate = args.propagate or default_propagation(model)
-        video_model = None
-        if propagate == "memory":
-            try:
-                video_model = load_video_model(model, args.video_memory)
-            except (OSError, ValueError) as error:
-                sys.exit(f"cannot load the mask head's video model for --propagate memory: {error} "
-                         "(give --video_memory, or --propagate per_frame)")
+        video_model = load_video_model_for(model, args)
+        propagate = args.propagate
         scores = evaluate_video(
             model, processor, expressions, eval_question, num_frames=args.num_frames,
             max_new_tokens=args.max_new_tokens, propagate=propagate, video_model=video_model,
