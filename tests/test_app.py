@@ -12,6 +12,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
@@ -61,6 +62,7 @@ def served_app(tiny_dir, tmp_path_factory) -> Iterator[tuple[str, Path]]:
     command = [
         sys.executable, "app.py", "--version", version, "--host", "127.0.0.1", "--port", str(port),
         "--precision", "fp32", "--max_new_tokens", str(MAX_NEW_TOKENS), "--vis_save_path", str(tmp / "vis"),
+        "--num_frames", "2", "--propagate", "per_frame",
     ]
     env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False")
     process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -191,6 +193,62 @@ def test_bad_input_shows_message_and_server_keeps_serving(page, tmp_path):
     ask(page, "Can you segment the red circle in this image?")
     expect(page.locator("#chatbot")).to_contain_text("(2 masks)", timeout=ANSWER_TIMEOUT_MS)
     expect(page.locator("#image_out img")).to_be_visible()
+
+
+def toy_video(path: Path, length: int = 5) -> Path:
+    """A red square moving right over grey, 48x64 frames."""
+    from utils.video import write_video
+
+    frames = []
+    for t in range(length):
+        frame = np.full((48, 64, 3), 128, np.uint8)
+        frame[12:32, 4 + 6 * t: 24 + 6 * t] = (220, 30, 30)
+        frames.append(frame)
+    write_video(path, frames, fps=5)
+    return path
+
+
+def test_video_answer_overlay_video_and_mask_files(served_app, page, tmp_path):
+    """On the Video tab: the answer, the overlay video and one mask PNG per [SEG] and frame; a follow-up numbers its
+    masks on; an unreadable video gets a message."""
+    from playwright.sync_api import expect
+
+    vis = served_app[1].parent / "vis"
+    page.get_by_role("tab", name="Video").click()
+    page.locator("#video_in input[type=file]").set_input_files(str(toy_video(tmp_path / "clip.mp4")))
+    page.locator("#video_in video").wait_for(state="attached")  # the preview: the upload has finished
+    ask(page, "Which shape moves to the right? Please output segmentation mask.")
+    chat = page.locator("#chatbot")
+    expect(chat).to_contain_text("(2 masks)", timeout=ANSWER_TIMEOUT_MS)
+    expect(chat).to_contain_text(re.compile(r"predicted IoU: mask 0: -?\d\.\d\d, mask 1: -?\d\.\d\d"))
+    expect(page.locator("#video_out video")).to_have_attribute("src", re.compile(r"clip_answer_1\.webm"))
+    # The browser plays it (metadata loaded: not an error).
+    page.wait_for_function("document.querySelector('#video_out video').readyState >= 1")
+    expect(page.locator("#files a[href$='/clip_masks_0-1.zip']")).to_have_count(1)
+    (conversation,) = vis.glob("conversation_*/clip")
+    for k in ("0", "1"):
+        pngs = sorted(p.name for p in (conversation / k).iterdir())
+        assert pngs == [f"{i:05d}.png" for i in range(5)]
+        for name in pngs:
+            with Image.open(conversation / k / name) as mask:
+                assert mask.size == (64, 48) and mask.mode == "L"
+
+    ask(page, "And where does it end up?")
+    expect(page.locator("#files a[href$='/clip_masks_2-3.zip']")).to_have_count(1, timeout=ANSWER_TIMEOUT_MS)
+    expect(page.locator("#video_out video")).to_have_attribute("src", re.compile(r"clip_answer_2\.webm"))
+    assert sorted(p.name for p in conversation.iterdir() if p.is_dir()) == ["0", "1", "2", "3"]
+    expect(chat).to_contain_text("moves to the right")
+    page.screenshot(path=str(tmp_path / "video.png"), full_page=True)
+
+    # An mp4 cut short: the upload is accepted, the video cannot be read; the message names it as uploaded.
+    page.locator("#clear").click()
+    expect(page.locator("#video_in video")).to_have_count(0)
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes((tmp_path / "clip.mp4").read_bytes()[:100])
+    page.locator("#video_in input[type=file]").set_input_files(str(broken))
+    page.locator("#video_in video").wait_for(state="attached")
+    ask(page, "Which shape moves to the right?")
+    expect(page.get_by_text("Cannot read the uploaded video: broken.mp4")).to_be_visible(timeout=ANSWER_TIMEOUT_MS)
 
 
 def test_start_up_prints_the_address_and_no_advice_about_flags_it_lacks(served_app):

@@ -122,6 +122,8 @@ def test_write_video_pads_odd_sizes_and_refuses_nothing(tmp_path):
     assert write_video(str(tmp_path / "odd.mp4"), frames, fps=5) == 3
     reader = VideoReader(str(tmp_path / "odd.mp4"))
     assert reader.read(0).shape == (36, 48, 3)
+    assert write_video(str(tmp_path / "odd.webm"), frames, fps=5) == 3  # VP8, which browsers play
+    assert len(VideoReader(str(tmp_path / "odd.webm"))) == 3
     with pytest.raises(ValueError, match="no frames"):
         write_video(str(tmp_path / "none.mp4"), [], fps=5)
     with pytest.raises(ValueError, match="frame 1"):

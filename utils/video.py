@@ -252,8 +252,14 @@ def random_indices(rng: np.random.Generator, length: int, count: int) -> list[in
     return [int(lo + rng.integers(hi - lo)) for lo, hi in zip(bounds[:-1], bounds[1:])]
 
 
+# The codec `write_video` writes by the file's extension (OpenCV's FFmpeg writers): MPEG-4 Part 2 ('mp4v') by default;
+# VP8 for .webm, which every browser plays (none plays 'mp4v').
+WRITE_CODECS = {".webm": "VP80"}
+
+
 def write_video(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: float) -> int:
-    """Writes RGB frames ((H, W, 3) or (H, W) uint8, all of one size) as an MPEG-4 video (OpenCV's 'mp4v').
+    """Writes RGB frames ((H, W, 3) or (H, W) uint8, all of one size) as a video: MPEG-4 (OpenCV's 'mp4v'), or VP8 for
+    a .webm path (`WRITE_CODECS`).
 
     The codec needs even sides: an odd height or width gets one more row or column, a copy of the last one.
 
@@ -267,6 +273,7 @@ def write_video(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: floa
     path = os.fspath(path)
     if not (fps and np.isfinite(fps) and fps > 0):
         raise ValueError(f"{path}: fps must be a positive number, not {fps!r}")
+    codec = WRITE_CODECS.get(os.path.splitext(path)[1].lower(), "mp4v")
     writer, size, count = None, None, 0
     try:
         for frame in frames:
@@ -280,7 +287,7 @@ def write_video(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: floa
                 if directory := os.path.dirname(path):
                     os.makedirs(directory, exist_ok=True)
                 height, width = size[0] + size[0] % 2, size[1] + size[1] % 2
-                writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), float(fps), (width, height))
+                writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*codec), float(fps), (width, height))
                 if not writer.isOpened():
                     raise ValueError(f"{path}: cannot be written as a video")
             elif frame.shape[:2] != size:
