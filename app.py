@@ -33,12 +33,12 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
 
-from model.cli import add_model_arguments, load_model  # noqa: E402
+from model.cli import add_model_arguments, add_video_arguments, load_model  # noqa: E402
 from model.lisa import LisaForCausalLM  # noqa: E402
 from model.processing import LisaProcessor  # noqa: E402
 from model.session import ChatSession, VideoChatSession  # noqa: E402
-from model.video import ANSWER_FRAMES, PROPAGATIONS, default_propagation, load_video_model  # noqa: E402
-from utils.cli import HelpFormatter, positive_int  # noqa: E402
+from model.video import ANSWER_FRAMES, default_propagation, load_video_model  # noqa: E402
+from utils.cli import HelpFormatter  # noqa: E402
 from utils.images import ImageError, load_image  # noqa: E402
 from utils.video import VideoError, VideoReader, write_video  # noqa: E402
 from utils.vis import mask_colour, overlay, overlay_video_frames, save_masks, save_video_masks  # noqa: E402
@@ -58,17 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=7860, help="port to serve on")
     parser.add_argument("--vis_save_path", help="folder for the mask and overlay files (default: a new temporary folder)")
     video = parser.add_argument_group("videos")
-    video.add_argument("--num_frames", type=positive_int, default=ANSWER_FRAMES,
-                       help="key frames of a video the model sees (fewer where they would not fit its context) "
-                            "(default: %(default)s)")
-    video.add_argument("--propagate", choices=list(PROPAGATIONS),
-                       help="how a video's masks reach every frame: memory (the mask head's video model carries the "
-                            "key frames' masks), per_frame (the [SEG] queries decoded on each frame) (default: memory "
-                            "where the mask head has a video model, else per_frame)")
-    video.add_argument("--video_memory",
-                       help="--propagate memory: folder or hub id of the video model checkpoint whose memory modules "
-                            "to use, e.g. facebook/sam2.1-hiera-large (default: the checkpoint the mask head was "
-                            "trained from, as the model folder records it)")
+    add_video_arguments(video)
     return parser.parse_args(argv)
 
 

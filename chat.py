@@ -31,13 +31,12 @@ import argparse
 import os
 import sys
 
-from model.cli import add_model_arguments, add_video_arguments, load_model, load_video_model_for
+from model.cli import add_model_arguments, add_video_arguments, load_model
 from model.session import ChatSession, VideoChatSession
 from utils.cli import HelpFormatter
 from utils.images import ImageError, load_image
-from utils.video import VideoError, VideoReader, is_video
+from utils.video import VideoError, VideoReader, is_video, write_video
 from utils.vis import FileStems, overlay_video_frames, save_masks, save_video_masks
-from utils.video import write_video
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -119,7 +118,7 @@ def interact(session: ChatSession, videos: VideoChatSession, vis_save_path: str)
                 continue
             stem = stems(path)
         elif session.image is None and video is None:
-            print("No image or video yet: please give a path.")
+            print("No image yet: please give an image or video path.")
             continue
         try:
             if video is not None:
@@ -143,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
     model, processor = load_model(args)
     session = ChatSession(model, processor, args.max_new_tokens)
     videos = VideoChatSession(model, processor, args.max_new_tokens, num_frames=args.num_frames,
-                              propagate=args.propagate, video_model=lambda: load_video_model_for(model, args))
+                              propagate=args.propagate, video_memory=args.video_memory)
     if args.prompt is None:
         interact(session, videos, args.vis_save_path)
         return

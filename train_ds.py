@@ -33,12 +33,13 @@ from tqdm import tqdm
 
 from datasets.collate import LisaCollator
 from datasets.hybrid import DATASET, HybridDataset, build_val_dataset
-from datasets.vos import VOS_DATA
+from datasets.vos import VOS_DATA, VOS_SETS, VideoValDataset, eval_question, parse_video_set
 from datasets.reason_seg import REASON_SEG_DATA, REASON_SEG_VAL
 from datasets.refer_seg import REFER_SEG_DATA
 from datasets.sem_seg import SEM_SEG_DATA
 from datasets.vqa import VQA_DATA
 from model.evaluation import evaluate
+from model.video_evaluation import evaluate_video
 from model.families import CHAT_TEMPLATES, MASK_HEAD_FAMILIES, VLM_FAMILIES, describe
 from model.lisa import LisaConfig, LisaForCausalLM
 from model.cli import add_image_and_attention_arguments
@@ -58,6 +59,7 @@ from utils.distributed import (
 from utils.locations import location_problem
 from utils.log_filters import dropping_log_message
 from utils.metrics import format_table
+from utils.video_metrics import format_video_table
 from utils.run_folder import RunFolderBusy, argument_changes, lock_run_folder
 
 LOSS_TERMS = ("loss", "ce_loss", "mask_bce_loss", "mask_dice_loss", "mask_loss")
@@ -147,8 +149,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       help="frames of a training video the model sees, one spread over each equal part of the video; "
                            "the answer's [SEG] is decoded and supervised on each")
     data.add_argument("--val_dataset", default=REASON_SEG_VAL,
-                      help="validation set: 'ReasonSeg|val', a referring split such as 'refcoco|unc|val', or a custom "
-                           "folder's split 'custom|DIR|val'")
+                      help="validation set: 'ReasonSeg|val', a referring split such as 'refcoco|unc|val', a custom "
+                           "folder's split 'custom|DIR|val', or a video split 'mevis|ROOT|valid_u' (also revos, refytvos, "
+                           "reasonvos; ROOT is the set's own folder), scored by J&F with --num_frames key frames and "
+                           "each [SEG] decoded on every frame; the best epoch is the one with the highest gIoU (J&F)")
     data.add_argument("--explanatory", type=float, default=0.1,
                       help="probability that a ReasonSeg sample with an explanation asks for it")
     data.add_argument("--num_classes_per_sample", type=positive_int, default=3,
@@ -293,17 +297,45 @@ def resume_verdict(ckpt_dir: str, args: argparse.Namespace) -> str | None:
     return None
 
 
+def score_of(metrics: dict) -> str:
+    """The validation figure that picks the best epoch: gIoU on images, J&F on videos."""
+    return "JF" if "JF" in metrics else "giou"
+
+
+def describe_best(best: dict) -> str:
+    """`epoch E (giou G)`: the best epoch's record."""
+    scores = [name for name in ("giou", "JF") if name in best]
+    return f"epoch {best['epoch']}" + (f" ({scores[0]} {best[scores[0]]:.4f})" if scores else "")
+
+
 def describe_checkpoints(ckpt_dir: str) -> str:
-    """`latest: step N; best: epoch E (val giou G)`, as the run's pointers say."""
+    """`latest: step N; best: epoch E (giou G)`, as the run's pointers say."""
     text = f"latest: step {tag_step(read_pointer(ckpt_dir))}"
     best = read_best(ckpt_dir)
     if best is not None:
-        text += f"; best: epoch {best['epoch']}" + (f" (val giou {best['giou']:.4f})" if "giou" in best else "")
+        text += f"; best: {describe_best(best)}"
     return text
 
 
+# Answer tokens of a video validation question ("Sure, [SEG]." and its like take fewer than ten).
+VIDEO_VAL_NEW_TOKENS = 32
+
+
+def build_validation(args: argparse.Namespace) -> torch.utils.data.Dataset:
+    """The validation set `--val_dataset` names: an image split, or a video split "name|ROOT|split"."""
+    if args.val_dataset.split("|")[0] in VOS_SETS:
+        return VideoValDataset(*parse_video_set(args.val_dataset))
+    return build_val_dataset(args.dataset_dir, args.val_dataset)
+
+
 def validate(model, processor, val_dataset, args: argparse.Namespace) -> dict:
-    """gIoU/cIoU of `model` on the validation set, by the same code as `eval_reasonseg.py`."""
+    """gIoU/cIoU of `model` on an image validation set, J&F on a video one (`--num_frames` key frames, each [SEG]
+    decoded on every frame: training does not need the mask head's video model), by the same code as
+    `eval_reasonseg.py`. The figure that picks the best epoch is `score_of`'s."""
+    if isinstance(val_dataset, VideoValDataset):
+        scores = evaluate_video(model, processor, val_dataset.expressions, eval_question, num_frames=args.num_frames,
+                                max_new_tokens=VIDEO_VAL_NEW_TOKENS, propagate="per_frame")
+        return scores.summary(groups=val_dataset.name == "revos")
     report = evaluate(model, processor, val_dataset, mode=args.val_mode, batch_size=args.val_batch_size)
     if report.skipped and is_main():
         print(f"validation skipped {len(report.skipped)} unusable sample(s) or record(s), e.g. {report.skipped[0]}")
@@ -475,8 +507,10 @@ def checkpoint_epoch(
 ) -> dict:
     """Saves the epoch's checkpoint as `latest`, and as `best` if its gIoU improved (every epoch, without
     validation). Returns the best epoch's record after this one."""
-    improved = metrics is None or best is None or metrics["giou"] > best["giou"]
-    record = {"epoch": epoch, **({"giou": metrics["giou"], "ciou": metrics["ciou"]} if metrics else {})}
+    score = None if metrics is None else score_of(metrics)
+    improved = metrics is None or best is None or score not in best or metrics[score] > best[score]
+    kept = {"giou": ("giou", "ciou"), "JF": ("JF", "J", "F")}
+    record = {"epoch": epoch, **({name: metrics[name] for name in kept[score]} if metrics else {})}
     save_checkpoint(engine, ckpt_dir, (epoch + 1) * args.steps_per_epoch, {"epoch": epoch}, best=record if improved else None)
     return record if improved else best
 
@@ -492,10 +526,11 @@ def log_epoch(
         writer.add_scalar(f"data/{name.replace(' ', '_')}", count, (epoch + 1) * args.steps_per_epoch)
     line = " ".join(f"{name} {value:.4f}" for name, value in losses.items())
     if metrics is not None:
-        writer.add_scalar("val/giou", metrics["giou"], (epoch + 1) * args.steps_per_epoch)
-        writer.add_scalar("val/ciou", metrics["ciou"], (epoch + 1) * args.steps_per_epoch)
-        line += f" | val giou {metrics['giou']:.4f} ciou {metrics['ciou']:.4f}"
-    best_text = f"epoch {best['epoch']}" + (f" (giou {best['giou']:.4f})" if "giou" in best else "")
+        names = ("giou", "ciou") if score_of(metrics) == "giou" else ("JF", "J", "F")
+        for name in names:
+            writer.add_scalar(f"val/{name}", metrics[name], (epoch + 1) * args.steps_per_epoch)
+        line += " | val " + " ".join(f"{name} {metrics[name]:.4f}" for name in names)
+    best_text = describe_best(best)
     data = ", ".join(f"{name} {count}" for name, count in counts.items())
     print(f"epoch {epoch}: {line} | {data} | best {best_text}", flush=True)
 
@@ -523,10 +558,12 @@ def main(argv: list[str] | None = None) -> None:
         attn_implementation=args.attn_implementation,
         ce_loss_weight=args.ce_loss_weight, bce_loss_weight=args.bce_loss_weight, dice_loss_weight=args.dice_loss_weight,
     )
-    val_dataset = build_val_dataset(args.dataset_dir, args.val_dataset) if args.eval or args.eval_only else None
+    val_dataset = build_validation(args) if args.eval or args.eval_only else None
     if args.eval_only:
         summary = validate(model.to(device), processor, val_dataset, args)
-        if rank == 0:
+        if rank == 0 and score_of(summary) == "JF":
+            print(format_video_table(summary, title=f"{args.val_dataset}: {args.version} (per_frame)"))
+        elif rank == 0:
             print(format_table(summary, f"{args.val_dataset}: {args.version} ({args.val_mode})"))
             print(f"val giou {summary['giou']:.4f} ciou {summary['ciou']:.4f}")
         finish_distributed()

@@ -115,7 +115,10 @@ class VideoChatSession(_Conversation):
         num_frames: key frames the model sees (`model.video.key_frames`).
         propagate: how `masks` carries an answer's masks to every frame, one of `PROPAGATIONS` (default:
             `default_propagation`).
-        video_model: the mask head's video model for `memory` (default: `load_video_model(model)`, loaded on first use).
+        video_model: the mask head's video model for `memory`; None: `load_video_model(model, video_memory)`, loaded
+            when first needed.
+        video_memory: the checkpoint that load reads the memory modules from (None: the model folder's
+            `mask_head_source`).
     """
 
     def __init__(
@@ -126,12 +129,14 @@ class VideoChatSession(_Conversation):
         num_frames: int = ANSWER_FRAMES,
         propagate: str | None = None,
         video_model: PreTrainedModel | None = None,
+        video_memory: str | None = None,
     ):
         super().__init__(model, processor, max_new_tokens)
         propagate = propagate or default_propagation(model)
         if propagate not in PROPAGATIONS:
             raise ValueError(f"propagate {propagate!r}: choose from {', '.join(PROPAGATIONS)}")
         self.num_frames, self.propagate, self.video_model = num_frames, propagate, video_model
+        self.video_memory = video_memory
         self.frames: Frames | None = None
         self.key_frames: list[int] | None = None
 
@@ -157,7 +162,14 @@ class VideoChatSession(_Conversation):
 
     def masks(self, turn: VideoTurn) -> Iterator[tuple[int, np.ndarray]]:
         """The masks of `turn`'s `[SEG]`s on every frame of its video: (frame index, (n, H, W) bool), as
-        `model.video.segment_video` yields them."""
+        `model.video.segment_video` yields them.
+
+        Raises:
+            ValueError: the video model cannot be loaded (`load_video_model`).
+        """
         if self.propagate == "memory" and self.video_model is None and turn.answer.answer.masks:
-            self.video_model = load_video_model(self.model)
+            try:
+                self.video_model = load_video_model(self.model, self.video_memory)
+            except OSError as error:  # a folder or hub id that is not there
+                raise ValueError(f"cannot load the video model for memory propagation: {error}") from None
         return segment_video(self.model, turn.frames, turn.answer, self.propagate, video_model=self.video_model)

@@ -16,6 +16,7 @@ from tests.lisa_fixtures import write_seg_emitter, write_turned_photo
 from utils.vis import mask_colour, overlay, save_masks
 
 IMAGE_SIZE = (37, 51)  # (H, W): odd, not square, unlike SAM's input
+VIDEO_SIZE = (36, 50)  # mp4 frames have even sides
 
 
 @pytest.fixture(scope="module")
@@ -222,3 +223,46 @@ def test_a_pixel_budget_for_a_llava_model_is_refused(seg_model_dir, files):
     with pytest.raises(SystemExit) as exit_info:
         chat.main(args(seg_model_dir, files, "--image", files["image"], "--prompt", "hi", "--max_pixels", "100000"))
     assert f"cannot load {seg_model_dir}: max_pixels does not apply to LLaVA-1.5 models" in str(exit_info.value.code)
+
+
+@pytest.fixture
+def clip(tmp_path):
+    """A 5-frame mp4 of VIDEO_SIZE frames, and a file that is not a video."""
+    from utils.video import write_video
+
+    frames = [np.random.default_rng(t).integers(0, 256, (*VIDEO_SIZE, 3), dtype=np.uint8) for t in range(5)]
+    path = tmp_path / "clip.mp4"
+    write_video(str(path), frames, fps=5)
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video")
+    return {"video": str(path), "broken": str(broken)}
+
+
+def test_one_shot_video_writes_every_frame_s_masks_and_an_overlay_video(seg_model_dir, files, clip, capsys):
+    from utils.video import VideoReader
+
+    chat.main(args(seg_model_dir, files, "--video", clip["video"], "--prompt", "Which one moves?", "--num_frames", "2",
+                   "--propagate", "per_frame"))
+    out = capsys.readouterr().out
+    assert "Answer: [SEG].[SEG]" in out and "key frames [1, 3]" in out
+    for k in (0, 1):
+        names = sorted(os.listdir(files["out"] / "clip" / str(k)))
+        assert names == [f"{i:05d}.png" for i in range(5)]
+        for name in names:
+            mask = np.asarray(Image.open(files["out"] / "clip" / str(k) / name))
+            assert mask.shape == VIDEO_SIZE and set(np.unique(mask)) <= {0, 255}
+    overlay_video = VideoReader(str(files["out"] / "clip" / "overlay_0.mp4"))
+    assert len(overlay_video) == 5 and overlay_video.read(0).shape[:2] == VIDEO_SIZE
+
+
+def test_video_bad_input_and_follow_ups(seg_model_dir, files, clip, capsys, monkeypatch):
+    with pytest.raises(SystemExit) as exit_info:
+        chat.main(args(seg_model_dir, files, "--video", clip["broken"], "--prompt", "What moves?"))
+    assert "broken.mp4" in str(exit_info.value.code)
+    lines = ["what moves?", clip["video"], "and then?", "", "this one", files["image"]]
+    monkeypatch.setattr(sys, "stdin", io.StringIO("\n".join(lines) + "\n"))
+    chat.main(args(seg_model_dir, files, "--num_frames", "2", "--propagate", "per_frame"))
+    out = capsys.readouterr().out
+    assert out.count("Answer: ") == 3
+    assert sorted(os.listdir(files["out"] / "clip")) == ["0", "1", "2", "3", "overlay_0.mp4", "overlay_2.mp4"]
+    check_pngs(files["out"], "photo", [0, 1], IMAGE_SIZE)
