@@ -25,7 +25,7 @@ from datasets.hybrid import HybridDataset
 from model.processing import LisaProcessor
 from tests.lisa_fixtures import BIN, REPO, env, final_weights, free_port, run, toy_batch, train_command
 from train_ds import parse_args
-from utils.checkpoint import read_pointer, save_checkpoint, step_tag
+from utils.checkpoint import read_best, read_pointer, save_checkpoint, step_tag
 from utils.distributed import use_local_device
 from utils.run_folder import lock_run_folder
 
@@ -475,3 +475,18 @@ def test_merge_refuses_a_missing_checkpoint_folder(tmp_path, capsys):
     with pytest.raises(SystemExit):
         merge_args(["--weight", str(tmp_path / "runs" / "missing"), "--save_path", str(tmp_path / "out")])
     assert f"--weight {tmp_path / 'runs' / 'missing'}: no such file or folder" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_two_process_training_on_videos_and_images_validated_by_j_and_f(tiny_dir, toy_dir, tmp_path):
+    """Video samples (3 frames, masks on each) beside ReasonSeg images in one two-rank ZeRO-2 run; the epoch is
+    validated on the toy MeViS valid_u split by J&F, which then picks the best epoch."""
+    run_dir = tmp_path / "video"
+    output = run(train_command(tiny_dir, toy_dir, run_dir, "--epochs", "1", "--steps_per_epoch", "2", "--batch_size", "2",
+                               "--grad_accumulation_steps", "1", "--dataset", "vos||reason_seg", "--sample_rates", "3,1",
+                               "--vos_data", "mevis||refytvos", "--num_frames", "3",
+                               "--val_dataset", f"mevis|{toy_dir / 'mevis'}|valid_u", nproc=2))
+    assert read_pointer(str(run_dir / "ckpt_model")) == step_tag(2)
+    assert re.search(r"val JF \d\.\d{4} J \d\.\d{4} F \d\.\d{4}", output)
+    best = read_best(str(run_dir / "ckpt_model"))
+    assert best["epoch"] == 0 and 0 <= best["JF"] <= 1 and best["JF"] == pytest.approx((best["J"] + best["F"]) / 2)
