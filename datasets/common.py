@@ -10,25 +10,15 @@ from dataclasses import dataclass, field
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from utils.errors import FileProblem
 from utils.images import ImageError, load_image
 
 logger = logging.getLogger(__name__)
 
 
-class SampleError(ValueError):
-    """A sample that cannot be used: a missing or unreadable file, or an annotation that yields no valid mask.
-
-    `path` names the offending file. The exception can be rebuilt from its message alone, which is what
-    `torch.utils.data.DataLoader` does when it re-raises an error of a worker in the main process.
-    """
-
-    def __init__(self, path: str | os.PathLike, reason: str | None = None):
-        self.path = os.fspath(path)
-        self.reason = reason
-        super().__init__(self.path if reason is None else f"{self.path}: {reason}")
-
-    def __reduce__(self):
-        return type(self), (self.path, self.reason)
+class SampleError(FileProblem):
+    """A sample that cannot be used: a missing or unreadable file, or an annotation that yields no valid mask; `path`
+    names the offending file."""
 
 
 @dataclass

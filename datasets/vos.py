@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import os
 import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -277,6 +278,23 @@ def _frame_dir(meta_path: str, vid: str, *candidates: str) -> str | None:
     return None
 
 
+def _expressions(meta_path: str, vid: str, entry: dict, text_field: str) -> Iterator[tuple[str, str, dict, str]]:
+    """(its id or list position, its key for messages, the record, its text) of each usable expression record of a
+    video entry: its `expressions` map by id (ReasonVOS: a list); bad records are warned about and skipped."""
+    items = entry.get("expressions")
+    if not isinstance(items, (dict, list)):
+        _skip(meta_path, f"videos/{vid}", "'expressions' is neither an object nor a list")
+        return
+    for exp_id, item in items.items() if isinstance(items, dict) else enumerate(items):
+        key = f"videos/{vid}/expressions/{exp_id}"
+        if not isinstance(item, dict):
+            _skip(meta_path, key, "not an object")
+            continue
+        text = _text(meta_path, key, item.get(text_field))
+        if text is not None:
+            yield str(exp_id), key, item, text
+
+
 def _text(meta_path: str, key: str, value: object) -> str | None:
     if not isinstance(value, str) or not value.strip():
         _skip(meta_path, key, "no expression text")
@@ -328,18 +346,7 @@ def _load_refytvos(root: str, split: str) -> tuple[list[VideoExpression], str]:
         known = None
         if objects and isinstance(objects.get(vid), dict) and isinstance(objects[vid].get("objects"), dict):
             known = {_as_int(k) for k in objects[vid]["objects"]}
-        items = entry.get("expressions")
-        if not isinstance(items, dict):
-            _skip(meta_path, f"videos/{vid}", "'expressions' is not an object")
-            continue
-        for exp_id, item in items.items():
-            key = f"videos/{vid}/expressions/{exp_id}"
-            if not isinstance(item, dict):
-                _skip(meta_path, key, "not an object")
-                continue
-            text = _text(meta_path, key, item.get("exp"))
-            if text is None:
-                continue
+        for exp_id, key, item, text in _expressions(meta_path, vid, entry, "exp"):
             source = None
             if has_masks:
                 obj_id = _as_int(item.get("obj_id"))
@@ -350,7 +357,7 @@ def _load_refytvos(root: str, split: str) -> tuple[list[VideoExpression], str]:
                     _skip(meta_path, key, f"obj_id {obj_id} is not an object of the video in {meta_json}")
                     continue
                 source = PaletteMasks(ann_dir, (obj_id,))
-            expressions.append(VideoExpression("refytvos", vid, str(exp_id), text, frame_dir, frames, None, has_masks, mask_source=source))
+            expressions.append(VideoExpression("refytvos", vid, exp_id, text, frame_dir, frames, None, has_masks, mask_source=source))
     return expressions, meta_path
 
 
@@ -375,18 +382,7 @@ def _load_mevis_like(name: str, root: str, split: str) -> tuple[list[VideoExpres
         frame_dir = _frame_dir(meta_path, vid, os.path.join(frames_root, vid))
         if frame_dir is None:
             continue
-        items = entry.get("expressions")
-        if not isinstance(items, dict):
-            _skip(meta_path, f"videos/{vid}", "'expressions' is not an object")
-            continue
-        for exp_id, item in items.items():
-            key = f"videos/{vid}/expressions/{exp_id}"
-            if not isinstance(item, dict):
-                _skip(meta_path, key, "not an object")
-                continue
-            text = _text(meta_path, key, item.get("exp"))
-            if text is None:
-                continue
+        for exp_id, key, item, text in _expressions(meta_path, vid, entry, "exp"):
             type_id = None
             if name == "revos":
                 type_id = _as_int(item.get("type_id"))
@@ -411,7 +407,7 @@ def _load_mevis_like(name: str, root: str, split: str) -> tuple[list[VideoExpres
                     _skip(meta_path, key, f"anno_id {bad} of {mask_path} holds {count} masks for {len(frames)} frames")
                     continue
                 source = RleMasks(mask_dict, tuple(anno_ids))
-            expressions.append(VideoExpression(name, vid, str(exp_id), text, frame_dir, frames, type_id, has_masks, mask_source=source))
+            expressions.append(VideoExpression(name, vid, exp_id, text, frame_dir, frames, type_id, has_masks, mask_source=source))
     return expressions, meta_path
 
 
@@ -426,18 +422,7 @@ def _load_reasonvos(root: str, split: str) -> tuple[list[VideoExpression], str]:
         frame_dir = _frame_dir(meta_path, vid, os.path.join(root, "JPEGImages", vid))
         if frame_dir is None:
             continue
-        items = entry.get("expressions")
-        if not isinstance(items, list):
-            _skip(meta_path, f"videos/{vid}", "'expressions' is not a list")
-            continue
-        for position, item in enumerate(items):
-            key = f"videos/{vid}/expressions/{position}"
-            if not isinstance(item, dict):
-                _skip(meta_path, key, "not an object")
-                continue
-            text = _text(meta_path, key, item.get("exp_text"))
-            if text is None:
-                continue
+        for position, key, item, text in _expressions(meta_path, vid, entry, "exp_text"):
             obj_id = _as_int(item.get("obj_id"))
             if obj_id is None:
                 _skip(meta_path, key, f"obj_id {item.get('obj_id')!r} is not an object id")

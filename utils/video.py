@@ -16,6 +16,7 @@ from collections.abc import Iterable, Iterator
 import cv2
 import numpy as np
 
+from utils.errors import FileProblem
 from utils.images import ImageError, load_image
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mov", ".mkv")
@@ -30,19 +31,9 @@ def is_video(path: str | os.PathLike) -> bool:
 MAX_DECODE_AHEAD = 32
 
 
-class VideoError(ValueError):
-    """A video file or frame folder that is missing, not a video, empty, or has a frame that cannot be decoded.
-
-    `path` names the file or folder; the exception can be rebuilt from its message alone (as `DataLoader` workers do).
-    """
-
-    def __init__(self, path: str | os.PathLike, reason: str | None = None):
-        self.path = os.fspath(path)
-        self.reason = reason
-        super().__init__(self.path if reason is None else f"{self.path}: {reason}")
-
-    def __reduce__(self):
-        return type(self), (self.path, self.reason)
+class VideoError(FileProblem):
+    """A video file or frame folder that is missing, not a video, empty, or has a frame that cannot be decoded; `path`
+    names the file or folder."""
 
 
 def natural_key(name: str) -> tuple:
