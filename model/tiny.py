@@ -13,7 +13,7 @@ an offline corpus, the widths) and the command. Of the families:
 * `qwen3_vl`: a Qwen3-VL folder (the same files; a vision transformer with learnt position embeddings and two
   DeepStack layers, a language model with query/key norms);
 * `qwen3_5`: a Qwen3.5 folder (the same files; Qwen3-VL's vision transformer without DeepStack, a language model of
-  three Gated DeltaNet layers and one gated full-attention layer);
+  two Gated DeltaNet layers alternating with two gated full-attention layers);
 * `internvl`: an InternVL3 folder (the Qwen-style tokenizer with InternVL's `<img>`, `</img>`, `<IMG_CONTEXT>`, the PIL
   tiling image processor, `processor_config.json` with the tokens of a tile; InternViT, pixel-shuffle projector, Qwen2);
 * `sam`: a `SamModel` folder; `sam2`: a `Sam2Model` folder (Hiera image encoder with its feature pyramid);

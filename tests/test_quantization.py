@@ -52,9 +52,9 @@ def check_only_the_language_model_quantised(lisa_dir, quantization: str, device:
     unquantised = linear_census(load_lisa(str(lisa_dir))[0])
     lisa, _ = load_for_inference(str(lisa_dir), "bf16", quantization, device=device)
     quantised = linear_census(lisa)
-    # The tiny LLMs: 2 layers x (q, k, v, o, gate, up, down); Qwen3.5's: 1 such layer and 3 linear-attention layers x
+    # The tiny LLMs: 2 layers x (q, k, v, o, gate, up, down); Qwen3.5's: 2 such layers and 2 linear-attention layers x
     # (in_proj_qkv, in_proj_z, out_proj, gate, up, down), their one-output-per-head in_proj_a / in_proj_b unquantised.
-    expected, kept = {"qwen3_5": (25, 6)}.get(lisa.vlm_family.name, (14, 0))
+    expected, kept = {"qwen3_5": (26, 4)}.get(lisa.vlm_family.name, (14, 0))
     assert quantised[("language_model", QUANTIZED_TYPES[quantization])] == expected
     assert quantised[("language_model", "Linear")] == kept
     assert unquantised[("language_model", "Linear")] == expected + kept
