@@ -30,7 +30,7 @@ deepspeed --num_gpus 2 --master_port "$port" train_ds.py \
     --dataset_dir "$OUT/data" --dataset "sem_seg||refer_seg||reason_seg||vos" --sample_rates "2,2,2,6" \
     --vos_data "mevis||refytvos" --num_frames $FRAMES \
     --precision fp32 --no_gradient_checkpointing --train_sam_encoder --sam_encoder_frozen_steps 1500 \
-    --lr 1e-3 --warmup_steps 50 --epochs ${TOY_EPOCHS:-6} --steps_per_epoch ${TOY_STEPS_PER_EPOCH:-600} \
+    --lr 1e-3 --warmup_steps 50 --epochs ${TOY_EPOCHS:-10} --steps_per_epoch ${TOY_STEPS_PER_EPOCH:-700} \
     --batch_size 4 --grad_accumulation_steps 1 --workers 0 --no_eval \
     --log_base_dir "$OUT/runs" --exp_name toy_video
 echo "training took $(( ($(date +%s) - start) / 60 )) min $(( ($(date +%s) - start) % 60 )) s"
@@ -40,15 +40,15 @@ python merge_lora_weights.py --weight "$OUT/runs/toy_video/ckpt_model" --save_pa
 python eval_reasonseg.py --version "$OUT/lisa-toy-video" --val_dataset "$VAL" --precision fp32 --num_frames $FRAMES \
     --propagate per_frame --max_new_tokens 16 --workers 0 --output "$OUT/eval_video_val.json"
 
-python examples/toy_video_baseline.py --val_dataset "$VAL" --out "$OUT/baseline_video_masks"
+python -m examples.toy_video_baseline --val_dataset "$VAL" --out "$OUT/baseline_video_masks"
 python eval_reasonseg.py --pred_dir "$OUT/baseline_video_masks" --val_dataset "$VAL" --output "$OUT/baseline_video_val.json"
 
 # One-shot chat on the first toy valid_u video (an mp4), with the first expression about it.
 video=$(ls "$OUT"/data/videos/mevis/valid_u/*.mp4 | head -n 1)
 prompt=$(python -c 'import json, os, sys
 meta = json.load(open(sys.argv[1]))["videos"][os.path.basename(sys.argv[2])[:-4]]
-print(f"Can you segment {next(iter(meta[\"expressions\"].values()))[\"exp\"]} in this video?")' \
-    "$OUT/data/mevis/valid_u/meta_expressions.json" "$video")
+expression = next(iter(meta["expressions"].values()))["exp"]
+print(f"Can you segment {expression} in this video?")' "$OUT/data/mevis/valid_u/meta_expressions.json" "$video")
 python chat.py --version "$OUT/lisa-toy-video" --precision fp32 --video "$video" --prompt "$prompt" \
     --num_frames $FRAMES --propagate per_frame --vis_save_path "$OUT/vis"
 

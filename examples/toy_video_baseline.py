@@ -1,6 +1,6 @@
 """The query-blind baseline of a toy video split: every shape of every frame, whatever the expression.
 
-    python examples/toy_video_baseline.py --val_dataset "mevis|OUT/data/mevis|valid_u" --out OUT/baseline_video_masks
+    python -m examples.toy_video_baseline --val_dataset "mevis|OUT/data/mevis|valid_u" --out OUT/baseline_video_masks
     python eval_reasonseg.py --pred_dir OUT/baseline_video_masks --val_dataset "mevis|OUT/data/mevis|valid_u"
 
 Toy shapes are saturated colours on a grey background, so the union of all shapes is the set of saturated pixels
