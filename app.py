@@ -37,7 +37,7 @@ from model.cli import add_model_arguments, add_video_arguments, load_model  # no
 from model.lisa import LisaForCausalLM  # noqa: E402
 from model.processing import LisaProcessor  # noqa: E402
 from model.session import ChatSession, VideoChatSession  # noqa: E402
-from model.video import ANSWER_FRAMES, default_propagation, load_video_model  # noqa: E402
+from model.video import ANSWER_FRAMES, LazyVideoModel, default_propagation  # noqa: E402
 from utils.cli import HelpFormatter  # noqa: E402
 from utils.images import ImageError, load_image  # noqa: E402
 from utils.video import VideoError, VideoReader, write_video  # noqa: E402
@@ -76,25 +76,6 @@ class Conversation:
         return "video" if isinstance(self.session, VideoChatSession) else "image"
 
 
-class VideoModel:
-    """The mask head's video model for `memory` propagation, shared by every tab, loaded on first use."""
-
-    def __init__(self, model: LisaForCausalLM, source: str | None):
-        self.model, self.source, self.loaded = model, source, None
-
-    def get(self):
-        if self.loaded is None:
-            try:
-                self.loaded = load_video_model(self.model, self.source)
-            except Exception as error:  # noqa: BLE001 - a wrong id, a missing folder, a checkpoint that does not fit
-                named = f" {self.source}" if self.source else " (not given)"
-                raise user_error(
-                    f"Cannot load the video model for --propagate memory (--video_memory{named}): {error}. "
-                    "Restart the demo with another --video_memory, or with --propagate per_frame."
-                ) from None
-        return self.loaded
-
-
 def user_error(message: str) -> gr.Error:
     """A message for the page about a bad request (no traceback in the server log: nothing went wrong there)."""
     return gr.Error(message, print_exception=False)
@@ -131,7 +112,7 @@ def build_demo(
     video_memory: str | None = None,
 ) -> gr.Blocks:
     propagate = propagate or default_propagation(model)
-    video_model = VideoModel(model, video_memory)
+    video_model = LazyVideoModel(model, video_memory)  # one for every tab
 
     def ask(
         source: str, image_path: str | None, video_path: str | None, prompt: str, conversation: Conversation | None,
@@ -195,13 +176,19 @@ def build_demo(
             return user_error(f"Cannot read the uploaded video: {str(error).replace(video_path, shown_name)}")
 
         # Before the question: a model that cannot be loaded leaves the conversation as it was.
-        memory = video_model.get() if propagate == "memory" else None
+        if propagate == "memory":
+            try:
+                video_model.get()
+            except ValueError as error:  # a wrong id, a missing folder, a checkpoint that does not fit
+                raise user_error(
+                    f"{error}. Restart the demo with another --video_memory, or with --propagate per_frame."
+                ) from None
         if conversation is None or conversation.kind != "video" or conversation.path != video_path:
             try:
                 reader = VideoReader(video_path)
             except VideoError as error:  # not a video, truncated, no frames, ...
                 raise unreadable(error) from None
-            session = VideoChatSession(model, processor, max_new_tokens, num_frames, propagate, memory)
+            session = VideoChatSession(model, processor, max_new_tokens, num_frames, propagate, video_model)
             session.set_video(reader)
             conversation = Conversation(session, video_path)
             conversation.reader = reader

@@ -33,6 +33,7 @@ import sys
 
 from model.cli import add_model_arguments, add_video_arguments, load_model
 from model.session import ChatSession, VideoChatSession
+from model.video import LazyVideoModel
 from utils.cli import HelpFormatter
 from utils.images import ImageError, load_image
 from utils.video import VideoError, VideoReader, is_video, write_video
@@ -142,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
     model, processor = load_model(args)
     session = ChatSession(model, processor, args.max_new_tokens)
     videos = VideoChatSession(model, processor, args.max_new_tokens, num_frames=args.num_frames,
-                              propagate=args.propagate, video_memory=args.video_memory)
+                              propagate=args.propagate, video_model=LazyVideoModel(model, args.video_memory))
     if args.prompt is None:
         interact(session, videos, args.vis_save_path)
         return

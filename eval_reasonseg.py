@@ -52,7 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         '(no-target accuracy is added where some targets are empty); or a video split scored by J&F, ROOT being the '
         'data set\'s own folder: "mevis|ROOT|valid_u", "revos|ROOT|valid", "reasonvos|ROOT|test", "refytvos|ROOT|valid" '
         'or "mevis|ROOT|valid" (these two without public masks: see --save_masks). --split, --dataset_dir, '
-        '--all_texts, --batch_size and --workers do not apply to videos',
+        '--all_texts and --workers do not apply to videos',
     )
     parser.add_argument(
         "--mode", default="generate", choices=MODES,
@@ -61,7 +61,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--all_texts", action="store_true",
                         help="score every text of a ReasonSeg image (every question of a custom image), not only the first")
-    parser.add_argument("--batch_size", type=positive_int, default=1, help="images per forward pass / generation batch")
+    parser.add_argument("--batch_size", type=positive_int, default=1, help="images per forward pass / generation batch; on a video split, expressions of one video answered together "
+                        "(its frames read and encoded once)")
     parser.add_argument("--workers", type=non_negative_int, default=2, help="processes reading samples (0: read in this process)")
     parser.add_argument("--pred_dir", help="score saved masks PRED_DIR/{stem}.png (nonzero = foreground); no model is loaded")
     parser.add_argument(
@@ -171,7 +172,7 @@ def evaluate_video_split(args: argparse.Namespace, rank: int) -> None:
         scores = evaluate_video(
             model, processor, expressions, eval_question, num_frames=args.num_frames,
             max_new_tokens=args.max_new_tokens, propagate=propagate, video_model=video_model,
-            save_dir=args.save_masks,
+            save_dir=args.save_masks, batch_size=args.batch_size,
         )
         source = f"{args.version} ({propagate}, {args.num_frames} frames)"
     finish_distributed()

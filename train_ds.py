@@ -200,7 +200,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_switch(run, "eval_only", False, "only validate --version and exit")
     run.add_argument("--val_mode", default="teacher", choices=("teacher", "generate"),
                      help="teacher: the original's teacher-forced answer '[SEG].'; generate: the model must emit [SEG]")
-    run.add_argument("--val_batch_size", type=positive_int, default=1, help="validation images per batch per process")
+    run.add_argument("--val_batch_size", type=positive_int, default=1, help="validation images per batch per process (on a video split: expressions of one video)")
     run.add_argument("--local_rank", type=int, default=-1, help=argparse.SUPPRESS)  # passed by the deepspeed launcher
     args = parser.parse_args(argv)
     if args.sam_encoder_frozen_steps and not args.train_sam_encoder:
@@ -334,7 +334,7 @@ def validate(model, processor, val_dataset, args: argparse.Namespace) -> dict:
     `eval_reasonseg.py`. The figure that picks the best epoch is `score_of`'s."""
     if isinstance(val_dataset, VideoValDataset):
         scores = evaluate_video(model, processor, val_dataset.expressions, eval_question, num_frames=args.num_frames,
-                                max_new_tokens=VIDEO_VAL_NEW_TOKENS, propagate="per_frame")
+                                max_new_tokens=VIDEO_VAL_NEW_TOKENS, propagate="per_frame", batch_size=args.val_batch_size)
         return scores.summary(groups=val_dataset.name == "revos")
     report = evaluate(model, processor, val_dataset, mode=args.val_mode, batch_size=args.val_batch_size)
     if report.skipped and is_main():

@@ -4,10 +4,11 @@ at SAM 2.1-hiera-tiny's real width (random weights, 1024-px input) on a 640 x 48
     python -m benchmarks.video                         # 50 and 500 frames, both ways, on the CPU
     python -m benchmarks.video --device cuda           # on a GPU
     python -m benchmarks.video --frames 20,200         # shorter videos
+    python -m benchmarks.video --objects 1             # one [SEG] (the memory's work is per object)
 
-What runs is `model.video.segment_video` after an answer with two `[SEG]` on 4 key frames: `memory` carries the key
-frames' masks with the video model (`Sam2VideoModel`, SAM 2.1-hiera-tiny's memory settings), `per_frame` decodes the
-two queries on every frame with the image mask head. Frames are drawn as they are read (a disc moving over noise) and
+What runs is `model.video.segment_video` after an answer with `--objects` `[SEG]` (default 2) on 4 key frames: `memory`
+carries the key frames' masks with the video model (`Sam2VideoModel`, SAM 2.1-hiera-tiny's memory settings),
+`per_frame` decodes the queries on every frame with the image mask head. Frames are drawn as they are read (a disc moving over noise) and
 the masks are dropped once counted, as a caller writing them to disk would. Each (way, length) runs in a fresh
 process; "peak" is, on the CPU, the resident-set high-water mark over the propagation (reset after building the
 models), on CUDA `torch.cuda.max_memory_allocated`. Memory must not grow with the video: the last column compares
@@ -87,22 +88,24 @@ def reset_peak(device: torch.device) -> None:
             f.write("5")
 
 
-def measure(propagate: str, length: int, device: torch.device) -> dict:
-    """Runs in a process of its own: one propagation over a `length`-frame video."""
+def measure(propagate: str, length: int, objects: int, device: torch.device) -> dict:
+    """Runs in a process of its own: one propagation of `objects` masks over a `length`-frame video."""
     lisa, video = build(device)
     frames = MovingDisc(length)
     key = [int((k + 0.5) * length / KEY_FRAMES) for k in range(KEY_FRAMES)]
-    key_masks = torch.zeros(2, KEY_FRAMES, HEIGHT, WIDTH, dtype=torch.bool)
-    key_masks[0, :, 180:300, 100:220] = True
-    key_masks[1, :, 20:120, 400:600] = True
+    key_masks = torch.zeros(objects, KEY_FRAMES, HEIGHT, WIDTH, dtype=torch.bool)
+    for k in range(objects):  # boxes side by side
+        left = 40 + k * (WIDTH - 80) // objects
+        key_masks[k, :, 180:300, left:left + (WIDTH - 80) // objects - 20] = True
     reply = VideoAnswer(
-        Answer(text="", token_ids=[], masks=list(key_masks), scores=[1.0, 1.0], queries=torch.randn(2, 256, device=device)),
+        Answer(text="", token_ids=[], masks=list(key_masks), scores=[1.0] * objects,
+               queries=torch.randn(objects, 256, device=device)),
         key_frames=key,
     )
     reset_peak(device)
     synchronize(device)
     start = time.perf_counter()
-    seen = sum(1 for _ in segment_video(lisa, frames, reply, propagate, video_model=video))
+    seen = sum(1 for _ in segment_video(lisa, frames, [reply], propagate, video_model=video))
     synchronize(device)
     seconds = time.perf_counter() - start
     return {"frames": seen, "seconds": seconds, "peak": peak_bytes(device)}
@@ -112,6 +115,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--frames", default="50,500", help="video lengths to measure, comma-separated (default: %(default)s)")
     parser.add_argument("--propagate", default=",".join(PROPAGATIONS), help="ways to measure (default: %(default)s)")
+    parser.add_argument("--objects", type=int, default=2, help="masks carried through the video (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     add_device_argument(parser)
@@ -121,15 +125,16 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     if args.child:
         propagate, length = args.child.split(":")
-        print(json.dumps(measure(propagate, int(length), device)))
+        print(json.dumps(measure(propagate, int(length), args.objects, device)))
         return
     lengths = [int(n) for n in args.frames.split(",")]
-    print(f"SAM 2.1-hiera-tiny (random weights), 1024-px input, {WIDTH}x{HEIGHT} video, 2 objects, on {device}")
+    print(f"SAM 2.1-hiera-tiny (random weights), 1024-px input, {WIDTH}x{HEIGHT} video, {args.objects} object(s), on {device}")
     print(f"{'way':>10} {'frames':>7} {'frames/s':>9} {'peak MiB':>9} {'peak vs first':>14}")
     for propagate in args.propagate.split(","):
         first = None
         for length in lengths:
-            command = [sys.executable, "-m", "benchmarks.video", "--child", f"{propagate}:{length}", "--device", args.device]
+            command = [sys.executable, "-m", "benchmarks.video", "--child", f"{propagate}:{length}", "--device", args.device,
+                       "--objects", str(args.objects)]
             command += ["--threads", str(args.threads)] if args.threads else []
             output = subprocess.run(command, check=True, capture_output=True, text=True, env=os.environ).stdout
             result = json.loads(output.strip().splitlines()[-1])

@@ -192,7 +192,8 @@ def _random_scene(rng: np.random.Generator, count: int | None = None) -> Scene:
 
 def random_video(rng: np.random.Generator) -> tuple[Scene, list[str], list[float], np.ndarray]:
     """A scene of 2-3 shapes of distinct kinds and colours on the first frame, each shape's motion and speed (px per
-    frame), and which of the 6-12 frames each is on, (shapes, frames) bool. Every shape stays wholly inside the frame
+    frame: a moving shape crosses 30-45% of the frame over the video, so that it moves more than one of the tiny bases'
+    16-px image tokens), and which of the 6-12 frames each is on, (shapes, frames) bool. Every shape stays wholly inside the frame
     and 3 px from the others on every frame; in one video of three, one shape is missing from a few first or last
     frames."""
     height, width = (int(v) for v in rng.integers(64, 97, size=2))
@@ -204,7 +205,8 @@ def random_video(rng: np.random.Generator) -> tuple[Scene, list[str], list[float
         for kind, colour in zip(kinds, colours):
             motion = str(rng.choice(list(MOTIONS)))
             (dx, dy), r = MOTIONS[motion], float(rng.uniform(7, 11))
-            speed = 0.0 if motion == "still" else float(rng.uniform(2, 3.5))
+            side = width if dx else height
+            speed = 0.0 if motion == "still" else float(rng.uniform(0.3, 0.45)) * side / (length - 1)
             travel = speed * (length - 1)
             x_lo, x_hi = r + 1 + max(0, -dx * travel), width - r - 1 - max(0, dx * travel)
             y_lo, y_hi = r + 1 + max(0, -dy * travel), height - r - 1 - max(0, dy * travel)

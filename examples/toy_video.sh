@@ -30,7 +30,7 @@ deepspeed --num_gpus 2 --master_port "$port" train_ds.py \
     --dataset_dir "$OUT/data" --dataset "sem_seg||refer_seg||reason_seg||vos" --sample_rates "2,2,2,6" \
     --vos_data "mevis||refytvos" --num_frames $FRAMES \
     --precision fp32 --no_gradient_checkpointing --train_sam_encoder --sam_encoder_frozen_steps 1500 \
-    --lr 1e-3 --warmup_steps 50 --epochs ${TOY_EPOCHS:-10} --steps_per_epoch ${TOY_STEPS_PER_EPOCH:-700} \
+    --lr 1e-3 --warmup_steps 50 --epochs ${TOY_EPOCHS:-12} --steps_per_epoch ${TOY_STEPS_PER_EPOCH:-700} \
     --batch_size 4 --grad_accumulation_steps 1 --workers 0 --no_eval \
     --log_base_dir "$OUT/runs" --exp_name toy_video
 echo "training took $(( ($(date +%s) - start) / 60 )) min $(( ($(date +%s) - start) % 60 )) s"

@@ -11,7 +11,7 @@ from model.families.base import ATTN_IMPLEMENTATIONS
 from model.lisa import LisaForCausalLM
 from model.loading import PRECISIONS, load_for_inference
 from model.processing import LisaProcessor
-from model.video import ANSWER_FRAMES, PROPAGATIONS, default_propagation, load_video_model
+from model.video import ANSWER_FRAMES, PROPAGATIONS, LazyVideoModel, default_propagation
 from utils.cli import positive_int
 from utils.locations import location_problem
 
@@ -96,6 +96,6 @@ def load_video_model_for(model: LisaForCausalLM, args: argparse.Namespace):
     if args.propagate != "memory":
         return None
     try:
-        return load_video_model(model, args.video_memory)
-    except (ValueError, OSError) as error:
-        sys.exit(f"cannot load the video model for --propagate memory (--video_memory): {error}")
+        return LazyVideoModel(model, args.video_memory).get()
+    except ValueError as error:
+        sys.exit(f"--propagate memory: {error} (--video_memory names another)")

@@ -7,13 +7,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
-from transformers import PreTrainedModel
 
 from model.inference import Answer, answer
 from model.lisa import LisaForCausalLM
 from model.processing import IMAGE_PLACEHOLDER, LisaProcessor
 from model.video import (
-    ANSWER_FRAMES, PROPAGATIONS, Frames, VideoAnswer, ask_video, default_propagation, load_video_model, segment_video,
+    ANSWER_FRAMES, PROPAGATIONS, Frames, LazyVideoModel, VideoAnswer, ask_video, default_propagation, segment_video,
 )
 
 
@@ -115,10 +114,8 @@ class VideoChatSession(_Conversation):
         num_frames: key frames the model sees (`model.video.key_frames`).
         propagate: how `masks` carries an answer's masks to every frame, one of `PROPAGATIONS` (default:
             `default_propagation`).
-        video_model: the mask head's video model for `memory`; None: `load_video_model(model, video_memory)`, loaded
-            when first needed.
-        video_memory: the checkpoint that load reads the memory modules from (None: the model folder's
-            `mask_head_source`).
+        video_model: the mask head's video model for `memory`, loaded when first needed; None: the one of the
+            checkpoint the model folder records (`LazyVideoModel(model)`).
     """
 
     def __init__(
@@ -128,15 +125,14 @@ class VideoChatSession(_Conversation):
         max_new_tokens: int = 512,
         num_frames: int = ANSWER_FRAMES,
         propagate: str | None = None,
-        video_model: PreTrainedModel | None = None,
-        video_memory: str | None = None,
+        video_model: LazyVideoModel | None = None,
     ):
         super().__init__(model, processor, max_new_tokens)
         propagate = propagate or default_propagation(model)
         if propagate not in PROPAGATIONS:
             raise ValueError(f"propagate {propagate!r}: choose from {', '.join(PROPAGATIONS)}")
-        self.num_frames, self.propagate, self.video_model = num_frames, propagate, video_model
-        self.video_memory = video_memory
+        self.num_frames, self.propagate = num_frames, propagate
+        self.video_model = video_model or LazyVideoModel(model)
         self.frames: Frames | None = None
         self.key_frames: list[int] | None = None
 
@@ -155,8 +151,8 @@ class VideoChatSession(_Conversation):
         messages = self._question(prompt)
         if self.frames is None:
             raise ValueError("no video yet: give a video first")
-        reply = ask_video(self.model, self.processor, self.frames, messages, num_frames=self.num_frames,
-                          max_new_tokens=self.max_new_tokens, key=self.key_frames)
+        reply, = ask_video(self.model, self.processor, self.frames, [messages], num_frames=self.num_frames,
+                           max_new_tokens=self.max_new_tokens, key=self.key_frames)
         self.key_frames = reply.key_frames
         return VideoTurn(reply, self._record(messages, reply.answer), self.frames)
 
@@ -165,11 +161,8 @@ class VideoChatSession(_Conversation):
         `model.video.segment_video` yields them.
 
         Raises:
-            ValueError: the video model cannot be loaded (`load_video_model`).
+            ValueError: the video model cannot be loaded (`LazyVideoModel.get`).
         """
-        if self.propagate == "memory" and self.video_model is None and turn.answer.answer.masks:
-            try:
-                self.video_model = load_video_model(self.model, self.video_memory)
-            except OSError as error:  # a folder or hub id that is not there
-                raise ValueError(f"cannot load the video model for memory propagation: {error}") from None
-        return segment_video(self.model, turn.frames, turn.answer, self.propagate, video_model=self.video_model)
+        memory = self.video_model.get() if self.propagate == "memory" and turn.answer.answer.masks else None
+        return ((index, masks) for index, (masks,) in segment_video(
+            self.model, turn.frames, [turn.answer], self.propagate, video_model=memory))

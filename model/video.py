@@ -20,6 +20,7 @@ outputs of the frames its memory can still read.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
@@ -108,34 +109,42 @@ def ask_video(
     model: LisaForCausalLM,
     processor: LisaProcessor,
     frames: Frames,
-    messages: list[dict[str, str]],
+    conversations: list[list[dict[str, str]]],
     num_frames: int = ANSWER_FRAMES,
     max_new_tokens: int = 512,
     key: list[int] | None = None,
-) -> VideoAnswer:
-    """Answers the last user turn of `messages` (the first holds `<image>`, which stands for the video) about a video.
+) -> list[VideoAnswer]:
+    """Answers the last user turn of each conversation (whose first user turn holds `<image>`, which stands for the
+    video) about one video: one generation batch on the same key frames, read, preprocessed and encoded once.
 
     Args:
         num_frames: key frames the model sees (`key_frames`), unless `key` names them.
+
+    Returns:
+        one `VideoAnswer` per conversation, in order.
     """
     key = key if key is not None else key_frames(model, processor, frames, num_frames)
     clip = np.stack([frames.read(k) for k in key])
-    reply = answer(model, processor, [clip], [messages], max_new_tokens=max_new_tokens)[0]
-    if len(key) == 1:  # one frame: the answer's masks are (H, W)
-        reply.masks = [m[None] for m in reply.masks]
-    return VideoAnswer(answer=reply, key_frames=key)
+    replies = answer(model, processor, [clip], conversations, image_index=[0] * len(conversations),
+                     max_new_tokens=max_new_tokens)
+    for reply in replies:
+        if len(key) == 1:  # one frame: the answer's masks are (H, W)
+            reply.masks = [m[None] for m in reply.masks]
+    return [VideoAnswer(answer=reply, key_frames=key) for reply in replies]
 
 
 @torch.no_grad()
 def segment_video(
     model: LisaForCausalLM,
     frames: Frames,
-    reply: VideoAnswer,
+    replies: list[VideoAnswer],
     propagate: str = "per_frame",
     video_model: PreTrainedModel | None = None,
     batch_size: int = 4,
-) -> Iterator[tuple[int, np.ndarray]]:
-    """The masks of `reply`'s `[SEG]` on every frame of the video.
+) -> Iterator[tuple[int, list[np.ndarray]]]:
+    """The masks of every `[SEG]` of `replies` (answers about the video on the same key frames, `ask_video`) on every
+    frame of the video. The replies share the frames' work: their queries are decoded together on each frame's
+    encoding (`per_frame`), their `[SEG]`s are the objects of one video-model session (`memory`).
 
     Args:
         propagate: one of `PROPAGATIONS`.
@@ -143,21 +152,28 @@ def segment_video(
         batch_size: frames encoded together by the image mask head (`per_frame`).
 
     Yields:
-        (frame index, (n, H, W) bool masks, one per `[SEG]`), each frame once: in order for `per_frame`; for `memory`
-        from the first key frame to the end, then from the frame before it back to the start. Nothing for an answer
-        without `[SEG]`.
+        (frame index, one (n, H, W) bool array per reply, n its `[SEG]` count), each frame once: in order for
+        `per_frame`; for `memory` from the first key frame to the end, then from the frame before it back to the
+        start. Nothing when no reply holds a `[SEG]`.
     """
     if propagate not in PROPAGATIONS:
         raise ValueError(f"propagate {propagate!r}: choose from {', '.join(PROPAGATIONS)}")
-    if not reply.answer.masks:
+    if len({tuple(r.key_frames) for r in replies}) > 1:
+        raise ValueError("segment_video: the replies were made on different key frames")
+    counts = [len(r.answer.masks) for r in replies]
+    if not sum(counts):
         return
+    split_at = np.cumsum(counts)[:-1]
     if propagate == "per_frame":
-        yield from decode_every_frame(model, frames, reply.answer.queries, batch_size)
-        return
-    if video_model is None:
+        queries = torch.cat([r.answer.queries for r in replies if r.answer.masks])
+        masks = decode_every_frame(model, frames, queries, batch_size)
+    elif video_model is None:
         raise ValueError("memory propagation needs the mask head's video model (load_video_model)")
-    key_masks = torch.stack(reply.answer.masks)  # (n, T, H, W)
-    yield from propagate_with_memory(model, video_model, frames, reply.key_frames, key_masks)
+    else:
+        key_masks = torch.stack([m for r in replies for m in r.answer.masks])  # (n, T, H, W)
+        masks = propagate_with_memory(model, video_model, frames, replies[0].key_frames, key_masks)
+    for index, joint in masks:
+        yield index, np.split(joint, split_at)
 
 
 def load_video_model(model: LisaForCausalLM, source: str | None = None) -> PreTrainedModel:
@@ -174,6 +190,35 @@ def load_video_model(model: LisaForCausalLM, source: str | None = None) -> PreTr
             "memory modules to use (e.g. facebook/sam2.1-hiera-large)"
         )
     return model.sam_family.load_video_model(model.sam, source)
+
+
+class LazyVideoModel:
+    """The mask head's video model for `memory` propagation (`load_video_model`), loaded when first needed and then
+    shared: by a chat's turns, the demo's tabs (threads), an evaluation's videos.
+
+    Args:
+        source: the checkpoint to read the memory modules from; None: the model folder's `mask_head_source`.
+    """
+
+    def __init__(self, model: LisaForCausalLM, source: str | None = None):
+        self.model, self.source = model, source
+        self._loaded: PreTrainedModel | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> PreTrainedModel:
+        """The video model, loaded on the first call.
+
+        Raises:
+            ValueError: it cannot be loaded: why, and from where.
+        """
+        with self._lock:
+            if self._loaded is None:
+                named = self.source or "the checkpoint the model folder records (mask_head_source)"
+                try:
+                    self._loaded = load_video_model(self.model, self.source)
+                except (ValueError, OSError) as error:  # OSError: a folder or hub id that is not there
+                    raise ValueError(f"cannot load the video model for memory propagation from {named}: {error}") from None
+            return self._loaded
 
 
 def decode_every_frame(

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -27,6 +27,8 @@ from model.lisa import LisaForCausalLM
 from model.processing import LisaProcessor
 from model.video import ANSWER_FRAMES, PROPAGATIONS, ask_video, default_propagation, segment_video
 from utils.distributed import rank_and_world
+from utils.errors import FileProblem
+from utils.images import ImageError
 from utils.video_metrics import GROUPS, SKIPPED_TYPE, VideoScores, frame_scores, write_mask_png
 
 logger = logging.getLogger(__name__)
@@ -52,12 +54,15 @@ def evaluate_video(
     propagate: str | None = None,
     video_model: PreTrainedModel | None = None,
     save_dir: str | None = None,
+    batch_size: int = 1,
     progress: bool = True,
 ) -> VideoScores:
     """J and F of `model` on every expression of `expressions` that has masks (type 2 left out).
 
-    Under `torch.distributed`, rank r takes expressions r, r + world, ...; every rank returns the scores of all
-    (`VideoScores.gather`). The model is put in eval mode for the run and back in its previous mode afterwards.
+    Under `torch.distributed`, rank r takes the videos r, r + world, ... (in the order they first come) with all their
+    expressions; every rank returns the scores of all (`VideoScores.gather`). The model is put in eval mode for the run and back in its previous mode afterwards.
+    A video whose frames (or ground truth) cannot be read is named in a warning and its expressions score 0, as
+    missing predictions do.
 
     Args:
         question: the question about an expression (the user message, starting with `<image>`), e.g.
@@ -68,6 +73,8 @@ def evaluate_video(
         video_model: the mask head's video model (`load_video_model`), needed by `memory`.
         save_dir: also write each frame's mask as `save_dir/<video>/<exp_id>/<frame>.png` (0/255; the benchmarks'
             submission layout); expressions without masks are then predicted too, and only written.
+        batch_size: expressions of one video answered in one generation batch, their frames read and encoded once.
+            The scores do not depend on it.
 
     Returns:
         `VideoScores` of the expressions with masks (call `summary(groups=...)`: ReVOS's referring / reasoning).
@@ -78,63 +85,91 @@ def evaluate_video(
     if propagate == "memory" and video_model is None:
         raise ValueError("memory propagation needs the mask head's video model (model.video.load_video_model)")
     rank, world = rank_and_world()
-    share = [e for e in list(expressions)[rank::world] if getattr(e, "type_id", None) != SKIPPED_TYPE]
+    videos = list(dict.fromkeys(e.video for e in expressions))
+    mine = set(videos[rank::world])
+    share = []
+    for expression in (e for e in expressions if e.video in mine):
+        type_id = getattr(expression, "type_id", None)
+        if type_id == SKIPPED_TYPE or (not expression.has_masks and save_dir is None):
+            continue  # left out of every score; or nothing to score, nothing to write
+        if type_id is not None and type_id not in GROUPS:
+            raise ValueError(f"{expression_key(expression)}: unknown type_id {type_id!r}")
+        share.append(expression)
     scores = VideoScores()
     was_training = model.training
     model.eval()
     try:
-        for expression in tqdm(share, desc="J&F", disable=not progress or rank != 0, dynamic_ncols=True):
-            type_id = getattr(expression, "type_id", None)
-            if type_id is not None and type_id not in GROUPS:
-                raise ValueError(f"{expression_key(expression)}: unknown type_id {type_id!r}")
-            if not expression.has_masks and save_dir is None:
-                continue  # nothing to score, nothing to write
-            result = _run_expression(
-                model, processor, expression, question(expression), num_frames, max_new_tokens, propagate,
-                video_model, save_dir,
-            )
-            if result is not None:
-                scores.add(expression_key(expression), *result, GROUPS.get(type_id))
+        with tqdm(total=len(share), desc="J&F", disable=not progress or rank != 0, dynamic_ncols=True) as bar:
+            for group in _video_batches(share, batch_size):
+                try:
+                    results = _run_expressions(
+                        model, processor, group, [question(e) for e in group], num_frames, max_new_tokens, propagate,
+                        video_model, save_dir,
+                    )
+                except (FileProblem, ImageError) as error:  # a frame, or a ground-truth mask, that cannot be read
+                    logger.warning("%s: %s; its %d expression(s) score 0", group[0].video, error, len(group))
+                    results = [(0.0, 0.0) if e.has_masks else None for e in group]
+                    for expression in group:
+                        scores.add_missing(expression_key(expression))
+                for expression, result in zip(group, results):
+                    if result is not None:
+                        scores.add(expression_key(expression), *result, GROUPS.get(getattr(expression, "type_id", None)))
+                bar.update(len(group))
     finally:
         model.train(was_training)
     scores.gather()
     return scores
 
 
-def _run_expression(
+def _video_batches(expressions: list[Any], batch_size: int) -> Iterator[list[Any]]:
+    """Runs of at most `batch_size` expressions about the same video (the expressions grouped by video, in order)."""
+    group: list[Any] = []
+    order = {video: i for i, video in enumerate(dict.fromkeys(e.video for e in expressions))}
+    for expression in sorted(expressions, key=lambda e: order[e.video]):
+        if group and (len(group) == batch_size or expression.video != group[0].video):
+            yield group
+            group = []
+        group.append(expression)
+    if group:
+        yield group
+
+
+def _run_expressions(
     model: LisaForCausalLM,
     processor: LisaProcessor,
-    expression: Any,
-    text: str,
+    expressions: list[Any],
+    texts: list[str],
     num_frames: int,
     max_new_tokens: int,
     propagate: str,
     video_model: PreTrainedModel | None,
     save_dir: str | None,
-) -> tuple[float, float] | None:
-    """Answers one expression and scores (and writes) its frames as they come; (J, F), or None without masks."""
-    frames = expression.frames_reader()
-    reply = ask_video(model, processor, frames, [{"role": "user", "content": text}], num_frames=num_frames,
-                      max_new_tokens=max_new_tokens)
-    folder = os.path.join(save_dir, expression.video, expression.exp_id) if save_dir is not None else None
-    js, fs = [], []
+) -> list[tuple[float, float] | None]:
+    """Answers expressions about one video together and scores (and writes) each frame's masks as they come; per
+    expression (J, F), or None without masks."""
+    frames = expressions[0].frames_reader()
+    replies = ask_video(model, processor, frames, [[{"role": "user", "content": t}] for t in texts],
+                        num_frames=num_frames, max_new_tokens=max_new_tokens)
+    folders = [os.path.join(save_dir, e.video, e.exp_id) if save_dir is not None else None for e in expressions]
+    js: list[list[float]] = [[] for _ in expressions]
+    fs: list[list[float]] = [[] for _ in expressions]
     done = set()
 
-    def take(index: int, mask: np.ndarray) -> None:
-        if folder is not None:
-            write_mask_png(os.path.join(folder, f"{expression.frames[index]}.png"), mask)
-        if expression.has_masks:
-            j, f = frame_scores(mask, expression.mask(index))
-            js.append(j), fs.append(f)
+    def take(index: int, masks: list[np.ndarray]) -> None:
+        for e, (expression, folder, mask) in enumerate(zip(expressions, folders, masks)):
+            if folder is not None:
+                write_mask_png(os.path.join(folder, f"{expression.frames[index]}.png"), mask)
+            if expression.has_masks:
+                j, f = frame_scores(mask, expression.mask(index))
+                js[e].append(j), fs[e].append(f)
         done.add(index)
 
-    # No [SEG]: segment_video yields nothing, and every frame gets the empty mask below.
-    for index, masks in segment_video(model, frames, reply, propagate, video_model=video_model):
+    # A reply without [SEG] has (0, H, W) masks: its union is the empty mask. With no [SEG] in any reply,
+    # segment_video yields nothing, and every frame gets the empty masks below.
+    for index, masks in segment_video(model, frames, replies, propagate, video_model=video_model):
         if index not in done:
-            take(index, np.asarray(masks).any(axis=0))
+            take(index, [m.any(axis=0) for m in masks])
     for index in range(len(frames)):
         if index not in done:
-            take(index, np.zeros(_frame_size(frames, index), dtype=bool))
-    if not expression.has_masks:
-        return None
-    return math.fsum(js) / len(js), math.fsum(fs) / len(fs)
+            take(index, [np.zeros(_frame_size(frames, index), dtype=bool)] * len(expressions))
+    return [(math.fsum(j) / len(j), math.fsum(f) / len(f)) if e.has_masks else None for e, j, f in zip(expressions, js, fs)]

@@ -7,7 +7,9 @@ import torch
 
 from model.loading import load_lisa
 from model.tiny import write_tiny
-from model.video import ask_video, decode_every_frame, frames_that_fit, key_frames, load_video_model, segment_video
+from model.video import (
+    LazyVideoModel, ask_video, decode_every_frame, frames_that_fit, key_frames, load_video_model, segment_video,
+)
 from tests.lisa_fixtures import write_seg_emitter
 
 QUESTION = "<image>\nWhich shape moves to the left? Please output segmentation mask."
@@ -97,7 +99,7 @@ def test_answer_masks_on_key_frames_equal_per_frame_decoding(emitter):
     model, processor, _, _ = emitter
     frames, _ = moving_square(9)
     video = ListFrames(frames)
-    reply = ask_video(model, processor, video, [{"role": "user", "content": QUESTION}], num_frames=3, max_new_tokens=3)
+    reply, = ask_video(model, processor, video, [[{"role": "user", "content": QUESTION}]], num_frames=3, max_new_tokens=3)
     assert reply.key_frames == [1, 4, 7]
     assert reply.answer.queries.shape[0] == len(reply.answer.masks) >= 1
     per_frame = dict(decode_every_frame(model, video, reply.answer.queries, batch_size=1))
@@ -109,12 +111,12 @@ def test_answer_masks_on_key_frames_equal_per_frame_decoding(emitter):
 def test_per_frame_propagation_yields_every_frame_in_order_whatever_the_batch(emitter):
     model, processor, _, _ = emitter
     frames, _ = moving_square(7)
-    reply = ask_video(model, processor, ListFrames(frames), [{"role": "user", "content": QUESTION}], num_frames=2,
-                      max_new_tokens=3)
-    one = list(segment_video(model, ListFrames(frames), reply, "per_frame", batch_size=1))
-    three = list(segment_video(model, ListFrames(frames), reply, "per_frame", batch_size=3))
+    reply, = ask_video(model, processor, ListFrames(frames), [[{"role": "user", "content": QUESTION}]], num_frames=2,
+                       max_new_tokens=3)
+    one = list(segment_video(model, ListFrames(frames), [reply], "per_frame", batch_size=1))
+    three = list(segment_video(model, ListFrames(frames), [reply], "per_frame", batch_size=3))
     assert [i for i, _ in one] == list(range(7)) == [i for i, _ in three]
-    for (_, a), (_, b) in zip(one, three):
+    for (_, (a,)), (_, (b,)) in zip(one, three):
         assert a.shape == (len(reply.answer.masks), 40, 56)
         np.testing.assert_array_equal(a, b)
 
@@ -129,11 +131,11 @@ def test_memory_propagation_keeps_the_prompt_on_key_frames_and_runs_both_ways(em
         return
     video_model = load_video_model(model, str(root / f"{sam}_video"))
     frames, truth = moving_square(12)
-    reply = ask_video(model, processor, ListFrames(frames), [{"role": "user", "content": QUESTION}], num_frames=3,
-                      max_new_tokens=3)
+    reply, = ask_video(model, processor, ListFrames(frames), [[{"role": "user", "content": QUESTION}]], num_frames=3,
+                       max_new_tokens=3)
     prompts = torch.from_numpy(truth[reply.key_frames])
     reply.answer.masks = [prompts.clone() for _ in reply.answer.masks]
-    out = list(segment_video(model, ListFrames(frames), reply, "memory", video_model=video_model))
+    out = [(i, m) for i, (m,) in segment_video(model, ListFrames(frames), [reply], "memory", video_model=video_model)]
     first = reply.key_frames[0]
     assert [i for i, _ in out] == list(range(first, 12)) + list(range(first - 1, -1, -1))
     masks = dict(out)
@@ -142,6 +144,50 @@ def test_memory_propagation_keeps_the_prompt_on_key_frames_and_runs_both_ways(em
             inter = (masks[k][n] & truth[k]).sum()
             union = (masks[k][n] | truth[k]).sum()
             assert inter / union > 0.9
+
+
+def test_replies_segmented_together_equal_each_alone(emitter):
+    """Several answers about one video (ask_video's batch) share the frames' work; each gets the masks it would get
+    alone, and an answer without [SEG] gets none."""
+    model, processor, root, sam = emitter
+    frames, truth = moving_square(8)
+    video = ListFrames(frames)
+    questions = [[{"role": "user", "content": QUESTION}], [{"role": "user", "content": QUESTION.replace("left", "right")}]]
+    first, second = ask_video(model, processor, video, questions, num_frames=2, max_new_tokens=3)
+    alone, = ask_video(model, processor, video, questions[1:], num_frames=2, max_new_tokens=3)
+    assert second.text == alone.text and second.key_frames == alone.key_frames
+    for a, b in zip(second.answer.masks, alone.answer.masks):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    # Different masks per reply, so that a mix-up between replies would show.
+    first.answer.masks = [torch.from_numpy(truth[first.key_frames]) for _ in first.answer.masks]
+    second.answer.masks = [torch.from_numpy(np.roll(truth[second.key_frames], 20, axis=-1)) for _ in second.answer.masks]
+    silent, = ask_video(model, processor, video, questions[:1], num_frames=2, max_new_tokens=3)
+    silent.answer.masks, silent.answer.queries = [], silent.answer.queries[:0]
+    ways = {"per_frame": None}
+    if model.sam_family.video_model_class is not None:
+        ways["memory"] = load_video_model(model, str(root / f"{sam}_video"))
+    for propagate, video_model in ways.items():
+        together = dict(segment_video(model, video, [first, silent, second], propagate, video_model=video_model))
+        assert sorted(together) == list(range(8))
+        for k, reply in ((0, first), (2, second)):
+            each = dict(segment_video(model, video, [reply], propagate, video_model=video_model))
+            for index, (masks,) in each.items():
+                np.testing.assert_array_equal(together[index][k], masks)
+        assert all(masks[1].shape == (0, 40, 56) for masks in together.values())
+        assert not list(segment_video(model, video, [silent], propagate, video_model=video_model))
+    with pytest.raises(ValueError, match="different key frames"):
+        list(segment_video(model, video, [first, ask_video(model, processor, video, questions[:1], num_frames=3)[0]]))
+
+
+def test_the_lazy_video_model_loads_once_and_names_its_source(emitter):
+    model, _, root, sam = emitter
+    lazy = LazyVideoModel(model, str(root / "nowhere"))
+    with pytest.raises(ValueError, match=f"from {root / 'nowhere'}"):
+        lazy.get()
+    if model.sam_family.video_model_class is None:
+        return
+    lazy = LazyVideoModel(model, str(root / f"{sam}_video"))
+    assert lazy.get() is lazy.get()
 
 
 def test_the_video_model_must_fit_the_mask_head(emitter, tmp_path):

@@ -3,6 +3,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -17,6 +18,7 @@ import model.video_evaluation as video_evaluation
 from datasets.vos import VideoValDataset, eval_question
 from model.loading import load_for_inference
 from model.tiny import write_tiny
+from model.video import LazyVideoModel
 from model.video_evaluation import evaluate_video
 from tests.lisa_fixtures import write_seg_emitter
 
@@ -245,9 +247,9 @@ def test_type_2_is_never_asked(emitter, sets, monkeypatch):
     asked = []
     ask = video_evaluation.ask_video
 
-    def spy(model, processor, frames, messages, **kwargs):
-        asked.append(messages[0]["content"])
-        return ask(model, processor, frames, messages, **kwargs)
+    def spy(model, processor, frames, conversations, **kwargs):
+        asked.extend(c[0]["content"] for c in conversations)
+        return ask(model, processor, frames, conversations, **kwargs)
 
     monkeypatch.setattr(video_evaluation, "ask_video", spy)
     model, processor = load_for_inference(emitter[0], "fp32")
@@ -257,6 +259,35 @@ def test_type_2_is_never_asked(emitter, sets, monkeypatch):
     summary = scores.summary(groups=True)
     assert len(asked) == 2 and not any("ghost" in q for q in asked)
     assert summary["referring"]["n"] == summary["reasoning"]["n"] == 1 and summary["n"] == 2
+
+
+@pytest.mark.parametrize("propagate", ["per_frame", "memory"])
+def test_expressions_batched_by_video_score_as_one_at_a_time(emitter, sets, propagate):
+    model, processor = load_for_inference(emitter[0], "fp32")
+    video_model = LazyVideoModel(model, str(emitter[1] / "sam2_video")).get() if propagate == "memory" else None
+    expressions = VideoValDataset("mevis", sets["mevis"], "valid_u").expressions
+
+    def scores(batch_size):
+        return evaluate_video(model, processor, expressions, eval_question, num_frames=2, max_new_tokens=3,
+                              propagate=propagate, video_model=video_model, batch_size=batch_size, progress=False)
+
+    one, batched = scores(1).summary(), scores(3).summary()
+    assert one["n"] == batched["n"] == 5
+    for key, value in one["per_expression"].items():
+        assert batched["per_expression"][key] == pytest.approx(value, abs=1e-9)
+
+
+def test_an_unreadable_frame_scores_its_video_0_and_names_it(emitter, sets, tmp_path, caplog):
+    root = tmp_path / "mevis"
+    shutil.copytree(sets["mevis"], root)
+    (root / "valid_u" / "JPEGImages" / "v1" / "00002.jpg").write_bytes(b"not a jpeg")
+    model, processor = load_for_inference(emitter[0], "fp32")
+    expressions = VideoValDataset("mevis", str(root), "valid_u").expressions
+    summary = evaluate_video(model, processor, expressions, eval_question, num_frames=2, max_new_tokens=3,
+                             propagate="per_frame", batch_size=2, progress=False).summary()
+    assert summary["n"] == 5 and summary["missing"] == ["v1/0", "v1/1"]
+    assert summary["per_expression"]["v1/0"] == summary["per_expression"]["v1/1"] == {"J": 0.0, "F": 0.0}
+    assert "00002.jpg" in caplog.text and "v1" in caplog.text
 
 
 @pytest.mark.slow

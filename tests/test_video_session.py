@@ -1,13 +1,12 @@
 """`VideoChatSession`: a conversation about a video, its follow-ups on the same key frames, masks numbered across it."""
 
-import numpy as np
 import pytest
 
 import model.session as session_module
 from model.loading import load_lisa
 from model.session import VideoChatSession
 from model.tiny import write_tiny
-from model.video import load_video_model
+from model.video import LazyVideoModel
 from tests.lisa_fixtures import write_seg_emitter
 from tests.test_video import ListFrames, moving_square
 
@@ -29,9 +28,10 @@ def calls(monkeypatch):
     seen = []
     real = session_module.ask_video
 
-    def spy(model, processor, frames, messages, **kwargs):
-        seen.append({"messages": [dict(m) for m in messages], **kwargs})
-        return real(model, processor, frames, messages, **kwargs)
+    def spy(model, processor, frames, conversations, **kwargs):
+        assert len(conversations) == 1
+        seen.append({"messages": [dict(m) for m in conversations[0]], **kwargs})
+        return real(model, processor, frames, conversations, **kwargs)
 
     monkeypatch.setattr(session_module, "ask_video", spy)
     return seen
@@ -61,7 +61,7 @@ def test_follow_up_sees_the_first_turn_on_the_same_key_frames(emitter, calls):
 
 def test_masks_reach_every_frame_and_a_new_video_starts_over(emitter, calls):
     model, processor, root = emitter
-    video_model = load_video_model(model, str(root / "sam2_video"))
+    video_model = LazyVideoModel(model, str(root / "sam2_video"))
     chat = VideoChatSession(model, processor, MAX_NEW_TOKENS, num_frames=2, propagate="memory", video_model=video_model)
     assert VideoChatSession(model, processor).propagate == "memory"  # SAM 2 has a video model: the default
     with pytest.raises(ValueError, match="no video"):
@@ -80,6 +80,13 @@ def test_masks_reach_every_frame_and_a_new_video_starts_over(emitter, calls):
     turn = chat.ask("Which shape moves? Please output segmentation mask.")
     assert turn.first_mask_index == 0 and calls[-1]["key"] is None
     assert calls[-1]["messages"][0]["content"].startswith("<image>\n")
+    # A video model that cannot be loaded is named when the masks are asked for; the answer stands.
+    nowhere = VideoChatSession(model, processor, MAX_NEW_TOKENS, num_frames=2,
+                               video_model=LazyVideoModel(model, str(root / "nowhere")))
+    nowhere.set_video(turn.frames)
+    with pytest.raises(ValueError, match="cannot load the video model for memory propagation from .*nowhere"):
+        list(nowhere.masks(nowhere.ask("Which shape moves? Please output segmentation mask.")))
+    assert len(nowhere.messages) == 2
     per_frame = VideoChatSession(model, processor, MAX_NEW_TOKENS, num_frames=2, propagate="per_frame")
     per_frame.set_video(turn.frames)
     assert [i for i, _ in per_frame.masks(turn)] == list(range(5))
