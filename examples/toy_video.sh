@@ -38,7 +38,7 @@ echo "training took $(( ($(date +%s) - start) / 60 )) min $(( ($(date +%s) - sta
 python merge_lora_weights.py --weight "$OUT/runs/toy_video/ckpt_model" --save_path "$OUT/lisa-toy-video" --precision fp32
 
 python eval_reasonseg.py --version "$OUT/lisa-toy-video" --val_dataset "$VAL" --precision fp32 --num_frames $FRAMES \
-    --propagate per_frame --max_new_tokens 16 --workers 0 --output "$OUT/eval_video_val.json"
+    --propagate per_frame --max_new_tokens 16 --batch_size 8 --workers 0 --output "$OUT/eval_video_val.json"
 
 python -m examples.toy_video_baseline --val_dataset "$VAL" --out "$OUT/baseline_video_masks"
 python eval_reasonseg.py --pred_dir "$OUT/baseline_video_masks" --val_dataset "$VAL" --output "$OUT/baseline_video_val.json"

@@ -60,9 +60,9 @@ def evaluate_video(
     """J and F of `model` on every expression of `expressions` that has masks (type 2 left out).
 
     Under `torch.distributed`, rank r takes the videos r, r + world, ... (in the order they first come) with all their
-    expressions; every rank returns the scores of all (`VideoScores.gather`). The model is put in eval mode for the run and back in its previous mode afterwards.
-    A video whose frames (or ground truth) cannot be read is named in a warning and its expressions score 0, as
-    missing predictions do.
+    expressions; every rank returns the scores of all (`VideoScores.gather`). The model is put in eval mode for the
+    run and back in its previous mode afterwards. A video whose frames (or ground truth) cannot be read is named in a
+    warning and its expressions score 0, as missing predictions do.
 
     Args:
         question: the question about an expression (the user message, starting with `<image>`), e.g.
@@ -161,7 +161,8 @@ def _run_expressions(
                 write_mask_png(os.path.join(folder, f"{expression.frames[index]}.png"), mask)
             if expression.has_masks:
                 j, f = frame_scores(mask, expression.mask(index))
-                js[e].append(j), fs[e].append(f)
+                js[e].append(j)
+                fs[e].append(f)
         done.add(index)
 
     # A reply without [SEG] has (0, H, W) masks: its union is the empty mask. With no [SEG] in any reply,
